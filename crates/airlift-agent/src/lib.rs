@@ -1,0 +1,1 @@
+//! Airlift device agent.

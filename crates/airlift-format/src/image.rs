@@ -1,0 +1,1 @@
+//! ESP-IDF application image: header, segments, checksum, appended SHA-256, app descriptor.

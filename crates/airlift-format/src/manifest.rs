@@ -1,0 +1,1 @@
+//! Airlift's signed update manifest: canonical encoding and Ed25519 signature.

@@ -1,0 +1,1 @@
+//! ESP-IDF partition table: binary and CSV forms.

@@ -1,0 +1,3 @@
+//! Device <-> server wire types of Airlift.
+#![no_std]
+#![forbid(unsafe_code)]
