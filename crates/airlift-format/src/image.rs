@@ -591,14 +591,17 @@ pub enum ImageError {
     TooManySegments(u8),
     /// The header's hash-appended byte is neither 0 nor 1.
     BadHashAppendedFlag(u8),
-    /// A segment's length is [`SEGMENT_LEN_LIMIT`] or more.
+    /// A segment's length is [`SEGMENT_LEN_LIMIT`] or more (ESP-IDF's
+    /// bootloader rejects it; esptool refuses to write it).
     SegmentTooLong {
         /// Segment number, from 0.
         index: u8,
         /// The declared length.
         length: u32,
     },
-    /// A segment's length is not a multiple of 4.
+    /// A segment's length is not a multiple of 4. ESP-IDF's bootloader
+    /// rejects such an image and esptool refuses to write one ("it has to be
+    /// multiple of 4"); only esptool's lenient `image-info` reads it.
     UnalignedSegmentLength {
         /// Segment number, from 0.
         index: u8,

@@ -78,6 +78,10 @@ fn parse_hex(text: &str) -> u32 {
 struct EsptoolView {
     chip_id: u16,
     entry: u32,
+    /// "DIO", "4MB", "40m" as esptool prints them.
+    flash_mode: String,
+    flash_size: String,
+    flash_freq: String,
     /// (load address, length, file offset of the segment header)
     segments: Vec<(u32, u32, u32)>,
     checksum_valid: bool,
@@ -113,6 +117,12 @@ fn esptool_view(path: &Path) -> EsptoolView {
             view.entry = 0;
         } else if let Some(v) = value("Entry point:") {
             view.entry = parse_hex(v);
+        } else if let Some(v) = value("Flash mode:") {
+            view.flash_mode = v.to_owned();
+        } else if let Some(v) = value("Flash size:") {
+            view.flash_size = v.to_owned();
+        } else if let Some(v) = value("Flash freq:") {
+            view.flash_freq = v.to_owned();
         } else if let Some(v) = value("Chip ID:") {
             view.chip_id = v.split_whitespace().next().unwrap().parse().unwrap();
         } else if let Some(v) = value("Checksum:") {
@@ -149,6 +159,15 @@ fn airlift_view(info: &ImageInfo) -> EsptoolView {
     EsptoolView {
         chip_id: info.header.chip_id,
         entry: info.header.entry_addr,
+        flash_mode: info.header.flash_mode().name().to_uppercase(),
+        flash_size: info
+            .header
+            .flash_size()
+            .map_or_else(String::new, |b| format!("{}MB", b >> 20)),
+        flash_freq: info
+            .header
+            .flash_freq_mhz()
+            .map_or_else(String::new, |mhz| format!("{mhz}m")),
         segments: info
             .segments()
             .iter()
