@@ -1,1 +1,245 @@
-//! Airlift update server.
+//! Airlift update server, as a library.
+//!
+//! One binary, zero configuration: [`serve`] keeps everything in a data
+//! directory: the SQLite database (`airlift.db`), the artifacts
+//! (`artifacts/<sha256>`, through `object_store` so S3 is a configuration
+//! change later), the release-signing key pair (`signing.key`, `signing.pub`)
+//! and, on first start, the admin token (`admin.token`).
+//!
+//! - [`app`] builds the HTTP router (admin API, device API, `/healthz`,
+//!   `/metrics`, `/api/openapi.json`); tests call [`serve`] with a listener on
+//!   `127.0.0.1:0`.
+//! - State lives behind the per-capability traits of [`store`]; handlers
+//!   never see SQL.
+//! - [`deploy`] holds the deployment rules (who is offered what, and how
+//!   device events move each device's assignment).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::Arc;
+
+use airlift_format::manifest::SigningKey;
+use axum::Router;
+use object_store::local::LocalFileSystem;
+use tokio::net::TcpListener;
+
+pub mod api;
+pub mod artifacts;
+pub mod auth;
+pub mod config;
+pub mod deploy;
+pub mod error;
+pub mod keys;
+pub mod metrics;
+pub mod store;
+
+pub use config::{Config, Secret};
+pub use error::ApiError;
+
+use artifacts::Artifacts;
+use auth::DeviceTokenCache;
+use metrics::Metrics;
+use store::Store;
+use store::sqlite::SqliteStore;
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Store(#[from] store::StoreError),
+    /// The artifact store could not be opened.
+    #[error(transparent)]
+    Artifacts(#[from] artifacts::ArtifactError),
+    /// The signing key could not be loaded or created.
+    #[error("signing key: {0}")]
+    Key(#[from] keys::KeyError),
+    /// Serving failed.
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything a request handler needs.
+pub struct ServerState {
+    /// The configuration the server was started with.
+    pub config: Config,
+    /// All persistent state.
+    pub store: Arc<dyn Store>,
+    /// Firmware artifacts.
+    pub artifacts: Artifacts,
+    /// The key the server signs manifests with.
+    pub signing_key: SigningKey,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    /// Device tokens already authenticated.
+    pub device_tokens: DeviceTokenCache,
+}
+
+/// Shared handle to the [`ServerState`].
+#[derive(Clone)]
+pub struct AppState(Arc<ServerState>);
+
+impl Deref for AppState {
+    type Target = ServerState;
+
+    fn deref(&self) -> &ServerState {
+        &self.0
+    }
+}
+
+/// A server opened on its data directory, ready to serve.
+pub struct Server {
+    state: AppState,
+    sqlite: SqliteStore,
+    /// The admin token created because the data directory was new; it is
+    /// also in `DIR/admin.token` and never shown again.
+    pub initial_admin_token: Option<String>,
+}
+
+impl Server {
+    /// Opens the data directory, creating and initialising it when empty.
+    pub async fn open(config: Config) -> Result<Server, ServerError> {
+        let dir = config.data_dir.clone();
+        let dir_error = |source| ServerError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(dir_error)?;
+        std::fs::create_dir_all(dir.join("artifacts")).map_err(dir_error)?;
+        std::fs::create_dir_all(dir.join("tmp")).map_err(dir_error)?;
+        let sqlite = SqliteStore::open(&dir).await?;
+        let signing_key = keys::load_or_create(&dir)?;
+        let local = LocalFileSystem::new_with_prefix(&dir)
+            .map_err(artifacts::ArtifactError::from)?
+            .with_automatic_cleanup(true);
+        let artifacts = Artifacts::new(Arc::new(local), config.artifact_cache_bytes);
+        let removed = artifacts.remove_leftovers().await?;
+        if removed > 0 {
+            tracing::info!(removed, "removed leftovers of interrupted uploads");
+        }
+        let initial_admin_token = create_admin_token_if_none(&sqlite, &dir).await?;
+        let state = AppState(Arc::new(ServerState {
+            config,
+            store: Arc::new(sqlite.clone()),
+            artifacts,
+            signing_key,
+            metrics: Metrics::default(),
+            device_tokens: DeviceTokenCache::default(),
+        }));
+        Ok(Server {
+            state,
+            sqlite,
+            initial_admin_token,
+        })
+    }
+
+    /// The state handlers run with.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` completes, then finishes
+    /// the requests in flight and closes the database.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let router = app(self.state.clone());
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        self.sqlite.close().await;
+        Ok(result?)
+    }
+}
+
+async fn create_admin_token_if_none(
+    store: &SqliteStore,
+    dir: &Path,
+) -> Result<Option<String>, ServerError> {
+    use store::CredentialStore;
+
+    if store.count_admin_tokens().await? > 0 {
+        return Ok(None);
+    }
+    let io = |source| ServerError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    let token = auth::new_token("al_admin_").map_err(|e| io(std::io::Error::other(e)))?;
+    let path = dir.join("admin.token");
+    // A token file left by a start that crashed before the row was written is replaced.
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io(err)),
+    }
+    keys::write_private(&path, &format!("{token}\n")).map_err(io)?;
+    store
+        .add_admin_token("admin", &auth::hash_token(&token))
+        .await?;
+    Ok(Some(token))
+}
+
+/// The HTTP application.
+pub fn app(state: AppState) -> Router {
+    api::router(state)
+}
+
+/// Opens the data directory of `config` and serves on `listener` until
+/// `shutdown` completes. A new admin token is logged once (and is in `DIR/admin.token`).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let server = Server::open(config).await?;
+    if let Some(token) = &server.initial_admin_token {
+        tracing::info!(token = %token, "created the admin token (also in admin.token)");
+    }
+    server.run(listener, shutdown).await
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

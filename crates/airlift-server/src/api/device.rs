@@ -1,0 +1,474 @@
+//! Device API handlers: enrolment, check-in, artifact download, events.
+//! Wire types are [`airlift_protocol`]'s; a device sees only its own
+//! assignments and only artifacts assigned to it.
+
+use airlift_format::manifest::base64_encode;
+use airlift_protocol::{
+    CheckIn, CheckInAnswer, EnrollAnswer, EnrollRequest, Event, EventAck, Update,
+};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use crate::AppState;
+use crate::auth::{bearer, hash_token, new_token};
+use crate::deploy::{AssignmentState, after_event, skip_reason};
+use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
+use crate::metrics::Metrics;
+use crate::store::{DeviceStatus, NewEvent, Offer};
+
+/// The device a request is authenticated as (its bearer token).
+#[derive(Debug, Clone)]
+pub struct DeviceAuth {
+    /// Device id.
+    pub id: i64,
+    /// Device name.
+    pub name: String,
+}
+
+impl FromRequestParts<AppState> for DeviceAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts.headers.get(header::AUTHORIZATION)).ok_or_else(|| {
+            ApiError::Unauthorized("missing device token (Authorization: Bearer)".into())
+        })?;
+        let hash = hash_token(token);
+        if let Some((id, name)) = state.device_tokens.get(&hash) {
+            return Ok(DeviceAuth { id, name });
+        }
+        let (id, name) = state
+            .store
+            .device_by_token(&hash)
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("unknown device token".into()))?;
+        state.device_tokens.insert(hash, (id, name.clone()));
+        Ok(DeviceAuth { id, name })
+    }
+}
+
+fn secrets_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Enrols a device with a fleet enrolment secret; answers its token once.
+#[utoipa::path(post, path = "/api/v1/device/enroll", tag = "device",
+    request_body(content = Object, description = "airlift_protocol::EnrollRequest"),
+    responses((status = 201, description = "airlift_protocol::EnrollAnswer", body = Object),
+        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn enroll(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<EnrollRequest>,
+) -> Result<(StatusCode, ApiJson<EnrollAnswer>), ApiError> {
+    let hash = hash_token(&request.secret);
+    let configured = state
+        .config
+        .enrollment_secret
+        .as_ref()
+        .map(|s| hash_token(s.expose()))
+        .is_some_and(|h| secrets_equal(&h, &hash));
+    let mut tags: Vec<String> = request.tags.iter().map(|t| t.to_string()).collect();
+    if !configured {
+        let secret = state
+            .store
+            .enrollment_secret(&hash)
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("unknown enrolment secret".into()))?;
+        tags.extend(secret.tags);
+    }
+    tags.sort();
+    tags.dedup();
+    super::admin::check_name_and_tags(&request.name, &tags)?;
+    let token = new_token("al_dev_").map_err(ApiError::internal)?;
+    let device = state
+        .store
+        .create_device(&request.name, &tags, &hash_token(&token))
+        .await?;
+    state
+        .store
+        .add_audit(
+            "enrolment",
+            "POST /api/v1/device/enroll",
+            &format!("device:{}", device.name),
+            &serde_json::json!({"tags": device.tags}).to_string(),
+        )
+        .await?;
+    let answer = EnrollAnswer {
+        name: request.name,
+        token: heapless::String::try_from(token.as_str())
+            .map_err(|_| ApiError::internal("token too long"))?,
+    };
+    Ok((StatusCode::CREATED, ApiJson(answer)))
+}
+
+fn update_for(state: &AppState, offer: &Offer) -> Result<Update, ApiError> {
+    let release = &offer.release;
+    let too_long =
+        |what: &str| ApiError::internal(format!("{what} does not fit the protocol's bounds"));
+    let url = format!(
+        "{}/api/v1/device/artifacts/{}",
+        state
+            .config
+            .public_url
+            .as_deref()
+            .unwrap_or("")
+            .trim_end_matches('/'),
+        release.sha256
+    );
+    Ok(Update {
+        deployment: u64::try_from(offer.deployment_id).map_err(|_| too_long("deployment id"))?,
+        manifest: heapless::String::try_from(base64_encode(&release.manifest).as_str())
+            .map_err(|_| too_long("manifest"))?,
+        url: heapless::String::try_from(url.as_str()).map_err(|_| too_long("url"))?,
+        size: u32::try_from(release.size).map_err(|_| too_long("size"))?,
+        sha256: heapless::String::try_from(release.sha256.as_str())
+            .map_err(|_| too_long("sha256"))?,
+        version: heapless::String::try_from(release.version.as_str())
+            .map_err(|_| too_long("version"))?,
+    })
+}
+
+/// Applies an event kind to the device's assignment of `deployment_id`;
+/// true when the state changed.
+async fn apply(
+    state: &AppState,
+    device_id: i64,
+    deployment_id: i64,
+    kind: airlift_protocol::EventKind,
+    reason: Option<&str>,
+) -> Result<bool, ApiError> {
+    // Compare-and-set, retried when a concurrent event moved the state first.
+    for _ in 0..4 {
+        let Some(assignment) = state.store.assignment(deployment_id, device_id).await? else {
+            return Err(ApiError::NotFound(format!(
+                "deployment {deployment_id} has no assignment for this device"
+            )));
+        };
+        let Some(current) = AssignmentState::parse(&assignment.state) else {
+            return Err(ApiError::internal(format!(
+                "stored state {:?}",
+                assignment.state
+            )));
+        };
+        let Some(next) = after_event(current, kind) else {
+            return Ok(false);
+        };
+        if state
+            .store
+            .transition(
+                deployment_id,
+                device_id,
+                current.as_str(),
+                next.as_str(),
+                reason,
+            )
+            .await?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A device reports its state; the answer says when to poll next and carries
+/// the assigned update, if any.
+#[utoipa::path(post, path = "/api/v1/device/checkin", tag = "device", security(("device_token" = [])),
+    request_body(content = Object, description = "airlift_protocol::CheckIn"),
+    responses((status = 200, description = "airlift_protocol::CheckInAnswer", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn checkin(
+    State(state): State<AppState>,
+    device: DeviceAuth,
+    ApiJson(report): ApiJson<CheckIn>,
+) -> Result<ApiJson<CheckInAnswer>, ApiError> {
+    Metrics::inc(&state.metrics.checkins);
+    let status = DeviceStatus {
+        last_seen: Some(crate::now_ms()),
+        chip_id: Some(i64::from(report.chip_id)),
+        project: Some(report.running.project.to_string()),
+        version: Some(report.running.version.to_string()),
+        sha256: Some(report.running.sha256.to_ascii_lowercase()),
+        security_version: Some(i64::from(report.running.security_version)),
+        slot: Some(i64::from(report.running.slot)),
+        state: Some(
+            serde_json::to_value(report.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        ),
+        boot_count: Some(i64::from(report.boot_count)),
+    };
+    state.store.record_status(device.id, &status).await?;
+    let mut update = None;
+    if let Some(offer) = state.store.open_offer(device.id).await? {
+        // A final result repeated at check-in counts like the event (lost events are not lost results).
+        let result = report.last_result.as_ref().filter(|r| {
+            r.kind.is_final() && r.deployment == u64::try_from(offer.deployment_id).ok()
+        });
+        if let Some(result) = result {
+            let reason = result.reason.map(|r| r.as_str());
+            if apply(&state, device.id, offer.deployment_id, result.kind, reason).await? {
+                state
+                    .store
+                    .add_event(&NewEvent {
+                        device_id: device.id,
+                        deployment_id: Some(offer.deployment_id),
+                        kind: result.kind.as_str().to_owned(),
+                        reason: reason.map(str::to_owned),
+                        detail: Some("reported at check-in".into()),
+                    })
+                    .await?;
+            }
+        } else {
+            update = offer_update(&state, device.id, &status, offer).await?;
+        }
+    }
+    if update.is_some() {
+        Metrics::inc(&state.metrics.offers);
+    }
+    Ok(ApiJson(CheckInAnswer {
+        poll_seconds: state.config.poll_seconds,
+        update,
+    }))
+}
+
+async fn offer_update(
+    state: &AppState,
+    device_id: i64,
+    status: &DeviceStatus,
+    offer: Offer,
+) -> Result<Option<Update>, ApiError> {
+    let Some(current) = AssignmentState::parse(&offer.state) else {
+        return Ok(None);
+    };
+    if !current.offers_update() {
+        return Ok(None);
+    }
+    let not_started = matches!(current, AssignmentState::Pending | AssignmentState::Offered);
+    if let Some(reason) = skip_reason(status, &offer.release).filter(|_| not_started) {
+        state
+            .store
+            .transition(
+                offer.deployment_id,
+                device_id,
+                current.as_str(),
+                "skipped",
+                Some(reason),
+            )
+            .await?;
+        return Ok(None);
+    }
+    if current == AssignmentState::Pending {
+        state
+            .store
+            .transition(offer.deployment_id, device_id, "pending", "offered", None)
+            .await?;
+    }
+    Ok(Some(update_for(state, &offer)?))
+}
+
+/// A device reports progress or the result of an update.
+#[utoipa::path(post, path = "/api/v1/device/events", tag = "device", security(("device_token" = [])),
+    request_body(content = Object, description = "airlift_protocol::Event"),
+    responses((status = 200, description = "airlift_protocol::EventAck", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, description = "the deployment is not this device's", body = ErrorBody)))]
+pub async fn post_event(
+    State(state): State<AppState>,
+    device: DeviceAuth,
+    ApiJson(event): ApiJson<Event>,
+) -> Result<ApiJson<EventAck>, ApiError> {
+    Metrics::inc(&state.metrics.events);
+    let deployment_id = match event.deployment {
+        Some(id) => {
+            Some(i64::try_from(id).map_err(|_| ApiError::NotFound(format!("no deployment {id}")))?)
+        }
+        None => None,
+    };
+    let reason = event.reason.map(|r| r.as_str());
+    let accepted = match deployment_id {
+        Some(id) => apply(&state, device.id, id, event.kind, reason).await?,
+        None => false,
+    };
+    state
+        .store
+        .add_event(&NewEvent {
+            device_id: device.id,
+            deployment_id,
+            kind: event.kind.as_str().to_owned(),
+            reason: reason.map(str::to_owned),
+            detail: event.detail.map(|d| d.to_string()),
+        })
+        .await?;
+    Ok(ApiJson(EventAck { accepted }))
+}
+
+/// A parsed `Range: bytes=...` header: one range, or none (serve everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `start..end` (end exclusive), within the artifact.
+    Satisfiable(u64, u64),
+    /// The range lies outside the artifact.
+    Unsatisfiable,
+}
+
+/// Parses a single-range `Range` header against an artifact of `len` bytes.
+/// Multiple ranges and malformed headers yield `None`: the whole artifact is sent.
+pub fn parse_range(header: &str, len: u64) -> Option<ByteRange> {
+    let spec = header.strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (start, end) = spec.split_once('-')?;
+    let (start, end) = (start.trim(), end.trim());
+    let range = if start.is_empty() {
+        let suffix: u64 = end.parse().ok()?;
+        if suffix == 0 {
+            return Some(ByteRange::Unsatisfiable);
+        }
+        (len.saturating_sub(suffix), len)
+    } else {
+        let start: u64 = start.parse().ok()?;
+        let end = if end.is_empty() {
+            len
+        } else {
+            end.parse::<u64>().ok()?.saturating_add(1).min(len)
+        };
+        if end < start && !spec.ends_with('-') {
+            return None;
+        }
+        (start, end)
+    };
+    if range.0 >= len || range.0 >= range.1 {
+        return Some(ByteRange::Unsatisfiable);
+    }
+    Some(ByteRange::Satisfiable(range.0, range.1))
+}
+
+/// Downloads an artifact assigned to this device. `ETag` is the quoted
+/// SHA-256; `Range` (one range) and `If-Range` let a download resume.
+#[utoipa::path(get, path = "/api/v1/device/artifacts/{sha256}", tag = "device", security(("device_token" = [])),
+    params(("sha256" = String, Path, description = "SHA-256 of the image, lowercase hex"),
+        ("Range" = Option<String>, Header, description = "bytes=START-[END]"),
+        ("If-Range" = Option<String>, Header, description = "the ETag the partial download started with")),
+    responses((status = 200, description = "the whole image", content_type = "application/octet-stream"),
+        (status = 206, description = "the requested range", content_type = "application/octet-stream"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 416, description = "range outside the image")))]
+pub async fn download_artifact(
+    State(state): State<AppState>,
+    device: DeviceAuth,
+    ApiPath(sha256): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no artifact {sha256} assigned to this device"));
+    if sha256.len() != 64
+        || !sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(not_found());
+    }
+    if !state.store.artifact_assigned(device.id, &sha256).await? {
+        return Err(not_found());
+    }
+    let bytes = state
+        .artifacts
+        .get(&sha256)
+        .await
+        .map_err(ApiError::internal)?;
+    Metrics::inc(&state.metrics.downloads);
+    Ok(ranged_response(&state, &headers, &sha256, bytes))
+}
+
+fn ranged_response(state: &AppState, headers: &HeaderMap, sha256: &str, bytes: Bytes) -> Response {
+    let etag = format!("\"{sha256}\"");
+    let len = bytes.len() as u64;
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .is_none_or(|v| v.to_str().is_ok_and(|v| v.trim() == etag));
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| if_range_ok)
+        .and_then(|r| parse_range(r, len));
+    let common = [
+        (header::ETAG, HeaderValue::from_str(&etag).ok()),
+        (
+            header::ACCEPT_RANGES,
+            Some(HeaderValue::from_static("bytes")),
+        ),
+        (
+            header::CONTENT_TYPE,
+            Some(HeaderValue::from_static("application/octet-stream")),
+        ),
+        (
+            header::CACHE_CONTROL,
+            Some(HeaderValue::from_static(
+                "private, max-age=31536000, immutable",
+            )),
+        ),
+    ];
+    let mut response = match range {
+        None => {
+            state
+                .metrics
+                .download_bytes
+                .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+            (StatusCode::OK, Body::from(bytes)).into_response()
+        }
+        Some(ByteRange::Unsatisfiable) => {
+            let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            response
+        }
+        Some(ByteRange::Satisfiable(start, end)) => {
+            state
+                .metrics
+                .download_bytes
+                .fetch_add(end - start, std::sync::atomic::Ordering::Relaxed);
+            let body = bytes.slice(start as usize..end as usize);
+            let mut response = (StatusCode::PARTIAL_CONTENT, Body::from(body)).into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1)) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            response
+        }
+    };
+    for (name, value) in common {
+        if let Some(value) = value {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteRange::*;
+    use super::*;
+
+    fn check(header: &str, expected: Option<ByteRange>) {
+        assert_eq!(parse_range(header, 1000), expected, "{header}");
+    }
+
+    #[test]
+    fn range_headers_select_one_byte_range() {
+        check("bytes=0-99", Some(Satisfiable(0, 100)));
+        check("bytes=500-", Some(Satisfiable(500, 1000)));
+        check("bytes=-100", Some(Satisfiable(900, 1000)));
+        check("bytes=-5000", Some(Satisfiable(0, 1000)));
+        check("bytes=990-5000", Some(Satisfiable(990, 1000)));
+        check("bytes=999-999", Some(Satisfiable(999, 1000)));
+        check("bytes=1000-", Some(Unsatisfiable));
+        check("bytes=-0", Some(Unsatisfiable));
+        check("bytes=0-1,5-9", None);
+        check("items=0-1", None);
+        check("bytes=a-b", None);
+        check("bytes=50-10", None);
+    }
+}

@@ -1,0 +1,179 @@
+//! The HTTP API: routes, authentication layers, OpenAPI document.
+//!
+//! Admin routes live under `/api/v1` behind [`admin_layer`] (bearer admin
+//! token; every call that is not a `GET` is written to the audit log). Device
+//! routes live under `/api/v1/device` and authenticate with the device's
+//! token. The OpenAPI document is generated from the handlers' annotations
+//! and is also the route registry tests walk.
+
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::auth::{bearer, hash_token};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+pub mod admin;
+pub mod device;
+
+/// The authenticated admin of a request.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// The admin token's name.
+    pub name: String,
+}
+
+/// What an admin handler adds to its audit record: the object acted on and details.
+#[derive(Debug, Clone)]
+pub struct AuditNote {
+    /// E.g. `release:3`.
+    pub target: String,
+    /// Details as a JSON value.
+    pub detail: serde_json::Value,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Airlift update server", description = "Admin and device API of Airlift. \
+        Admin calls take `Authorization: Bearer <admin token>`; device calls the device's token. \
+        Errors are `{\"error\": {\"code\": \"...\", \"message\": \"...\"}}`. Times are Unix milliseconds."),
+    modifiers(&SecuritySchemes),
+    components(schemas(crate::error::ErrorBody))
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for name in [ADMIN_SECURITY, DEVICE_SECURITY] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// Name of the admin token security scheme in the OpenAPI document.
+pub const ADMIN_SECURITY: &str = "admin_token";
+/// Name of the device token security scheme in the OpenAPI document.
+pub const DEVICE_SECURITY: &str = "device_token";
+
+/// The routes and the OpenAPI document generated from them.
+pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let admin: OpenApiRouter<AppState> = OpenApiRouter::new()
+        .routes(routes!(admin::upload_release, admin::list_releases))
+        .routes(routes!(admin::get_release, admin::delete_release))
+        .routes(routes!(admin::create_device, admin::list_devices))
+        .routes(routes!(admin::get_device))
+        .routes(routes!(admin::device_events))
+        .routes(routes!(admin::create_deployment, admin::list_deployments))
+        .routes(routes!(admin::get_deployment))
+        .routes(routes!(admin::cancel_deployment))
+        .routes(routes!(admin::list_events))
+        .routes(routes!(admin::list_audit))
+        .routes(routes!(
+            admin::create_enrollment_secret,
+            admin::list_enrollment_secrets
+        ))
+        .routes(routes!(admin::delete_enrollment_secret));
+    let device: OpenApiRouter<AppState> = OpenApiRouter::new()
+        .routes(routes!(device::enroll))
+        .routes(routes!(device::checkin))
+        .routes(routes!(device::download_artifact))
+        .routes(routes!(device::post_event));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(admin.route_layer(middleware::from_fn_with_state(state.clone(), admin_layer)))
+        .merge(device)
+        .split_for_parts()
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let (api, openapi) = routes(&state);
+    let openapi = Arc::new(openapi);
+    api.route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route(
+            "/api/openapi.json",
+            get(move || std::future::ready(Json(openapi.as_ref().clone()))),
+        )
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), count_errors))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn count_errors(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if response.status().is_server_error() {
+        Metrics::inc(&state.metrics.server_errors);
+    } else if response.status() == StatusCode::UNAUTHORIZED {
+        Metrics::inc(&state.metrics.auth_failures);
+    }
+    response
+}
+
+/// Authenticates an admin call and writes the audit record of a mutating one.
+async fn admin_layer(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = bearer(request.headers().get(header::AUTHORIZATION)).ok_or_else(|| {
+        ApiError::Unauthorized("missing admin token (Authorization: Bearer)".into())
+    })?;
+    let name = state
+        .store
+        .admin_token(&hash_token(token))
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("unknown admin token".into()))?;
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
+    let path = request.uri().path().to_owned();
+    request
+        .extensions_mut()
+        .insert(Admin { name: name.clone() });
+    let response = next.run(request).await;
+    if method != Method::GET && method != Method::HEAD {
+        let note = response.extensions().get::<AuditNote>().cloned();
+        let (target, mut detail) = match note {
+            Some(note) => (note.target, note.detail),
+            None => (path, serde_json::json!({})),
+        };
+        if let Some(object) = detail.as_object_mut() {
+            object.insert("status".into(), response.status().as_u16().into());
+        }
+        let action = format!("{method} {route}");
+        state
+            .store
+            .add_audit(&name, &action, &target, &detail.to_string())
+            .await?;
+    }
+    Ok(response)
+}

@@ -1,0 +1,235 @@
+//! Server configuration: defaults, then a TOML file, then `AIRLIFT_*` environment variables.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A secret string: shown as `"<redacted>"` by `Debug` and when the
+/// configuration is printed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
+/// The effective configuration of a server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding the database, the artifacts and the signing key (`AIRLIFT_DATA`).
+    pub data_dir: PathBuf,
+    /// Address to listen on (`AIRLIFT_LISTEN`).
+    pub listen: SocketAddr,
+    /// Largest accepted firmware upload in bytes (`AIRLIFT_MAX_UPLOAD_BYTES`).
+    pub max_upload_bytes: u64,
+    /// Seconds a device waits between check-ins (`AIRLIFT_POLL_SECONDS`).
+    pub poll_seconds: u32,
+    /// Base URL put in front of download paths given to devices, e.g. a CDN
+    /// (`AIRLIFT_PUBLIC_URL`); by default devices get a path on this server.
+    pub public_url: Option<String>,
+    /// A fleet enrolment secret accepted in addition to those created through the API
+    /// (`AIRLIFT_ENROLLMENT_SECRET`).
+    pub enrollment_secret: Option<Secret>,
+    /// Bytes of artifacts kept in memory for downloads (`AIRLIFT_ARTIFACT_CACHE_BYTES`).
+    pub artifact_cache_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./airlift-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_upload_bytes: 16 * 1024 * 1024,
+            poll_seconds: 60,
+            public_url: None,
+            enrollment_secret: None,
+            artifact_cache_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment variable has a value of the wrong shape.
+    #[error("invalid {name}={value:?}: expected {expected}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+}
+
+impl Config {
+    /// Defaults, overridden by `file` (when given), overridden by the `AIRLIFT_*`
+    /// variables of `env` (pass `std::env::vars()`).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.message().to_owned(),
+                })?
+            }
+            None => Config::default(),
+        };
+        for (name, value) in env {
+            config.apply_env(&name, value)?;
+        }
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, name: &str, value: String) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(
+            name: &'static str,
+            value: String,
+            expected: &'static str,
+        ) -> Result<T, ConfigError> {
+            value.parse().map_err(|_| ConfigError::Env {
+                name,
+                value,
+                expected,
+            })
+        }
+        match name {
+            "AIRLIFT_DATA" => self.data_dir = PathBuf::from(value),
+            "AIRLIFT_LISTEN" => {
+                self.listen = parse("AIRLIFT_LISTEN", value, "an address like 127.0.0.1:8080")?
+            }
+            "AIRLIFT_MAX_UPLOAD_BYTES" => {
+                self.max_upload_bytes = parse("AIRLIFT_MAX_UPLOAD_BYTES", value, "a byte count")?
+            }
+            "AIRLIFT_POLL_SECONDS" => {
+                self.poll_seconds = parse("AIRLIFT_POLL_SECONDS", value, "a number of seconds")?
+            }
+            "AIRLIFT_PUBLIC_URL" => self.public_url = Some(value),
+            "AIRLIFT_ENROLLMENT_SECRET" => self.enrollment_secret = Some(Secret(value)),
+            "AIRLIFT_ARTIFACT_CACHE_BYTES" => {
+                self.artifact_cache_bytes =
+                    parse("AIRLIFT_ARTIFACT_CACHE_BYTES", value, "a byte count")?
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, secrets redacted (`airlift serve --print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("airlift.toml");
+        std::fs::write(
+            &file,
+            "poll_seconds = 5\nmax_upload_bytes = 1000\ndata_dir = \"/srv/a\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&file),
+            env(&[
+                ("AIRLIFT_POLL_SECONDS", "7"),
+                ("AIRLIFT_TOKEN", "client-only"),
+                ("HOME", "/"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.poll_seconds, 7);
+        assert_eq!(config.max_upload_bytes, 1000);
+        assert_eq!(config.data_dir, PathBuf::from("/srv/a"));
+        assert_eq!(config.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_and_printed_config() {
+        let config = Config::load(None, env(&[("AIRLIFT_ENROLLMENT_SECRET", "hunter2")])).unwrap();
+        assert_eq!(
+            config.enrollment_secret.as_ref().unwrap().expose(),
+            "hunter2"
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(!config.to_toml().contains("hunter2"));
+        assert!(config.to_toml().contains("<redacted>"));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_the_expected_shape() {
+        let err = Config::load(None, env(&[("AIRLIFT_LISTEN", "nowhere")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid AIRLIFT_LISTEN=\"nowhere\": expected an address like 127.0.0.1:8080"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("airlift.toml");
+        std::fs::write(&file, "pol_seconds = 5\n").unwrap();
+        let err = Config::load(Some(&file), env(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `pol_seconds`"),
+            "{err}"
+        );
+    }
+}

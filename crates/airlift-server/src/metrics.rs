@@ -1,0 +1,91 @@
+//! Prometheus metrics: a handful of counters, rendered as text at `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The server's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Device check-ins answered.
+    pub checkins: AtomicU64,
+    /// Check-in answers carrying an update.
+    pub offers: AtomicU64,
+    /// Device events received.
+    pub events: AtomicU64,
+    /// Artifact downloads answered (full or partial).
+    pub downloads: AtomicU64,
+    /// Artifact bytes sent.
+    pub download_bytes: AtomicU64,
+    /// Releases stored.
+    pub uploads_accepted: AtomicU64,
+    /// Uploads refused.
+    pub uploads_rejected: AtomicU64,
+    /// Requests refused for a missing or wrong token.
+    pub auth_failures: AtomicU64,
+    /// Answers with a 5xx status.
+    pub server_errors: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let counters: [(&str, &str, &AtomicU64); 9] = [
+            (
+                "airlift_checkins_total",
+                "Device check-ins answered.",
+                &self.checkins,
+            ),
+            (
+                "airlift_offers_total",
+                "Check-in answers carrying an update.",
+                &self.offers,
+            ),
+            (
+                "airlift_device_events_total",
+                "Device events received.",
+                &self.events,
+            ),
+            (
+                "airlift_downloads_total",
+                "Artifact downloads answered.",
+                &self.downloads,
+            ),
+            (
+                "airlift_download_bytes_total",
+                "Artifact bytes sent.",
+                &self.download_bytes,
+            ),
+            (
+                "airlift_uploads_accepted_total",
+                "Firmware uploads stored.",
+                &self.uploads_accepted,
+            ),
+            (
+                "airlift_uploads_rejected_total",
+                "Firmware uploads refused.",
+                &self.uploads_rejected,
+            ),
+            (
+                "airlift_auth_failures_total",
+                "Requests with a missing or wrong token.",
+                &self.auth_failures,
+            ),
+            (
+                "airlift_server_errors_total",
+                "Answers with a 5xx status.",
+                &self.server_errors,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        out
+    }
+}

@@ -1,0 +1,410 @@
+//! Storage of the server's state, one trait per capability.
+//!
+//! Handlers and the deployment logic see only these traits, never SQL, so a
+//! PostgreSQL backend can join the SQLite one; [`Store`] bundles them. Every
+//! timestamp is Unix milliseconds.
+
+use async_trait::async_trait;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+pub mod sqlite;
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change conflicts with what is stored (duplicate name, release in use, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The backend failed.
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+/// Result of a storage call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A firmware release: one image, stored by SHA-256, with its signed manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Release {
+    /// Release id.
+    pub id: i64,
+    /// SHA-256 of the image, lowercase hex; also its artifact name.
+    pub sha256: String,
+    /// Image size in bytes.
+    pub size: i64,
+    /// ESP chip id from the image header.
+    pub chip_id: i64,
+    /// Project (product) name.
+    pub project: String,
+    /// Version string (from the manifest: what devices are told).
+    pub version: String,
+    /// Security version from the manifest.
+    pub security_version: i64,
+    /// Hex id of the key that signed the manifest.
+    pub key_id: String,
+    /// Whether the server signed the manifest (false: signed offline).
+    pub signed_by_server: bool,
+    /// The signed manifest blob.
+    #[serde(skip)]
+    pub manifest: Vec<u8>,
+    /// Upload time.
+    pub created_at: i64,
+}
+
+/// A release to insert.
+#[derive(Debug, Clone)]
+pub struct NewRelease {
+    /// See [`Release`].
+    pub sha256: String,
+    /// See [`Release`].
+    pub size: i64,
+    /// See [`Release`].
+    pub chip_id: i64,
+    /// See [`Release`].
+    pub project: String,
+    /// See [`Release`].
+    pub version: String,
+    /// See [`Release`].
+    pub security_version: i64,
+    /// See [`Release`].
+    pub key_id: String,
+    /// See [`Release`].
+    pub signed_by_server: bool,
+    /// See [`Release`].
+    pub manifest: Vec<u8>,
+}
+
+/// What a device last reported about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct DeviceStatus {
+    /// Last check-in time.
+    pub last_seen: Option<i64>,
+    /// ESP chip id.
+    pub chip_id: Option<i64>,
+    /// Running project.
+    pub project: Option<String>,
+    /// Running version.
+    pub version: Option<String>,
+    /// SHA-256 of the running image.
+    pub sha256: Option<String>,
+    /// Security version of the running image.
+    pub security_version: Option<i64>,
+    /// Slot the image runs from.
+    pub slot: Option<i64>,
+    /// Engine state.
+    pub state: Option<String>,
+    /// Boot attempts of the running image.
+    pub boot_count: Option<i64>,
+}
+
+/// A device of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Device {
+    /// Device id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Tags, sorted.
+    pub tags: Vec<String>,
+    /// Creation time.
+    pub created_at: i64,
+    /// What it last reported.
+    pub status: DeviceStatus,
+}
+
+/// What a deployment targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One device, by name.
+    Device(String),
+    /// Every device with the tag.
+    Tag(String),
+    /// Every device.
+    All,
+}
+
+impl Target {
+    /// Parses `device:NAME`, `tag:T` or `all`.
+    pub fn parse(text: &str) -> Option<Target> {
+        match text.split_once(':') {
+            Some(("device", name)) if !name.is_empty() => Some(Target::Device(name.to_owned())),
+            Some(("tag", tag)) if !tag.is_empty() => Some(Target::Tag(tag.to_owned())),
+            None if text == "all" => Some(Target::All),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Device(name) => write!(f, "device:{name}"),
+            Target::Tag(tag) => write!(f, "tag:{tag}"),
+            Target::All => f.write_str("all"),
+        }
+    }
+}
+
+/// A deployment: a release offered to a set of devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Deployment {
+    /// Deployment id.
+    pub id: i64,
+    /// The release.
+    pub release_id: i64,
+    /// `device:NAME`, `tag:T` or `all`.
+    pub target: String,
+    /// `active` or `cancelled`.
+    pub state: String,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// One device's part in a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Assignment {
+    /// The deployment.
+    pub deployment_id: i64,
+    /// The device.
+    pub device_id: i64,
+    /// The device's name.
+    pub device_name: String,
+    /// Rollout wave (0 for an immediate deployment; staged rollouts number their waves).
+    pub wave: i64,
+    /// State, see [`crate::deploy::AssignmentState`].
+    pub state: String,
+    /// Why it failed or was skipped.
+    pub reason: Option<String>,
+    /// Last change.
+    pub updated_at: i64,
+}
+
+/// An assignment to create with a new deployment.
+#[derive(Debug, Clone)]
+pub struct NewAssignment {
+    /// The device.
+    pub device_id: i64,
+    /// Initial state (`pending` or `skipped`).
+    pub state: String,
+    /// Why it was skipped.
+    pub reason: Option<String>,
+}
+
+/// An assignment that a device should act on, with what it needs to download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// The deployment.
+    pub deployment_id: i64,
+    /// Its current state.
+    pub state: String,
+    /// The release.
+    pub release: Release,
+}
+
+/// A device event as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct StoredEvent {
+    /// Event id (increasing).
+    pub id: i64,
+    /// The device's name.
+    pub device: String,
+    /// The deployment, if the event belongs to one.
+    pub deployment_id: Option<i64>,
+    /// Event kind (`downloading`, ..., `failed`).
+    pub kind: String,
+    /// Reason code.
+    pub reason: Option<String>,
+    /// Free text from the device.
+    pub detail: Option<String>,
+    /// When the server received it.
+    pub at: i64,
+}
+
+/// An event to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// See [`StoredEvent`].
+    pub device_id: i64,
+    /// See [`StoredEvent`].
+    pub deployment_id: Option<i64>,
+    /// See [`StoredEvent`].
+    pub kind: String,
+    /// See [`StoredEvent`].
+    pub reason: Option<String>,
+    /// See [`StoredEvent`].
+    pub detail: Option<String>,
+}
+
+/// One audit log record: an administrative action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct AuditRecord {
+    /// Record id (increasing).
+    pub id: i64,
+    /// When.
+    pub at: i64,
+    /// Who: the admin token's name.
+    pub actor: String,
+    /// What: method and route, e.g. `POST /api/v1/releases`.
+    pub action: String,
+    /// On what: e.g. `release:3`.
+    pub target: String,
+    /// Outcome and details as JSON text.
+    pub detail: String,
+}
+
+/// Releases.
+#[async_trait]
+pub trait ReleaseStore: Send + Sync {
+    /// Inserts a release; when one with the same SHA-256 exists, returns it and `false`.
+    async fn insert_release(&self, release: NewRelease) -> StoreResult<(Release, bool)>;
+    /// All releases, newest first.
+    async fn list_releases(&self) -> StoreResult<Vec<Release>>;
+    /// One release by id.
+    async fn release(&self, id: i64) -> StoreResult<Release>;
+    /// One release by SHA-256.
+    async fn release_by_sha256(&self, sha256: &str) -> StoreResult<Option<Release>>;
+    /// Deletes a release; [`StoreError::Conflict`] when a deployment uses it.
+    async fn delete_release(&self, id: i64) -> StoreResult<Release>;
+}
+
+/// Devices and their tokens (stored as SHA-256 hashes).
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
+    /// Creates a device; [`StoreError::Conflict`] when the name is taken.
+    async fn create_device(
+        &self,
+        name: &str,
+        tags: &[String],
+        token_hash: &[u8; 32],
+    ) -> StoreResult<Device>;
+    /// All devices, by name.
+    async fn list_devices(&self) -> StoreResult<Vec<Device>>;
+    /// One device by name.
+    async fn device_by_name(&self, name: &str) -> StoreResult<Device>;
+    /// One device by id.
+    async fn device(&self, id: i64) -> StoreResult<Device>;
+    /// The device id and name owning a token hash.
+    async fn device_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(i64, String)>>;
+    /// Devices a target names (unknown device name: [`StoreError::NotFound`]).
+    async fn devices_for_target(&self, target: &Target) -> StoreResult<Vec<Device>>;
+    /// Records a check-in.
+    async fn record_status(&self, device_id: i64, status: &DeviceStatus) -> StoreResult<()>;
+}
+
+/// Deployments and their per-device assignments.
+#[async_trait]
+pub trait DeploymentStore: Send + Sync {
+    /// Creates a deployment with its assignments. An assignment in state
+    /// `pending` supersedes the device's unfinished assignments of other
+    /// deployments (they become `cancelled`).
+    async fn create_deployment(
+        &self,
+        release_id: i64,
+        target: &str,
+        assignments: &[NewAssignment],
+    ) -> StoreResult<Deployment>;
+    /// All deployments, newest first.
+    async fn list_deployments(&self) -> StoreResult<Vec<Deployment>>;
+    /// One deployment.
+    async fn deployment(&self, id: i64) -> StoreResult<Deployment>;
+    /// Its assignments, by device name.
+    async fn assignments(&self, deployment_id: i64) -> StoreResult<Vec<Assignment>>;
+    /// Cancels a deployment: its unfinished assignments become `cancelled`.
+    async fn cancel_deployment(&self, id: i64) -> StoreResult<Deployment>;
+    /// The device's unfinished assignment (at most one), with its release.
+    async fn open_offer(&self, device_id: i64) -> StoreResult<Option<Offer>>;
+    /// One device's assignment in a deployment.
+    async fn assignment(
+        &self,
+        deployment_id: i64,
+        device_id: i64,
+    ) -> StoreResult<Option<Assignment>>;
+    /// Moves an assignment from `from` to `to` (compare-and-set); false when it was not in `from`.
+    async fn transition(
+        &self,
+        deployment_id: i64,
+        device_id: i64,
+        from: &str,
+        to: &str,
+        reason: Option<&str>,
+    ) -> StoreResult<bool>;
+    /// Whether the device has an assignment (in any state but `skipped`/`cancelled`) for the artifact.
+    async fn artifact_assigned(&self, device_id: i64, sha256: &str) -> StoreResult<bool>;
+}
+
+/// Device events.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends an event.
+    async fn add_event(&self, event: &NewEvent) -> StoreResult<i64>;
+    /// Events, newest first, optionally of one device, at most `limit`.
+    async fn events(&self, device_id: Option<i64>, limit: i64) -> StoreResult<Vec<StoredEvent>>;
+}
+
+/// The audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends a record.
+    async fn add_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> StoreResult<()>;
+    /// Records, newest first, at most `limit`.
+    async fn audit(&self, limit: i64) -> StoreResult<Vec<AuditRecord>>;
+}
+
+/// An enrolment secret (its value is never stored, only its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct EnrollmentSecret {
+    /// Name of the secret.
+    pub name: String,
+    /// Tags given to devices enrolling with it.
+    pub tags: Vec<String>,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// Admin tokens and enrolment secrets (stored as SHA-256 hashes).
+#[async_trait]
+pub trait CredentialStore: Send + Sync {
+    /// Adds an admin token.
+    async fn add_admin_token(&self, name: &str, token_hash: &[u8; 32]) -> StoreResult<()>;
+    /// The name of the admin token with this hash.
+    async fn admin_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<String>>;
+    /// Number of admin tokens.
+    async fn count_admin_tokens(&self) -> StoreResult<i64>;
+    /// Adds an enrolment secret; [`StoreError::Conflict`] when the name is taken.
+    async fn add_enrollment_secret(
+        &self,
+        name: &str,
+        tags: &[String],
+        secret_hash: &[u8; 32],
+    ) -> StoreResult<EnrollmentSecret>;
+    /// All enrolment secrets.
+    async fn enrollment_secrets(&self) -> StoreResult<Vec<EnrollmentSecret>>;
+    /// The secret with this hash.
+    async fn enrollment_secret(
+        &self,
+        secret_hash: &[u8; 32],
+    ) -> StoreResult<Option<EnrollmentSecret>>;
+    /// Deletes an enrolment secret.
+    async fn delete_enrollment_secret(&self, name: &str) -> StoreResult<()>;
+}
+
+/// Everything the server stores.
+pub trait Store:
+    ReleaseStore + DeviceStore + DeploymentStore + EventStore + AuditStore + CredentialStore
+{
+}
+
+impl<T> Store for T where
+    T: ReleaseStore + DeviceStore + DeploymentStore + EventStore + AuditStore + CredentialStore
+{
+}

@@ -1,0 +1,792 @@
+//! The SQLite backend: one file `airlift.db` in the data directory, WAL mode,
+//! forward-only migrations embedded in the binary.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    Assignment, AuditRecord, AuditStore, CredentialStore, Deployment, DeploymentStore, Device,
+    DeviceStatus, DeviceStore, EnrollmentSecret, EventStore, NewAssignment, NewEvent, NewRelease,
+    Offer, Release, ReleaseStore, StoreError, StoreResult, StoredEvent, Target,
+};
+use crate::deploy::AssignmentState;
+use crate::now_ms;
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn backend(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn release_from_row(row: &SqliteRow) -> Result<Release, sqlx::Error> {
+    Ok(Release {
+        id: row.try_get("id")?,
+        sha256: row.try_get("sha256")?,
+        size: row.try_get("size")?,
+        chip_id: row.try_get("chip_id")?,
+        project: row.try_get("project")?,
+        version: row.try_get("version")?,
+        security_version: row.try_get("security_version")?,
+        key_id: row.try_get("key_id")?,
+        signed_by_server: row.try_get("signed_by_server")?,
+        manifest: row.try_get("manifest")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn device_from_row(row: &SqliteRow) -> Result<Device, sqlx::Error> {
+    let tags: Option<String> = row.try_get("tags")?;
+    let mut tags: Vec<String> = tags
+        .unwrap_or_default()
+        .split('\n')
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    tags.sort();
+    Ok(Device {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        tags,
+        created_at: row.try_get("created_at")?,
+        status: DeviceStatus {
+            last_seen: row.try_get("last_seen")?,
+            chip_id: row.try_get("chip_id")?,
+            project: row.try_get("project")?,
+            version: row.try_get("version")?,
+            sha256: row.try_get("sha256")?,
+            security_version: row.try_get("security_version")?,
+            slot: row.try_get("slot")?,
+            state: row.try_get("state")?,
+            boot_count: row.try_get("boot_count")?,
+        },
+    })
+}
+
+fn deployment_from_row(row: &SqliteRow) -> Result<Deployment, sqlx::Error> {
+    Ok(Deployment {
+        id: row.try_get("id")?,
+        release_id: row.try_get("release_id")?,
+        target: row.try_get("target")?,
+        state: row.try_get("state")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn assignment_from_row(row: &SqliteRow) -> Result<Assignment, sqlx::Error> {
+    Ok(Assignment {
+        deployment_id: row.try_get("deployment_id")?,
+        device_id: row.try_get("device_id")?,
+        device_name: row.try_get("name")?,
+        wave: row.try_get("wave")?,
+        state: row.try_get("state")?,
+        reason: row.try_get("reason")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn secret_from_row(row: &SqliteRow) -> Result<EnrollmentSecret, sqlx::Error> {
+    let tags: String = row.try_get("tags")?;
+    Ok(EnrollmentSecret {
+        name: row.try_get("name")?,
+        tags: tags
+            .split('\n')
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) `airlift.db` in `dir` and applies the migrations.
+    pub async fn open(dir: &Path) -> StoreResult<SqliteStore> {
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(backend)?
+            .filename(dir.join("airlift.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(backend)?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Closes the pool (checkpoints the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.pool.begin().await.map_err(backend)
+    }
+}
+
+#[async_trait]
+impl ReleaseStore for SqliteStore {
+    async fn insert_release(&self, r: NewRelease) -> StoreResult<(Release, bool)> {
+        let inserted = sqlx::query(
+            "INSERT INTO releases (sha256, size, chip_id, project, version, security_version, \
+             key_id, signed_by_server, manifest, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&r.sha256)
+        .bind(r.size)
+        .bind(r.chip_id)
+        .bind(&r.project)
+        .bind(&r.version)
+        .bind(r.security_version)
+        .bind(&r.key_id)
+        .bind(r.signed_by_server)
+        .bind(&r.manifest)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        let release = self
+            .release_by_sha256(&r.sha256)
+            .await?
+            .ok_or_else(|| backend("release vanished after insert"))?;
+        Ok((release, inserted))
+    }
+
+    async fn list_releases(&self) -> StoreResult<Vec<Release>> {
+        let rows = sqlx::query(
+            "SELECT id, sha256, size, chip_id, project, version, security_version, key_id, \
+             signed_by_server, manifest, created_at FROM releases ORDER BY id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(release_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+    }
+
+    async fn release(&self, id: i64) -> StoreResult<Release> {
+        let row = sqlx::query(
+            "SELECT id, sha256, size, chip_id, project, version, security_version, key_id, \
+             signed_by_server, manifest, created_at FROM releases WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .ok_or_else(|| StoreError::NotFound(format!("no release {id}")))?;
+        release_from_row(&row).map_err(backend)
+    }
+
+    async fn release_by_sha256(&self, sha256: &str) -> StoreResult<Option<Release>> {
+        let row = sqlx::query(
+            "SELECT id, sha256, size, chip_id, project, version, security_version, key_id, \
+             signed_by_server, manifest, created_at FROM releases WHERE sha256 = ?",
+        )
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref()
+            .map(release_from_row)
+            .transpose()
+            .map_err(backend)
+    }
+
+    async fn delete_release(&self, id: i64) -> StoreResult<Release> {
+        let mut tx = self.begin().await?;
+        let release = self.release(id).await?;
+        let used: i64 = sqlx::query("SELECT count(*) FROM deployments WHERE release_id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(backend)?;
+        if used > 0 {
+            return Err(StoreError::Conflict(format!(
+                "release {id} is used by {used} deployment(s); it cannot be deleted"
+            )));
+        }
+        sqlx::query("DELETE FROM releases WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(release)
+    }
+}
+
+#[async_trait]
+impl DeviceStore for SqliteStore {
+    async fn create_device(
+        &self,
+        name: &str,
+        tags: &[String],
+        token_hash: &[u8; 32],
+    ) -> StoreResult<Device> {
+        let mut tx = self.begin().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO devices (name, token_hash, created_at) VALUES (?, ?, ?) RETURNING id",
+        )
+        .bind(name)
+        .bind(&token_hash[..])
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("a device named {name:?} exists already"))
+            } else {
+                backend(e)
+            }
+        })?;
+        for tag in tags {
+            sqlx::query("INSERT OR IGNORE INTO device_tags (device_id, tag) VALUES (?, ?)")
+                .bind(id)
+                .bind(tag)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        self.device(id).await
+    }
+
+    async fn list_devices(&self) -> StoreResult<Vec<Device>> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.name, d.created_at, d.last_seen, d.chip_id, d.project, d.version, \
+             d.sha256, d.security_version, d.slot, d.state, d.boot_count, \
+             (SELECT group_concat(tag, char(10)) FROM device_tags t WHERE t.device_id = d.id) \
+             AS tags FROM devices d ORDER BY d.name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(device_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+    }
+
+    async fn device_by_name(&self, name: &str) -> StoreResult<Device> {
+        let row = sqlx::query(
+            "SELECT d.id, d.name, d.created_at, d.last_seen, d.chip_id, d.project, d.version, \
+             d.sha256, d.security_version, d.slot, d.state, d.boot_count, \
+             (SELECT group_concat(tag, char(10)) FROM device_tags t WHERE t.device_id = d.id) \
+             AS tags FROM devices d WHERE d.name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .ok_or_else(|| StoreError::NotFound(format!("no device named {name:?}")))?;
+        device_from_row(&row).map_err(backend)
+    }
+
+    async fn device(&self, id: i64) -> StoreResult<Device> {
+        let row = sqlx::query(
+            "SELECT d.id, d.name, d.created_at, d.last_seen, d.chip_id, d.project, d.version, \
+             d.sha256, d.security_version, d.slot, d.state, d.boot_count, \
+             (SELECT group_concat(tag, char(10)) FROM device_tags t WHERE t.device_id = d.id) \
+             AS tags FROM devices d WHERE d.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .ok_or_else(|| StoreError::NotFound(format!("no device {id}")))?;
+        device_from_row(&row).map_err(backend)
+    }
+
+    async fn device_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(i64, String)>> {
+        let row = sqlx::query("SELECT id, name FROM devices WHERE token_hash = ?")
+            .bind(&token_hash[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(|row| Ok((row.try_get("id")?, row.try_get("name")?)))
+            .transpose()
+            .map_err(|e: sqlx::Error| backend(e))
+    }
+
+    async fn devices_for_target(&self, target: &Target) -> StoreResult<Vec<Device>> {
+        match target {
+            Target::Device(name) => Ok(vec![self.device_by_name(name).await?]),
+            Target::All => self.list_devices().await,
+            Target::Tag(tag) => {
+                let rows = sqlx::query(
+                    "SELECT d.id, d.name, d.created_at, d.last_seen, d.chip_id, d.project, \
+                     d.version, d.sha256, d.security_version, d.slot, d.state, d.boot_count, \
+                     (SELECT group_concat(tag, char(10)) FROM device_tags t \
+                      WHERE t.device_id = d.id) AS tags FROM devices d \
+                     WHERE d.id IN (SELECT device_id FROM device_tags WHERE tag = ?) \
+                     ORDER BY d.name",
+                )
+                .bind(tag)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+                rows.iter()
+                    .map(device_from_row)
+                    .collect::<Result<_, _>>()
+                    .map_err(backend)
+            }
+        }
+    }
+
+    async fn record_status(&self, device_id: i64, s: &DeviceStatus) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE devices SET last_seen = ?, chip_id = ?, project = ?, version = ?, \
+             sha256 = ?, security_version = ?, slot = ?, state = ?, boot_count = ? WHERE id = ?",
+        )
+        .bind(s.last_seen)
+        .bind(s.chip_id)
+        .bind(&s.project)
+        .bind(&s.version)
+        .bind(&s.sha256)
+        .bind(s.security_version)
+        .bind(s.slot)
+        .bind(&s.state)
+        .bind(s.boot_count)
+        .bind(device_id)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DeploymentStore for SqliteStore {
+    async fn create_deployment(
+        &self,
+        release_id: i64,
+        target: &str,
+        assignments: &[NewAssignment],
+    ) -> StoreResult<Deployment> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO deployments (release_id, target, state, created_at) \
+             VALUES (?, ?, 'active', ?) RETURNING id",
+        )
+        .bind(release_id)
+        .bind(target)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(backend)?;
+        for a in assignments {
+            if a.state == AssignmentState::Pending.as_str() {
+                sqlx::query(
+                    "UPDATE assignments SET state = 'cancelled', reason = 'superseded', \
+                     updated_at = ? WHERE device_id = ? AND state IN \
+                     ('pending', 'offered', 'downloading', 'installed', 'booted')",
+                )
+                .bind(now)
+                .bind(a.device_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
+            sqlx::query(
+                "INSERT INTO assignments (deployment_id, device_id, wave, state, reason, \
+                 updated_at) VALUES (?, ?, 0, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(a.device_id)
+            .bind(&a.state)
+            .bind(&a.reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        self.deployment(id).await
+    }
+
+    async fn list_deployments(&self) -> StoreResult<Vec<Deployment>> {
+        let rows = sqlx::query(
+            "SELECT id, release_id, target, state, created_at FROM deployments ORDER BY id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(deployment_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+    }
+
+    async fn deployment(&self, id: i64) -> StoreResult<Deployment> {
+        let row = sqlx::query(
+            "SELECT id, release_id, target, state, created_at FROM deployments WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .ok_or_else(|| StoreError::NotFound(format!("no deployment {id}")))?;
+        deployment_from_row(&row).map_err(backend)
+    }
+
+    async fn assignments(&self, deployment_id: i64) -> StoreResult<Vec<Assignment>> {
+        let rows = sqlx::query(
+            "SELECT a.deployment_id, a.device_id, d.name, a.wave, a.state, a.reason, \
+             a.updated_at FROM assignments a JOIN devices d ON d.id = a.device_id \
+             WHERE a.deployment_id = ? ORDER BY d.name",
+        )
+        .bind(deployment_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(assignment_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+    }
+
+    async fn cancel_deployment(&self, id: i64) -> StoreResult<Deployment> {
+        let mut tx = self.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE deployments SET state = 'cancelled' WHERE id = ? AND state = 'active'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        if changed == 0 {
+            drop(tx);
+            let deployment = self.deployment(id).await?;
+            return Err(StoreError::Conflict(format!(
+                "deployment {id} is {} already",
+                deployment.state
+            )));
+        }
+        sqlx::query(
+            "UPDATE assignments SET state = 'cancelled', reason = 'cancelled', updated_at = ? \
+             WHERE deployment_id = ? AND state IN \
+             ('pending', 'offered', 'downloading', 'installed', 'booted')",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        self.deployment(id).await
+    }
+
+    async fn open_offer(&self, device_id: i64) -> StoreResult<Option<Offer>> {
+        let row = sqlx::query(
+            "SELECT a.deployment_id, a.state AS assignment_state, r.id, r.sha256, r.size, \
+             r.chip_id, r.project, r.version, r.security_version, r.key_id, \
+             r.signed_by_server, r.manifest, r.created_at \
+             FROM assignments a JOIN deployments p ON p.id = a.deployment_id \
+             JOIN releases r ON r.id = p.release_id \
+             WHERE a.device_id = ? AND a.state IN \
+             ('pending', 'offered', 'downloading', 'installed', 'booted') \
+             ORDER BY a.deployment_id DESC LIMIT 1",
+        )
+        .bind(device_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let offer = (|| {
+            Ok::<_, sqlx::Error>(Offer {
+                deployment_id: row.try_get("deployment_id")?,
+                state: row.try_get("assignment_state")?,
+                release: release_from_row(&row)?,
+            })
+        })()
+        .map_err(backend)?;
+        Ok(Some(offer))
+    }
+
+    async fn assignment(
+        &self,
+        deployment_id: i64,
+        device_id: i64,
+    ) -> StoreResult<Option<Assignment>> {
+        let row = sqlx::query(
+            "SELECT a.deployment_id, a.device_id, d.name, a.wave, a.state, a.reason, \
+             a.updated_at FROM assignments a JOIN devices d ON d.id = a.device_id \
+             WHERE a.deployment_id = ? AND a.device_id = ?",
+        )
+        .bind(deployment_id)
+        .bind(device_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref()
+            .map(assignment_from_row)
+            .transpose()
+            .map_err(backend)
+    }
+
+    async fn transition(
+        &self,
+        deployment_id: i64,
+        device_id: i64,
+        from: &str,
+        to: &str,
+        reason: Option<&str>,
+    ) -> StoreResult<bool> {
+        let changed = sqlx::query(
+            "UPDATE assignments SET state = ?, reason = coalesce(?, reason), updated_at = ? \
+             WHERE deployment_id = ? AND device_id = ? AND state = ?",
+        )
+        .bind(to)
+        .bind(reason)
+        .bind(now_ms())
+        .bind(deployment_id)
+        .bind(device_id)
+        .bind(from)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn artifact_assigned(&self, device_id: i64, sha256: &str) -> StoreResult<bool> {
+        let found = sqlx::query(
+            "SELECT 1 FROM assignments a JOIN deployments p ON p.id = a.deployment_id \
+             JOIN releases r ON r.id = p.release_id \
+             WHERE a.device_id = ? AND r.sha256 = ? AND a.state NOT IN ('skipped', 'cancelled') \
+             LIMIT 1",
+        )
+        .bind(device_id)
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(found.is_some())
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn add_event(&self, e: &NewEvent) -> StoreResult<i64> {
+        sqlx::query(
+            "INSERT INTO events (device_id, deployment_id, kind, reason, detail, at) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(e.device_id)
+        .bind(e.deployment_id)
+        .bind(&e.kind)
+        .bind(&e.reason)
+        .bind(&e.detail)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(backend)
+    }
+
+    async fn events(&self, device_id: Option<i64>, limit: i64) -> StoreResult<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT e.id, d.name, e.deployment_id, e.kind, e.reason, e.detail, e.at \
+             FROM events e JOIN devices d ON d.id = e.device_id \
+             WHERE (?1 IS NULL OR e.device_id = ?1) ORDER BY e.id DESC LIMIT ?2",
+        )
+        .bind(device_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredEvent {
+                    id: row.try_get("id")?,
+                    device: row.try_get("name")?,
+                    deployment_id: row.try_get("deployment_id")?,
+                    kind: row.try_get("kind")?,
+                    reason: row.try_get("reason")?,
+                    detail: row.try_get("detail")?,
+                    at: row.try_get("at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(backend)
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn add_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> StoreResult<()> {
+        sqlx::query("INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
+            .bind(now_ms())
+            .bind(actor)
+            .bind(action)
+            .bind(target)
+            .bind(detail)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn audit(&self, limit: i64) -> StoreResult<Vec<AuditRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRecord {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(backend)
+    }
+}
+
+#[async_trait]
+impl CredentialStore for SqliteStore {
+    async fn add_admin_token(&self, name: &str, token_hash: &[u8; 32]) -> StoreResult<()> {
+        sqlx::query("INSERT INTO admin_tokens (name, token_hash, created_at) VALUES (?, ?, ?)")
+            .bind(name)
+            .bind(&token_hash[..])
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn admin_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT name FROM admin_tokens WHERE token_hash = ?")
+            .bind(&token_hash[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(|row| row.try_get("name"))
+            .transpose()
+            .map_err(backend)
+    }
+
+    async fn count_admin_tokens(&self) -> StoreResult<i64> {
+        sqlx::query("SELECT count(*) FROM admin_tokens")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(backend)
+    }
+
+    async fn add_enrollment_secret(
+        &self,
+        name: &str,
+        tags: &[String],
+        secret_hash: &[u8; 32],
+    ) -> StoreResult<EnrollmentSecret> {
+        let row = sqlx::query(
+            "INSERT INTO enrollment_secrets (name, secret_hash, tags, created_at) \
+             VALUES (?, ?, ?, ?) RETURNING name, tags, created_at",
+        )
+        .bind(name)
+        .bind(&secret_hash[..])
+        .bind(tags.join("\n"))
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("an enrolment secret named {name:?} exists already"))
+            } else {
+                backend(e)
+            }
+        })?;
+        secret_from_row(&row).map_err(backend)
+    }
+
+    async fn enrollment_secrets(&self) -> StoreResult<Vec<EnrollmentSecret>> {
+        let rows =
+            sqlx::query("SELECT name, tags, created_at FROM enrollment_secrets ORDER BY name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.iter()
+            .map(secret_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+    }
+
+    async fn enrollment_secret(
+        &self,
+        secret_hash: &[u8; 32],
+    ) -> StoreResult<Option<EnrollmentSecret>> {
+        let row = sqlx::query(
+            "SELECT name, tags, created_at FROM enrollment_secrets WHERE secret_hash = ?",
+        )
+        .bind(&secret_hash[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref()
+            .map(secret_from_row)
+            .transpose()
+            .map_err(backend)
+    }
+
+    async fn delete_enrollment_secret(&self, name: &str) -> StoreResult<()> {
+        let deleted = sqlx::query("DELETE FROM enrollment_secrets WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound(format!(
+                "no enrolment secret named {name:?}"
+            )));
+        }
+        Ok(())
+    }
+}
