@@ -1,8 +1,7 @@
 //! `airlift image ...`
 
-use std::fmt::Write as _;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -39,9 +38,11 @@ fn inspect(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let info = verify_file(path)?;
     let report = Report::new(&info);
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
     } else {
-        print!("{}", render_text(path, &report));
+        write_text(&mut std::io::stdout().lock(), path, &report)?;
     }
     Ok(if info.is_valid() {
         ExitCode::SUCCESS
@@ -69,10 +70,7 @@ fn verify_file(path: &Path) -> anyhow::Result<ImageInfo> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The JSON report; field names are a stable interface for scripts.
@@ -172,35 +170,33 @@ fn size_name(bytes: Option<u32>) -> String {
     bytes.map_or_else(|| "unknown size".to_owned(), |b| format!("{}MB", b >> 20))
 }
 
-fn render_text(path: &Path, r: &Report) -> String {
-    let mut out = String::new();
-    let w = &mut out;
-    let _ = writeln!(
+fn write_text(w: &mut impl Write, path: &Path, r: &Report) -> std::io::Result<()> {
+    writeln!(
         w,
         "file            {} ({} bytes)",
         path.display(),
         r.file_len
-    );
-    let _ = writeln!(w, "file sha256     {}", r.file_sha256);
+    )?;
+    writeln!(w, "file sha256     {}", r.file_sha256)?;
     let chip = r.chip.unwrap_or("unknown chip");
-    let _ = writeln!(w, "chip            {chip} (id {})", r.chip_id);
-    let _ = writeln!(
+    writeln!(w, "chip            {chip} (id {})", r.chip_id)?;
+    writeln!(
         w,
         "chip revision   {} to {}",
         revision(r.min_chip_rev_full),
         revision(r.max_chip_rev_full)
-    );
-    let _ = writeln!(w, "entry           {:#010x}", r.entry_addr);
+    )?;
+    writeln!(w, "entry           {:#010x}", r.entry_addr)?;
     let freq = r
         .flash_freq_mhz
         .map_or_else(|| "unknown frequency".to_owned(), |f| format!("{f}MHz"));
-    let _ = writeln!(
+    writeln!(
         w,
         "flash           {}, {}, {freq}",
         r.flash_mode,
         size_name(r.flash_size)
-    );
-    let _ = writeln!(
+    )?;
+    writeln!(
         w,
         "image length    {} bytes{}",
         r.image_len,
@@ -208,15 +204,15 @@ fn render_text(path: &Path, r: &Report) -> String {
             0 => String::new(),
             extra => format!(" (+{extra} trailing bytes)"),
         }
-    );
-    let _ = writeln!(w, "segments        {}", r.segments.len());
-    let _ = writeln!(w, "    #  load addr      length  file offset");
+    )?;
+    writeln!(w, "segments        {}", r.segments.len())?;
+    writeln!(w, "    #  load addr      length  file offset")?;
     for (i, s) in r.segments.iter().enumerate() {
-        let _ = writeln!(
+        writeln!(
             w,
             "  {i:>3}  {:#010x}  {:>10}   {:#010x}",
             s.load_addr, s.length, s.file_offset
-        );
+        )?;
     }
     let checksum = if r.checksum_valid {
         format!("{:#04x} (valid)", r.checksum)
@@ -226,7 +222,7 @@ fn render_text(path: &Path, r: &Report) -> String {
             r.checksum, r.computed_checksum
         )
     };
-    let _ = writeln!(w, "checksum        {checksum}");
+    writeln!(w, "checksum        {checksum}")?;
     let digest = match (&r.digest, &r.computed_digest, r.digest_valid) {
         (Some(stored), _, Some(true)) => format!("{stored} (valid)"),
         (Some(stored), Some(computed), _) => {
@@ -234,33 +230,32 @@ fn render_text(path: &Path, r: &Report) -> String {
         }
         _ => "not appended".to_owned(),
     };
-    let _ = writeln!(w, "digest          {digest}");
+    writeln!(w, "digest          {digest}")?;
     if r.app_desc {
         let text = |v: &Option<String>| v.clone().unwrap_or_default();
-        let _ = writeln!(w, "app descriptor");
-        let _ = writeln!(w, "  project       {}", text(&r.project_name));
-        let _ = writeln!(w, "  version       {}", text(&r.version));
-        let _ = writeln!(
+        writeln!(w, "app descriptor")?;
+        writeln!(w, "  project       {}", text(&r.project_name))?;
+        writeln!(w, "  version       {}", text(&r.version))?;
+        writeln!(
             w,
             "  secure ver.   {}",
             r.secure_version.unwrap_or_default()
-        );
-        let _ = writeln!(w, "  esp-idf       {}", text(&r.idf_ver));
-        let _ = writeln!(
+        )?;
+        writeln!(w, "  esp-idf       {}", text(&r.idf_ver))?;
+        writeln!(
             w,
             "  compiled      {} {}",
             text(&r.compile_date),
             text(&r.compile_time)
-        );
-        let _ = writeln!(w, "  elf sha256    {}", text(&r.elf_sha256));
+        )?;
+        writeln!(w, "  elf sha256    {}", text(&r.elf_sha256))?;
     } else {
-        let _ = writeln!(w, "app descriptor  none");
+        writeln!(w, "app descriptor  none")?;
     }
     let verdict = if r.valid {
         "valid"
     } else {
         "INVALID (checksum or digest mismatch)"
     };
-    let _ = writeln!(w, "result          {verdict}");
-    out
+    writeln!(w, "result          {verdict}")
 }
