@@ -1,5 +1,5 @@
 //! Interop with esptool, the reference for ESP image formats: for real
-//! ESP-IDF images, for images esptool builds here with `elf2image` from
+//! ESP-IDF app images and bootloaders (one per chip), for images esptool builds here with `elf2image` from
 //! hand-made ELF files for several chips (and corrupted copies of them), and
 //! for images from [`ImageBuilder`], the verifier must report the same chip,
 //! entry point, segments, checksum and digest verdicts and app descriptor as
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use airlift_format::image::{APP_DESC_LEN, APP_DESC_MAGIC, Chip, ImageBuilder, ImageInfo, verify};
-use image_common::{real_images, workspace};
+use image_common::{real_bootloaders, real_images, workspace};
 use sha2::{Digest, Sha256};
 
 const EM_XTENSA: u16 = 94;
@@ -141,7 +141,8 @@ fn esptool_view(path: &Path) -> EsptoolView {
             view.secure_version = Some(v.parse().unwrap());
         } else if let Some(v) = value("ELF file SHA256:") {
             view.elf_sha256 = Some(v.to_owned());
-        } else if let Some(v) = value("ESP-IDF:") {
+        } else if let Some(v) = value("ESP-IDF:").filter(|_| view.project_name.is_some()) {
+            // Only the application section's; a bootloader section has one too.
             view.idf_ver = Some(v.to_owned());
         }
     }
@@ -203,6 +204,15 @@ fn real_esp_idf_images_read_the_same_as_esptool() {
         let info = assert_same_as_esptool(&path);
         assert!(info.is_valid(), "{name}");
         assert!(info.app_desc.is_some(), "{name}");
+    }
+}
+
+#[test]
+fn real_esp_idf_bootloaders_for_every_chip_read_the_same_as_esptool() {
+    for (name, bytes) in real_bootloaders() {
+        let path = write_scratch(&format!("bootloader_{name}"), &bytes);
+        let info = assert_same_as_esptool(&path);
+        assert!(info.is_valid(), "{name}");
     }
 }
 

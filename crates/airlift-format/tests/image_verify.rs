@@ -8,7 +8,7 @@ use airlift_format::image::{
     APP_DESC_OFFSET, Chip, FlashMode, ImageBuilder, ImageError, ImagePart, ImageVerifier,
     SEGMENT_LEN_LIMIT, verify,
 };
-use image_common::{real_images, verify_chunked};
+use image_common::{real_bootloaders, real_images, verify_chunked};
 use sha2::{Digest, Sha256};
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -51,6 +51,22 @@ fn real_esp_idf_images_are_valid_esp32_apps_with_descriptor() {
             "{name}: {}",
             desc.idf_ver()
         );
+    }
+}
+
+#[test]
+fn real_esp_idf_bootloaders_are_valid_and_name_their_chip() {
+    for (name, bytes) in real_bootloaders() {
+        let info = verify(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(format!("{}.bin", info.chip().name()), name);
+        assert!(info.chip().is_known(), "{name}");
+        assert!(info.is_valid(), "{name}");
+        assert!(info.digest.is_some(), "{name}: digest appended");
+        assert_eq!(
+            info.app_desc, None,
+            "{name}: bootloaders have no app descriptor"
+        );
+        assert_eq!(info.image_len as usize, bytes.len(), "{name}");
     }
 }
 
@@ -135,6 +151,7 @@ fn image_with_no_segments_has_the_seed_checksum() {
 fn chunk_size_does_not_change_the_result() {
     let mut images = vec![small_image()];
     images.extend(real_images().into_iter().map(|(_, bytes)| bytes));
+    images.extend(real_bootloaders().into_iter().map(|(_, bytes)| bytes));
     let mut corrupt = small_image();
     corrupt[100] ^= 0x01;
     images.push(corrupt);

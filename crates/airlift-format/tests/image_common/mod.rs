@@ -12,7 +12,18 @@ pub fn workspace() -> PathBuf {
 
 /// The real ESP-IDF images shipped in `testdata/esp-idf-apps/`, by file name.
 pub fn real_images() -> Vec<(String, Vec<u8>)> {
-    let dir = workspace().join("testdata/esp-idf-apps");
+    bin_files("testdata/esp-idf-apps", 5)
+}
+
+/// The real ESP-IDF bootloaders in `testdata/images/esp-idf-bootloaders/`,
+/// one per chip, by file name ("esp32c3.bin").
+pub fn real_bootloaders() -> Vec<(String, Vec<u8>)> {
+    bin_files("testdata/images/esp-idf-bootloaders", 13)
+}
+
+/// Every `.bin` file of a test data folder; at least `expected` of them.
+fn bin_files(folder: &str, expected: usize) -> Vec<(String, Vec<u8>)> {
+    let dir = workspace().join(folder);
     let mut images: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .map(|entry| entry.unwrap().path())
