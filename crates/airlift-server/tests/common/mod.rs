@@ -62,7 +62,6 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
-        tempfile::tempdir().map(|_| ()).unwrap();
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
