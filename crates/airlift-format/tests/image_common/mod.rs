@@ -35,8 +35,8 @@ fn bin_files(folder: &str, expected: usize) -> Vec<(String, Vec<u8>)> {
         .collect();
     images.sort();
     assert!(
-        images.len() >= 5,
-        "expected the real images in {}",
+        images.len() >= expected,
+        "expected {expected} images in {}",
         dir.display()
     );
     images
