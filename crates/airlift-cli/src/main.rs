@@ -19,12 +19,20 @@ enum Command {
     /// Inspect ESP-IDF application images.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Inspect and build ESP-IDF partition tables.
+    #[command(subcommand)]
+    Partitions(cmd::partitions::PartitionsCommand),
+    /// Inspect otadata: which OTA slot the bootloader boots.
+    #[command(subcommand)]
+    Otadata(cmd::otadata::OtadataCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(c),
+        Command::Partitions(c) => cmd::partitions::run(c),
+        Command::Otadata(c) => cmd::otadata::run(c),
     };
     match result {
         Ok(code) => code,

@@ -594,6 +594,39 @@ impl TableReader {
     }
 }
 
+/// Checks only the rows' magic and the MD5 row of a table (the bytes from
+/// [`TABLE_OFFSET`] on), not the entries' contents: for tools that report
+/// integrity separately from validity.
+pub fn check_md5(bytes: &[u8]) -> Result<Md5Status, PartitionError> {
+    let mut md5 = Md5::new();
+    for (index, chunk) in bytes
+        .chunks(ENTRY_LEN)
+        .take(TABLE_MAX_LEN / ENTRY_LEN)
+        .enumerate()
+    {
+        let at = index * ENTRY_LEN;
+        let row: [u8; ENTRY_LEN] = chunk
+            .try_into()
+            .map_err(|_| PartitionError::Truncated { len: bytes.len() })?;
+        match decode_row_at(at, &row)? {
+            Row::Entry(_) => md5.update(row),
+            Row::Md5(stored) => {
+                let computed: [u8; 16] = md5.finalize().into();
+                return if computed == stored {
+                    Ok(Md5Status::Verified)
+                } else {
+                    Err(PartitionError::Md5Mismatch { stored, computed })
+                };
+            }
+            Row::End => return Ok(Md5Status::Absent),
+        }
+    }
+    if bytes.len() < TABLE_MAX_LEN {
+        return Err(PartitionError::Truncated { len: bytes.len() });
+    }
+    Ok(Md5Status::Absent)
+}
+
 /// A validated partition table over borrowed bytes. Iterating decodes the
 /// rows again; nothing is copied or allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -606,9 +639,13 @@ pub struct Table<'a> {
 impl<'a> Table<'a> {
     /// Parses and validates a table: the bytes from [`TABLE_OFFSET`] on
     /// (at least up to the end row; longer input, e.g. the whole sector, is
-    /// fine). Checks every row ([`TableReader`]) and then the rules across
-    /// entries ([`validate_entries`]).
+    /// fine). Checks the MD5 row ([`check_md5`]), every row
+    /// ([`TableReader`]) and then the rules across entries
+    /// ([`validate_entries`]).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, PartitionError> {
+        // Integrity first: a corrupted table is reported as such, not as
+        // whatever nonsense the flipped bits happen to spell.
+        check_md5(bytes)?;
         let mut reader = TableReader::new();
         let mut consumed = 0;
         let mut count = 0;
