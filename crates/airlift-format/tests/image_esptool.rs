@@ -14,7 +14,9 @@ mod image_common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use airlift_format::image::{APP_DESC_LEN, APP_DESC_MAGIC, Chip, ImageBuilder, ImageInfo, verify};
+use airlift_format::image::{
+    APP_DESC_LEN, APP_DESC_MAGIC, Chip, ImageBuilder, ImageError, ImageInfo, ImagePart, verify,
+};
 use image_common::{real_bootloaders, real_images, workspace};
 use sha2::{Digest, Sha256};
 
@@ -33,16 +35,21 @@ fn python() -> PathBuf {
     python
 }
 
-/// Runs `python -m esptool ARGS` and returns its stdout; fails the test on a
-/// non-zero exit.
-fn esptool(args: &[&str]) -> String {
-    let out = Command::new(python())
+/// Runs `python -m esptool ARGS`.
+fn run_esptool(args: &[&str]) -> std::process::Output {
+    Command::new(python())
         .args(["-m", "esptool"])
         .args(args)
         .env("NO_COLOR", "1")
         .env("TERM", "dumb")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `python -m esptool ARGS` and returns its stdout; fails the test on a
+/// non-zero exit.
+fn esptool(args: &[&str]) -> String {
+    let out = run_esptool(args);
     assert!(
         out.status.success(),
         "esptool {args:?} failed (run ./scripts/setup if esptool is missing):\n{}\n{}",
@@ -50,6 +57,17 @@ fn esptool(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `python -m esptool image-info FILE`: (success, stdout and stderr).
+fn esptool_image_info(path: &Path) -> (bool, String) {
+    let out = run_esptool(&["image-info", path.to_str().unwrap()]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 fn scratch_dir() -> PathBuf {
@@ -565,4 +583,75 @@ fn image_builder_output_is_valid_for_esptool() {
         assert!(info.is_valid(), "{chip}");
         assert_eq!(info.app_desc.unwrap().project_name(), "builder", "{chip}");
     }
+}
+
+/// (name, bytes, what esptool says when it refuses): both tools refuse.
+#[test]
+fn malformed_images_are_refused_by_both_tools() {
+    let (_, good) = real_bootloaders().remove(0);
+    let patched = |at: usize, byte: u8| {
+        let mut bytes = good.clone();
+        bytes[at] = byte;
+        bytes
+    };
+    let cases: [(&str, Vec<u8>, &str); 6] = [
+        ("empty", Vec::new(), "Image is empty"),
+        ("bad_magic", patched(0, 0x7F), "invalid magic number: 0x7f"),
+        (
+            "truncated_segment",
+            good[..1000].to_vec(),
+            "End of file reading segment",
+        ),
+        (
+            "truncated_padding",
+            good[..good.len() - 33].to_vec(),
+            "ord()",
+        ),
+        ("17_segments", patched(1, 17), "End of file reading segment"),
+        ("hash_flag_2", patched(23, 2), "End of file reading segment"),
+    ];
+    for (name, bytes, esptool_says) in cases {
+        assert!(verify(&bytes).is_err(), "{name}: airlift accepted it");
+        let path = write_scratch(&format!("malformed_{name}.bin"), &bytes);
+        let (ok, text) = esptool_image_info(&path);
+        assert!(!ok, "{name}: esptool accepted it:\n{text}");
+        assert!(text.contains(esptool_says), "{name}: {text}");
+    }
+}
+
+/// Where airlift is deliberately stricter than esptool's lenient
+/// `image-info`, following ESP-IDF's bootloader: pinned so that a change in
+/// either tool is noticed.
+#[test]
+fn stricter_than_esptool_on_unaligned_segments_and_short_digests() {
+    let unaligned = ImageBuilder::new(Chip::Esp32c3)
+        .unpadded_segment(0x3FC8_0000, vec![1, 2, 3, 4, 5, 6])
+        .build();
+    assert_eq!(
+        verify(&unaligned),
+        Err(ImageError::UnalignedSegmentLength {
+            index: 0,
+            length: 6
+        })
+    );
+    let path = write_scratch("unaligned.bin", &unaligned);
+    let (ok, text) = esptool_image_info(&path);
+    assert!(
+        ok,
+        "esptool image-info now refuses unaligned segments:\n{text}"
+    );
+
+    let (_, good) = real_bootloaders().remove(0);
+    let short_digest = &good[..good.len() - 10];
+    assert!(matches!(
+        verify(short_digest),
+        Err(ImageError::Truncated {
+            part: ImagePart::Digest,
+            ..
+        })
+    ));
+    let path = write_scratch("short_digest.bin", short_digest);
+    let (ok, text) = esptool_image_info(&path);
+    assert!(ok, "esptool image-info now refuses a short digest:\n{text}");
+    assert!(text.contains("(invalid)"), "{text}");
 }
