@@ -1,0 +1,407 @@
+//! An install session: stream an image into the inactive slot, verify it, activate it.
+
+use airlift_format::image::ImageVerifier;
+use airlift_format::manifest::{ManifestError, SignedManifest, key_id};
+use airlift_format::otadata::{OtaState, plan_activation};
+use embedded_storage::nor_flash::NorFlash;
+
+use crate::device::{Activated, Device};
+use crate::error::{Error, flash_err};
+use crate::layout::{AppSlot, Region};
+use crate::store::{ImageTag, InstallProgress, Record, SECTOR_SIZE, Version};
+
+/// Bytes buffered before a program operation when the caller's chunks are
+/// small or unaligned; larger aligned chunks are programmed directly.
+pub const WRITE_BUFFER_LEN: usize = 256;
+/// Bytes read back from flash at a time to feed the verifier (on the stack).
+pub const READ_BACK_LEN: usize = 256;
+
+impl<'k, F: NorFlash> Device<'k, F> {
+    /// Starts installing the image a signed manifest describes into the next
+    /// OTA slot after the running one.
+    ///
+    /// Checks, in order: the manifest's form and signature (against the
+    /// configured and stored keys), that the running image is confirmed,
+    /// the chip, the target slot (not the running one), the size, and the
+    /// security version. Writes nothing to flash. If an earlier install of
+    /// the same image into the same slot was interrupted, the session
+    /// resumes it: see [`Install::resume_offset`].
+    pub fn begin<'d>(&'d mut self, blob: &[u8]) -> Result<Install<'d, 'k, F>, Error> {
+        self.begin_inner(blob, None)
+    }
+
+    /// Like [`Device::begin`], into an explicit OTA slot.
+    pub fn begin_slot<'d>(
+        &'d mut self,
+        blob: &[u8],
+        slot: u8,
+    ) -> Result<Install<'d, 'k, F>, Error> {
+        self.begin_inner(blob, Some(slot))
+    }
+
+    fn verify_signature(&self, signed: &SignedManifest<'_>) -> Result<(), Error> {
+        let id = signed.manifest.key_id;
+        let key = self
+            .config
+            .trusted_keys
+            .iter()
+            .chain(self.store.state.keys())
+            .find(|k| key_id(k) == id)
+            .ok_or(Error::UnknownKey { key_id: id })?;
+        signed
+            .verify(core::slice::from_ref(key))
+            .map_err(|e| match e {
+                ManifestError::UnknownKey(key_id) => Error::UnknownKey { key_id },
+                ManifestError::BadSignature | ManifestError::InvalidTrustedKey(_) => {
+                    Error::BadSignature
+                }
+                other => Error::Manifest(other),
+            })
+    }
+
+    fn begin_inner<'d>(
+        &'d mut self,
+        blob: &[u8],
+        slot: Option<u8>,
+    ) -> Result<Install<'d, 'k, F>, Error> {
+        let signed = SignedManifest::parse(blob).map_err(Error::Manifest)?;
+        self.verify_signature(&signed)?;
+        let m = signed.manifest;
+        let entries = self.entries()?;
+        if self.current_trial(&entries).is_some() {
+            return Err(Error::RunningImageUnconfirmed);
+        }
+        let running = self.running_slot(&entries);
+        if let Some(chip) = self.device_chip_id(running)?
+            && chip != m.chip_id
+        {
+            return Err(Error::WrongChip {
+                expected: chip,
+                got: m.chip_id,
+            });
+        }
+        let slot = slot.unwrap_or_else(|| self.layout.next_update_slot(running));
+        let region = self
+            .layout
+            .slot(AppSlot::Ota(slot))
+            .ok_or(Error::NoSuchSlot { slot })?;
+        let overlaps = |r: Region| region.offset < r.end() && r.offset < region.end();
+        if AppSlot::Ota(slot) == running || self.layout.slot(running).is_some_and(overlaps) {
+            return Err(Error::RunningSlotTarget { slot: running });
+        }
+        if m.image_size > region.size {
+            return Err(Error::TooBig {
+                size: m.image_size,
+                slot_size: region.size,
+            });
+        }
+        let minimum = self.store.state.min_security_version;
+        if m.security_version < minimum {
+            return Err(Error::OlderSecurityVersion {
+                got: m.security_version,
+                minimum,
+            });
+        }
+        if m.delta_base_sha256.is_some() {
+            return Err(Error::DeltaUnsupported);
+        }
+        let mut sha_prefix = [0u8; 8];
+        sha_prefix.copy_from_slice(&m.image_sha256[..8]);
+        let interval = self.config.checkpoint_interval.max(SECTOR_SIZE) / SECTOR_SIZE * SECTOR_SIZE;
+        let mut install = Install {
+            device: self,
+            slot,
+            region,
+            size: m.image_size,
+            sha256: m.image_sha256,
+            chip_id: m.chip_id,
+            tag: ImageTag {
+                sha_prefix,
+                security_version: m.security_version,
+                version: Version::new(m.version),
+            },
+            verifier: ImageVerifier::new(),
+            received: 0,
+            programmed: 0,
+            erased_to: 0,
+            checkpoint_interval: interval,
+            next_checkpoint: interval,
+            chip_checked: false,
+            failed: false,
+            pending: [0xFF; WRITE_BUFFER_LEN],
+            pending_len: 0,
+        };
+        install.try_resume()?;
+        Ok(install)
+    }
+}
+
+/// An install in progress. Borrows the device; nothing else may touch the
+/// flash until it is finished or aborted.
+pub struct Install<'d, 'k, F: NorFlash> {
+    device: &'d mut Device<'k, F>,
+    slot: u8,
+    region: Region,
+    size: u32,
+    sha256: [u8; 32],
+    chip_id: u16,
+    tag: ImageTag,
+    verifier: ImageVerifier,
+    /// Bytes accepted from the caller.
+    received: u32,
+    /// Bytes programmed (and fed to the verifier, read back from flash).
+    programmed: u32,
+    /// Bytes of the slot erased, from its start.
+    erased_to: u32,
+    checkpoint_interval: u32,
+    next_checkpoint: u32,
+    chip_checked: bool,
+    failed: bool,
+    pending: [u8; WRITE_BUFFER_LEN],
+    pending_len: usize,
+}
+
+impl<F: NorFlash> Install<'_, '_, F> {
+    /// The target OTA slot.
+    pub fn slot(&self) -> u8 {
+        self.slot
+    }
+
+    /// The image size the manifest announced.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Where the caller's stream must continue: 0 for a fresh install, or
+    /// the offset an interrupted install of the same image reached (a whole
+    /// number of sectors, already on flash and re-verified).
+    pub fn resume_offset(&self) -> u32 {
+        self.received
+    }
+
+    /// The flash, for simulators (fault injection). Writing to it behind the
+    /// session's back voids every guarantee.
+    pub fn flash_mut(&mut self) -> &mut F {
+        &mut self.device.flash
+    }
+
+    fn try_resume(&mut self) -> Result<(), Error> {
+        let Some(p) = self.device.store.state.install else {
+            return Ok(());
+        };
+        let same = p.slot == self.slot
+            && p.sha_prefix[..] == self.sha256[..16]
+            && p.size == self.size
+            && p.offset <= self.size
+            && p.offset.is_multiple_of(SECTOR_SIZE);
+        if !same || p.offset == 0 {
+            return Ok(());
+        }
+        self.feed_from_flash(0, p.offset)?;
+        self.received = p.offset;
+        self.programmed = p.offset;
+        self.erased_to = p.offset;
+        self.next_checkpoint = p.offset + self.checkpoint_interval;
+        Ok(())
+    }
+
+    /// Accepts the next bytes of the image, in chunks of any size. Erases
+    /// ahead, programs, and verifies what was programmed (read back).
+    pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        if self.failed {
+            return Err(Error::SessionFailed);
+        }
+        let result = self.write_inner(data);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn write_inner(&mut self, mut data: &[u8]) -> Result<(), Error> {
+        if data.len() as u64 + u64::from(self.received) > u64::from(self.size) {
+            return Err(Error::TooMuchData { size: self.size });
+        }
+        while !data.is_empty() {
+            if self.pending_len > 0 || data.len() < WRITE_BUFFER_LEN {
+                let n = (WRITE_BUFFER_LEN - self.pending_len).min(data.len());
+                self.pending[self.pending_len..self.pending_len + n].copy_from_slice(&data[..n]);
+                self.pending_len += n;
+                self.received += n as u32;
+                data = &data[n..];
+                if self.pending_len == WRITE_BUFFER_LEN {
+                    let block = self.pending;
+                    self.pending_len = 0;
+                    self.program(&block)?;
+                }
+            } else {
+                let n = data.len() / WRITE_BUFFER_LEN * WRITE_BUFFER_LEN;
+                self.received += n as u32;
+                self.program(&data[..n])?;
+                data = &data[n..];
+            }
+        }
+        Ok(())
+    }
+
+    /// Programs `bytes` at the current position (a multiple of the write
+    /// size long), one sector at a time, erasing each sector first.
+    fn program(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let mut done = 0usize;
+        while done < bytes.len() {
+            let pos = self.programmed;
+            if pos >= self.erased_to {
+                let from = self.region.offset + self.erased_to;
+                self.device
+                    .flash
+                    .erase(from, from + SECTOR_SIZE)
+                    .map_err(flash_err)?;
+                self.erased_to += SECTOR_SIZE;
+            }
+            let n = ((self.erased_to - pos) as usize).min(bytes.len() - done);
+            self.device
+                .flash
+                .write(self.region.offset + pos, &bytes[done..done + n])
+                .map_err(flash_err)?;
+            self.feed_from_flash(pos, n as u32)?;
+            self.programmed += n as u32;
+            done += n;
+            if self.programmed >= self.next_checkpoint
+                && self.programmed.is_multiple_of(SECTOR_SIZE)
+            {
+                let mut sha_prefix = [0u8; 16];
+                sha_prefix.copy_from_slice(&self.sha256[..16]);
+                let progress = InstallProgress {
+                    slot: self.slot,
+                    sha_prefix,
+                    size: self.size,
+                    offset: self.programmed,
+                };
+                self.device
+                    .store
+                    .append(&mut self.device.flash, Record::install(&progress))?;
+                self.next_checkpoint = self.programmed + self.checkpoint_interval;
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds the verifier with what the slot holds at `[pos, pos + len)`
+    /// (image bytes only, not the write-size padding), so what is verified
+    /// is what is on flash.
+    fn feed_from_flash(&mut self, pos: u32, len: u32) -> Result<(), Error> {
+        let end = (pos + len).min(self.size);
+        let mut at = pos;
+        let mut buf = [0u8; READ_BACK_LEN];
+        while at < end {
+            let n = ((end - at) as usize).min(READ_BACK_LEN);
+            self.device
+                .flash
+                .read(self.region.offset + at, &mut buf[..n])
+                .map_err(flash_err)?;
+            self.verifier.update(&buf[..n])?;
+            at += n as u32;
+        }
+        if !self.chip_checked
+            && let Some(h) = self.verifier.header()
+        {
+            self.chip_checked = true;
+            if h.chip_id != self.chip_id {
+                return Err(Error::WrongChip {
+                    expected: self.chip_id,
+                    got: h.chip_id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies the whole image (structure, checksum, appended digest, and
+    /// SHA-256 against the signed manifest) and activates it: one otadata
+    /// entry write (sequence number and state UNDEFINED together) into the
+    /// copy that is not active. The next boot starts it on trial.
+    pub fn finish(mut self) -> Result<Activated, Error> {
+        if self.failed {
+            return Err(Error::SessionFailed);
+        }
+        if self.received < self.size {
+            return Err(Error::Truncated {
+                got: self.received,
+                expected: self.size,
+            });
+        }
+        if self.pending_len > 0 {
+            let w = F::WRITE_SIZE;
+            let len = self.pending_len.div_ceil(w) * w;
+            let mut block = self.pending;
+            block[self.pending_len..len].fill(0xFF);
+            self.pending_len = 0;
+            self.program(&block[..len])?;
+        }
+        match self.verify() {
+            Ok(()) => self.activate(),
+            Err(e) => {
+                // Never resume onto bytes that failed verification.
+                if self.device.store.state.install.is_some() {
+                    self.device
+                        .store
+                        .append(&mut self.device.flash, Record::install_clear())?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn verify(&mut self) -> Result<(), Error> {
+        let verifier = core::mem::take(&mut self.verifier);
+        let info = verifier.finish()?;
+        if info.header.chip_id != self.chip_id {
+            return Err(Error::WrongChip {
+                expected: self.chip_id,
+                got: info.header.chip_id,
+            });
+        }
+        if !info.checksum_valid() {
+            return Err(Error::ChecksumMismatch);
+        }
+        if !info.digest_valid() {
+            return Err(Error::DigestMismatch);
+        }
+        if info.file_sha256 != self.sha256 {
+            return Err(Error::ShaMismatch);
+        }
+        Ok(())
+    }
+
+    fn activate(self) -> Result<Activated, Error> {
+        let device = self.device;
+        let entries = device.entries()?;
+        let running = device.running_slot(&entries);
+        let plan = plan_activation(
+            &entries,
+            self.slot,
+            device.layout.app_count,
+            OtaState::Undefined,
+        )?;
+        device.store.append(
+            &mut device.flash,
+            Record::activation(plan.entry.seq, self.slot, running, &self.tag),
+        )?;
+        device.write_entry(plan.copy, &plan.entry)?;
+        Ok(Activated {
+            slot: self.slot,
+            seq: plan.entry.seq,
+        })
+    }
+
+    /// Abandons the install. The running image stays selected (otadata was
+    /// never touched); the progress record is cleared so nothing resumes.
+    pub fn abort(self) -> Result<(), Error> {
+        if self.device.store.state.install.is_some() {
+            self.device
+                .store
+                .append(&mut self.device.flash, Record::install_clear())?;
+        }
+        Ok(())
+    }
+}

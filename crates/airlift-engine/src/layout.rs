@@ -1,0 +1,181 @@
+//! Where things are on flash: OTA slots, otadata and Airlift's data partition.
+
+use core::fmt;
+
+use airlift_format::otadata::BootTarget;
+
+/// Most OTA app slots ESP-IDF supports (`ota_0` ..= `ota_15`).
+pub const MAX_OTA_SLOTS: usize = 16;
+
+/// A region of flash: absolute offset and size in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Region {
+    /// Absolute flash offset.
+    pub offset: u32,
+    /// Size in bytes.
+    pub size: u32,
+}
+
+impl Region {
+    /// A region at `offset` of `size` bytes.
+    pub const fn new(offset: u32, size: u32) -> Region {
+        Region { offset, size }
+    }
+
+    /// One past the last byte.
+    pub const fn end(&self) -> u32 {
+        self.offset + self.size
+    }
+}
+
+/// An application partition the bootloader can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AppSlot {
+    /// The factory app partition.
+    Factory,
+    /// OTA app slot `ota_N`.
+    Ota(u8),
+}
+
+impl AppSlot {
+    /// One-byte code used in Airlift's records: the OTA index, or 0xFE for factory.
+    pub(crate) const fn code(self) -> u8 {
+        match self {
+            AppSlot::Factory => 0xFE,
+            AppSlot::Ota(n) => n,
+        }
+    }
+
+    /// Inverse of [`AppSlot::code`].
+    pub(crate) const fn from_code(code: u8) -> AppSlot {
+        match code {
+            0xFE => AppSlot::Factory,
+            n => AppSlot::Ota(n),
+        }
+    }
+}
+
+impl fmt::Display for AppSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppSlot::Factory => f.write_str("factory"),
+            AppSlot::Ota(n) => write!(f, "ota_{n}"),
+        }
+    }
+}
+
+/// The partitions the engine works with, read from the partition table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// The otadata partition (two 4 KiB sectors).
+    pub otadata: Region,
+    /// OTA app slots `ota_0 .. ota_{app_count-1}`.
+    pub slots: [Region; MAX_OTA_SLOTS],
+    /// Number of OTA app slots.
+    pub app_count: u8,
+    /// The factory app partition, when the table has one.
+    pub factory: Option<Region>,
+    /// Airlift's data partition (label `airlift`, type data, subtype 0x40).
+    pub data: Region,
+}
+
+impl Layout {
+    /// The region of an app slot, when it exists.
+    pub fn slot(&self, slot: AppSlot) -> Option<Region> {
+        match slot {
+            AppSlot::Factory => self.factory,
+            AppSlot::Ota(n) if n < self.app_count => Some(self.slots[usize::from(n)]),
+            AppSlot::Ota(_) => None,
+        }
+    }
+
+    /// What an ESP-IDF bootloader starts from for a [`BootTarget`]: the OTA
+    /// slot, or for a fallback the factory app when present, else `ota_0`.
+    pub fn resolve(&self, target: BootTarget) -> AppSlot {
+        match target {
+            BootTarget::Ota(n) => AppSlot::Ota(n),
+            BootTarget::Fallback if self.factory.is_some() => AppSlot::Factory,
+            BootTarget::Fallback => AppSlot::Ota(0),
+        }
+    }
+
+    /// The slot an update goes to when running from `running`, as
+    /// `esp_ota_get_next_update_partition` picks it: the OTA slot after the
+    /// running one, `ota_0` when running the factory app.
+    pub fn next_update_slot(&self, running: AppSlot) -> u8 {
+        match running {
+            AppSlot::Factory => 0,
+            AppSlot::Ota(n) => {
+                if self.app_count == 0 {
+                    0
+                } else {
+                    (n + 1) % self.app_count
+                }
+            }
+        }
+    }
+}
+
+impl Layout {
+    /// Reads the partition table at `table_offset` (0x8000 on ESP32) one
+    /// 32-byte row at a time: the table is never held in RAM as a whole.
+    pub fn read<F: embedded_storage::nor_flash::ReadNorFlash>(
+        flash: &mut F,
+        table_offset: u32,
+    ) -> Result<Layout, crate::Error> {
+        use airlift_format::partition::{ENTRY_LEN, OtaLayout, TableReader};
+
+        let mut reader = TableReader::new();
+        let mut failure: Option<crate::Error> = None;
+        let mut at = table_offset;
+        let rows = core::iter::from_fn(|| {
+            while failure.is_none() && !reader.is_done() {
+                let mut row = [0u8; ENTRY_LEN];
+                if let Err(e) = flash.read(at, &mut row) {
+                    failure = Some(crate::error::flash_err(e));
+                    return None;
+                }
+                at += ENTRY_LEN as u32;
+                match reader.push(&row) {
+                    Ok(Some(entry)) => return Some(entry),
+                    Ok(None) => {}
+                    Err(e) => failure = Some(crate::Error::PartitionTable(e)),
+                }
+            }
+            None
+        });
+        let layout = OtaLayout::from_entries(rows);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Layout::from_ota_layout(&layout.map_err(crate::Error::PartitionTable)?)
+    }
+
+    /// Converts the format crate's view of a table into the engine's.
+    pub fn from_ota_layout(
+        l: &airlift_format::partition::OtaLayout,
+    ) -> Result<Layout, crate::Error> {
+        let region = |(offset, size): (u32, u32)| Region::new(offset, size);
+        let otadata = l.otadata.map(region).ok_or(crate::Error::NoOtadata)?;
+        let data = l
+            .airlift_data
+            .map(region)
+            .ok_or(crate::Error::NoDataPartition)?;
+        if l.app_count == 0 {
+            return Err(crate::Error::NoOtaSlots);
+        }
+        let mut slots = [Region::default(); MAX_OTA_SLOTS];
+        for (out, slot) in slots.iter_mut().zip(l.slots.iter()) {
+            if let Some(s) = slot {
+                *out = region(*s);
+            }
+        }
+        Ok(Layout {
+            otadata,
+            slots,
+            app_count: l.app_count,
+            factory: l.factory.map(region),
+            data,
+        })
+    }
+}
