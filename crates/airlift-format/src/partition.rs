@@ -805,8 +805,11 @@ impl OtaLayout {
     /// Collects the layout from a table's entries. Fails if otadata, an app
     /// subtype or the Airlift partition appears twice, if OTA slots are not
     /// contiguous from `ota_0` (ESP-IDF's bootloader counts the slots while
-    /// its OTA API numbers them, so a gap makes them disagree), or if the
-    /// partition labelled `airlift` is not type data, subtype 0x40.
+    /// its OTA API numbers them, so a gap makes them disagree), if the
+    /// partition labelled `airlift` is not type data, subtype 0x40, or if
+    /// any two of the partitions collected here overlap (checked here too
+    /// because a device streaming the table with [`TableReader`] gets no
+    /// other overlap check).
     pub fn from_entries<I>(entries: I) -> Result<Self, PartitionError>
     where
         I: IntoIterator<Item = PartitionEntry>,
@@ -867,7 +870,35 @@ impl OtaLayout {
             });
         }
         layout.app_count = count as u8;
+        layout.check_disjoint()?;
         Ok(layout)
+    }
+
+    /// The regions the engine writes must not share flash, even when the
+    /// table was read row by row without [`validate_entries`].
+    fn check_disjoint(&self) -> Result<(), PartitionError> {
+        let named = [
+            ("otadata", self.otadata),
+            ("factory", self.factory),
+            (AIRLIFT_DATA_LABEL, self.airlift_data),
+        ];
+        let slots = OTA_NAMES.iter().copied().zip(self.slots);
+        let regions = || {
+            named
+                .into_iter()
+                .chain(slots.clone())
+                .filter_map(|(name, region)| region.map(|r| (name, r)))
+        };
+        for (i, (first, (a_offset, a_size))) in regions().enumerate() {
+            for (second, (b_offset, b_size)) in regions().skip(i + 1) {
+                let a_end = u64::from(a_offset) + u64::from(a_size);
+                let b_end = u64::from(b_offset) + u64::from(b_size);
+                if u64::from(a_offset) < b_end && u64::from(b_offset) < a_end {
+                    return Err(PartitionError::RolesOverlap { first, second });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `(offset, size)` of OTA slot `n`, if the table has it.
@@ -1092,6 +1123,14 @@ pub enum PartitionError {
         /// A slot present after the gap.
         present: u8,
     },
+    /// Two partitions the update engine uses share flash (found while
+    /// collecting an [`OtaLayout`]).
+    RolesOverlap {
+        /// Role of the first (`otadata`, `factory`, `airlift`, `ota_N`).
+        first: &'static str,
+        /// Role of the second.
+        second: &'static str,
+    },
     /// The partition labelled `airlift` is not type data, subtype 0x40.
     AirliftPartitionType {
         /// Its type.
@@ -1206,6 +1245,9 @@ impl fmt::Display for PartitionError {
                 f,
                 "ota_{present} exists but ota_{missing} does not: OTA slots must be contiguous from ota_0"
             ),
+            Self::RolesOverlap { first, second } => {
+                write!(f, "partitions {first} and {second} overlap")
+            }
             Self::AirliftPartitionType { kind, subtype } => write!(
                 f,
                 "partition {AIRLIFT_DATA_LABEL} has type 0x{:02x} subtype 0x{subtype:02x}, expected data (0x01) subtype 0x{AIRLIFT_DATA_SUBTYPE:02x}",

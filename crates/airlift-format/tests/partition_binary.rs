@@ -434,3 +434,28 @@ fn errors_read_as_sentences_naming_the_partition() {
         "not a partition table row at byte 64: magic is 7f 45, expected aa 50 (entry), eb eb (md5) or ff ff (end)"
     );
 }
+
+#[test]
+fn streamed_layout_rejects_overlapping_engine_partitions() {
+    // Each entry is valid on its own, so a device reading row by row
+    // (TableReader) would accept them; the layout must not.
+    let mut entries = AIRLIFT_DEFAULT;
+    entries[6].offset = 0x30_0000; // airlift inside ota_1
+    assert!(entries.iter().all(|e| e.validate().is_ok()));
+    assert_eq!(
+        OtaLayout::from_entries(entries),
+        Err(PartitionError::RolesOverlap {
+            first: "airlift",
+            second: "ota_1"
+        })
+    );
+    let mut entries = AIRLIFT_DEFAULT;
+    entries[1].offset = 0x1_0000; // otadata inside factory
+    assert_eq!(
+        OtaLayout::from_entries(entries),
+        Err(PartitionError::RolesOverlap {
+            first: "otadata",
+            second: "factory"
+        })
+    );
+}
