@@ -278,20 +278,24 @@ impl<'k, F: NorFlash> Device<'k, F> {
         self.store.append(&mut self.flash, Record::boot(&record))
     }
 
-    /// Raises the minimum security version when a confirmation reached
-    /// otadata but its last step (the record) was cut off.
+    /// Finishes a recorded confirmation: writes the VALID otadata entry if
+    /// the active entry is still the trial's (a cut after the record, or the
+    /// VALID copy lost), and raises the minimum security version.
     fn complete_confirm(&mut self, entries: &[OtaSelectEntry; 2]) -> Result<(), Error> {
         let Some(pc) = self.store.state.pending_confirm else {
             return Ok(());
         };
-        let Some(active) = active_entry(entries) else {
-            return Ok(());
-        };
-        let e = &entries[active];
-        if e.seq == pc.new_seq
-            && e.state == OtaState::Valid
-            && pc.security_version > self.store.state.min_security_version
-        {
+        if let Some(active) = active_entry(entries) {
+            let e = &entries[active];
+            if e.seq == pc.trial_seq
+                && e.state != OtaState::Valid
+                && let Some(slot) = e.slot(self.layout.app_count)
+            {
+                let plan = plan_activation(entries, slot, self.layout.app_count, OtaState::Valid)?;
+                self.write_entry(plan.copy, &plan.entry)?;
+            }
+        }
+        if pc.security_version > self.store.state.min_security_version {
             self.store
                 .append(&mut self.flash, Record::min_security(pc.security_version))?;
         }
@@ -419,12 +423,13 @@ impl<'k, F: NorFlash> Device<'k, F> {
         Ok(self.selected(&now))
     }
 
-    /// Marks the running image good: writes a VALID otadata entry for its
-    /// slot (to the copy that is not active, so a power cut leaves it on
-    /// trial, never unselected), ends the trial and raises the stored minimum
-    /// security version to the image's. Returns `false` when there was
-    /// nothing to confirm (already confirmed, or the trial image is not the
-    /// one running).
+    /// Marks the running image good: records the confirmation (the commit
+    /// point), writes a VALID otadata entry for its slot (to the copy that
+    /// is not active, so a cut leaves the trial entry selected and the boot
+    /// guard finishes the job), and raises the stored minimum security
+    /// version to the image's. Returns `false` when there was nothing to
+    /// confirm (already confirmed, or the trial image is not the one
+    /// running).
     pub fn confirm(&mut self) -> Result<bool, Error> {
         let entries = self.entries()?;
         let Some(trial) = self.current_trial(&entries) else {
@@ -445,6 +450,8 @@ impl<'k, F: NorFlash> Device<'k, F> {
             new_seq: plan.entry.seq,
             security_version,
         };
+        // The record is the commit point; the otadata entry and the
+        // minimum security version follow (and are redone at boot if cut).
         self.store
             .append(&mut self.flash, Record::confirm(&pending))?;
         self.write_entry(plan.copy, &plan.entry)?;

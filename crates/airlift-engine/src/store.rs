@@ -139,7 +139,7 @@ pub struct Trial {
     pub attempts: u8,
 }
 
-/// A confirmation whose otadata write may not have happened yet.
+/// A recorded confirmation (its otadata write may not have happened yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PendingConfirm {
     pub(crate) trial_seq: u32,
@@ -312,11 +312,16 @@ impl State {
                 }
             }
             KIND_CONFIRM => {
-                self.pending_confirm = Some(PendingConfirm {
+                let c = PendingConfirm {
                     trial_seq: le32(&b[1..5]),
                     new_seq: le32(&b[5..9]),
                     security_version: le32(&b[9..13]),
-                });
+                };
+                // The record is the commit point of a confirmation.
+                if self.trial.is_some_and(|t| t.seq == c.trial_seq) {
+                    self.trial = None;
+                }
+                self.pending_confirm = Some(c);
             }
             KIND_INSTALL => {
                 let mut sha_prefix = [0u8; 16];

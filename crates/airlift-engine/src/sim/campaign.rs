@@ -569,7 +569,7 @@ impl<'c> Ctx<'c> {
                     FaultKind::Tear => report.torn_points += 1,
                 }
                 let mut flash = pre.clone();
-                flash.set_fault(Some(Fault { op: k, kind }));
+                flash.set_fault_at_arm(Some(Fault { op: k, kind }));
                 let result = self.action(path, &mut flash);
                 let label = match kind {
                     FaultKind::CutBefore => "cut before",

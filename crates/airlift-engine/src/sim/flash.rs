@@ -63,6 +63,7 @@ pub struct SimFlash {
     ops: u64,
     base: u64,
     fault: Option<Fault>,
+    fault_at_arm: Option<Fault>,
     dead: bool,
 }
 
@@ -79,6 +80,7 @@ impl SimFlash {
             ops: 0,
             base: 0,
             fault: None,
+            fault_at_arm: None,
             dead: false,
         }
     }
@@ -104,14 +106,27 @@ impl SimFlash {
         self.ops - self.base
     }
 
-    /// Restarts the operation count from here: fault indices count from now.
+    /// Restarts the operation count from here: fault indices count from
+    /// now, and a fault scheduled with [`set_fault_at_arm`](Self::set_fault_at_arm)
+    /// becomes active.
     pub fn arm(&mut self) {
         self.base = self.ops;
+        if let Some(f) = self.fault_at_arm.take() {
+            self.fault = Some(f);
+        }
     }
 
-    /// Schedules (or clears) a power cut.
+    /// Schedules (or clears) a power cut, counted from the last arm or
+    /// power cycle.
     pub fn set_fault(&mut self, fault: Option<Fault>) {
         self.fault = fault;
+    }
+
+    /// Schedules a power cut that only becomes active at the next
+    /// [`arm`](Self::arm), so that operations before it (setting up the
+    /// path under test) are never cut.
+    pub fn set_fault_at_arm(&mut self, fault: Option<Fault>) {
+        self.fault_at_arm = fault;
     }
 
     /// Whether power was cut.
@@ -123,6 +138,7 @@ impl SimFlash {
     pub fn power_cycle(&mut self) {
         self.dead = false;
         self.fault = None;
+        self.fault_at_arm = None;
         self.base = self.ops;
     }
 

@@ -1,0 +1,550 @@
+//! What the engine promises, one behaviour per test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use airlift_engine::sim::{self, BootloaderKind, SimFlash};
+use airlift_engine::{AppSlot, BootDecision, BootOutcome, Config, Device, Error};
+use airlift_format::image::{Chip, ImageBuilder};
+use airlift_format::manifest::{self, Manifest, SigningKey, key_id};
+use airlift_format::otadata::{self, OtaSelectEntry, OtaState, active_entry, boot_slot};
+use common::*;
+
+const OTA0: AppSlot = AppSlot::Ota(0);
+const OTA1: AppSlot = AppSlot::Ota(1);
+
+fn otadata_entries(flash: &mut SimFlash) -> [OtaSelectEntry; 2] {
+    sim::bootloader::read_otadata(flash, &layout())
+}
+
+#[test]
+fn new_image_boots_on_trial_after_install() {
+    let mut flash = fresh();
+    install(&mut flash, &new_image()).unwrap();
+    assert_eq!(boot(&mut flash, 3), run(OTA1, false, 1, 3));
+    assert_eq!(slot_bytes(&flash, OTA1).unwrap(), new_image());
+    assert_eq!(
+        slot_bytes(&flash, OTA0).unwrap(),
+        old_image(),
+        "running slot untouched"
+    );
+}
+
+#[test]
+fn confirmed_image_stays_across_reboots() {
+    let mut flash = fresh();
+    install(&mut flash, &new_image()).unwrap();
+    boot(&mut flash, 3);
+    assert!(confirm(&mut flash));
+    for _ in 0..10 {
+        assert_eq!(boot(&mut flash, 3), run(OTA1, true, 0, 3));
+    }
+    assert!(!confirm(&mut flash), "nothing left to confirm");
+}
+
+/// Boots an installed, never confirmed image until the guard rolls it back;
+/// returns the trial boots it got and the decision that ended them.
+fn boots_until_rollback(max_attempts: u8, kind: BootloaderKind) -> (u8, BootDecision) {
+    let mut flash = fresh();
+    install(&mut flash, &new_image()).unwrap();
+    let mut trial_boots = 0;
+    loop {
+        match boot_with(&mut flash, max_attempts, kind) {
+            BootDecision::Run {
+                slot: OTA1,
+                confirmed: false,
+                attempt,
+                ..
+            } => {
+                trial_boots += 1;
+                assert_eq!(attempt, trial_boots);
+            }
+            other => {
+                assert_eq!(
+                    boot_with(&mut flash, max_attempts, kind),
+                    run(OTA0, true, 0, max_attempts)
+                );
+                assert_eq!(selected(&mut flash), OTA0);
+                return (trial_boots, other);
+            }
+        }
+        assert!(trial_boots <= 20, "never rolled back");
+    }
+}
+
+#[test]
+fn unconfirmed_image_rolls_back_after_exactly_three_failed_boots() {
+    let (boots, decision) = boots_until_rollback(3, BootloaderKind::Plain);
+    assert_eq!(boots, 3);
+    assert_eq!(
+        decision,
+        BootDecision::ResetRequired {
+            from: OTA1,
+            to: OTA0,
+            attempts: 3
+        }
+    );
+}
+
+#[test]
+fn unconfirmed_image_rolls_back_after_the_configured_number_of_boots() {
+    for n in [1, 2, 5, 10] {
+        assert_eq!(
+            boots_until_rollback(n, BootloaderKind::Plain).0,
+            n,
+            "limit {n}"
+        );
+    }
+}
+
+#[test]
+fn rollback_enabled_esp_idf_bootloader_also_gives_every_try() {
+    // Activation writes UNDEFINED, which that bootloader leaves alone: it
+    // would abort a NEW image after a single unconfirmed boot.
+    for n in [1, 3, 5] {
+        assert_eq!(
+            boots_until_rollback(n, BootloaderKind::Rollback).0,
+            n,
+            "limit {n}"
+        );
+    }
+}
+
+#[test]
+fn rollback_marks_the_image_invalid_and_selects_the_previous_slot() {
+    let mut flash = fresh();
+    install(&mut flash, &new_image()).unwrap();
+    for _ in 0..4 {
+        boot(&mut flash, 3);
+    }
+    let entries = otadata_entries(&mut flash);
+    let active = active_entry(&entries).unwrap();
+    assert_eq!(boot_slot(&entries, 2), otadata::BootTarget::Ota(0));
+    assert_eq!(entries[active].state, OtaState::Valid);
+    let other = &entries[1 - active];
+    assert_eq!((other.slot(2), other.state), (Some(1), OtaState::Invalid));
+}
+
+#[test]
+fn otadata_written_by_the_engine_decodes_with_the_esp_idf_rule() {
+    let mut flash = fresh();
+    // Provisioned: copy 0 = {seq 1, VALID} selecting ota_0.
+    install(&mut flash, &new_image()).unwrap();
+    let e = otadata_entries(&mut flash);
+    assert_eq!(e[1], OtaSelectEntry::new(2, OtaState::Undefined));
+    assert_eq!(e[1].encode()[..4], [2, 0, 0, 0]);
+    assert!(e[1].is_valid() && e[1].crc_ok());
+    assert_eq!(active_entry(&e), Some(1));
+    assert_eq!(boot_slot(&e, 2), otadata::BootTarget::Ota(1));
+    boot(&mut flash, 3);
+    assert!(confirm(&mut flash));
+    let e = otadata_entries(&mut flash);
+    assert_eq!(e[0], OtaSelectEntry::new(4, OtaState::Valid));
+    assert_eq!(active_entry(&e), Some(0));
+    assert_eq!(boot_slot(&e, 2), otadata::BootTarget::Ota(1));
+}
+
+#[test]
+fn one_corrupt_otadata_copy_still_boots() {
+    // After an update both copies are valid; corrupt each in turn.
+    for copy in [0usize, 1] {
+        let mut flash = fresh();
+        install(&mut flash, &new_image()).unwrap();
+        boot(&mut flash, 3);
+        assert!(confirm(&mut flash));
+        let l = layout();
+        let at = l.otadata.offset as usize + copy * otadata::SECTOR_SIZE as usize + 28;
+        let mut crc = flash.bytes()[at..at + 4].to_vec();
+        crc[0] ^= 0xFF;
+        flash.load(at, &crc);
+        let decision = boot(&mut flash, 3);
+        assert!(
+            matches!(
+                decision,
+                BootDecision::Run {
+                    confirmed: true,
+                    ..
+                }
+            ),
+            "copy {copy}: {decision:?}"
+        );
+        // And the engine still installs and activates an update.
+        let v3 = sim::test_image("3.0.0", 1, 7000);
+        install(&mut flash, &v3).unwrap();
+        let BootDecision::Run { slot, .. } = boot(&mut flash, 3) else {
+            panic!("no run")
+        };
+        assert_eq!(slot_bytes(&flash, slot).unwrap(), v3, "copy {copy}");
+    }
+}
+
+#[test]
+fn abort_leaves_the_running_image_selected() {
+    let mut flash = fresh();
+    let image = new_image();
+    let blob = sign(&image);
+    let mut dev = Device::open(&mut flash, config(3)).unwrap();
+    let mut s = dev.begin(&blob).unwrap();
+    s.write(&image[..5000]).unwrap();
+    s.abort().unwrap();
+    assert_eq!(boot(&mut flash, 3), run(OTA0, true, 0, 3));
+}
+
+#[test]
+fn install_is_refused_while_the_running_image_is_on_trial() {
+    let mut flash = fresh();
+    install(&mut flash, &new_image()).unwrap();
+    boot(&mut flash, 3);
+    let v3 = sim::test_image("3.0.0", 1, 7000);
+    assert_eq!(
+        install(&mut flash, &v3),
+        Err(Error::RunningImageUnconfirmed)
+    );
+}
+
+#[test]
+fn interrupted_install_resumes_from_its_last_checkpoint() {
+    let mut flash = fresh();
+    let image = sim::test_image("2.0.0", 1, 40_000);
+    let blob = sign(&image);
+    let cfg = Config {
+        checkpoint_interval: 8192,
+        ..config(3)
+    };
+    {
+        let mut dev = Device::open(&mut flash, cfg).unwrap();
+        let mut s = dev.begin(&blob).unwrap();
+        s.write(&image[..30_000]).unwrap();
+        // Reset: the session is dropped without finish or abort.
+    }
+    boot(&mut flash, 3);
+    let mut dev = Device::open(&mut flash, cfg).unwrap();
+    let mut s = dev.begin(&blob).unwrap();
+    let from = s.resume_offset() as usize;
+    assert_eq!(from, 24_576, "resumes at the last 8 KiB checkpoint");
+    s.write(&image[from..]).unwrap();
+    s.finish().unwrap();
+    assert_eq!(boot(&mut flash, 3), run(OTA1, false, 1, 3));
+    assert_eq!(slot_bytes(&flash, OTA1).unwrap(), image);
+}
+
+#[test]
+fn install_accepts_any_chunk_sizes() {
+    let image = new_image();
+    for chunk in [1, 3, 4, 255, 256, 257, 4095, 4096, 10_000] {
+        let mut flash = fresh();
+        let blob = sign(&image);
+        let mut dev = Device::open(&mut flash, config(3)).unwrap();
+        let mut s = dev.begin(&blob).unwrap();
+        for c in image.chunks(chunk) {
+            s.write(c).unwrap();
+        }
+        s.finish().unwrap();
+        assert_eq!(slot_bytes(&flash, OTA1).unwrap(), image, "chunk {chunk}");
+    }
+}
+
+#[test]
+fn confirm_raises_the_minimum_security_version() {
+    let mut flash = fresh();
+    let v5 = sim::test_image("2.0.0", 5, 8000);
+    install(&mut flash, &v5).unwrap();
+    boot(&mut flash, 3);
+    assert!(confirm(&mut flash));
+    let mut dev = Device::open(&mut flash, config(3)).unwrap();
+    assert_eq!(dev.status().unwrap().min_security_version, 5);
+    let v4 = sim::test_image("3.0.0", 4, 8000);
+    assert_eq!(
+        install(&mut flash, &v4),
+        Err(Error::OlderSecurityVersion { got: 4, minimum: 5 })
+    );
+}
+
+#[test]
+fn boot_log_records_every_boot() {
+    let mut flash = fresh();
+    install(&mut flash, &new_image()).unwrap();
+    for _ in 0..5 {
+        boot(&mut flash, 3);
+    }
+    let mut dev = Device::open(&mut flash, config(3)).unwrap();
+    let mut log = Vec::new();
+    dev.boot_log(|r| log.push(*r)).unwrap();
+    let summary: Vec<_> = log
+        .iter()
+        .map(|r| (r.slot, r.outcome, r.attempt, r.version.as_str().to_owned()))
+        .collect();
+    let v = |s: &str| s.to_owned();
+    assert_eq!(
+        summary,
+        [
+            (OTA0, BootOutcome::Confirmed, 0, v("1.0.0")),
+            (OTA1, BootOutcome::Trial, 1, v("2.0.0")),
+            (OTA1, BootOutcome::Trial, 2, v("2.0.0")),
+            (OTA1, BootOutcome::Trial, 3, v("2.0.0")),
+            (OTA1, BootOutcome::RolledBack, 3, v("2.0.0")),
+            (OTA0, BootOutcome::Confirmed, 0, v("1.0.0")),
+        ]
+    );
+    assert!(log.iter().all(|r| r.timestamp == 1_700_000_000));
+    let new_sha = airlift_format::image::verify(&new_image())
+        .unwrap()
+        .file_sha256;
+    assert_eq!(log[1].sha_prefix, new_sha[..8]);
+}
+
+#[test]
+fn boot_log_stays_bounded_and_keeps_keys_and_state_across_rotations() {
+    let mut flash = fresh();
+    for _ in 0..2000 {
+        boot(&mut flash, 3);
+    }
+    let mut dev = Device::open(&mut flash, config(3)).unwrap();
+    let mut count = 0;
+    dev.boot_log(|_| count += 1).unwrap();
+    let pos = dev.log_position();
+    assert!(pos.current.unwrap().1 > pos.sectors, "the ring wrapped");
+    assert!(count < 16 * 64 && count > 14 * 50, "{count} records kept");
+    assert_eq!(dev.stored_keys(), [public_key()]);
+    // The stored key still verifies an update.
+    install(&mut flash, &new_image()).unwrap();
+    assert_eq!(boot(&mut flash, 3), run(OTA1, false, 1, 3));
+}
+
+#[test]
+fn bootloader_fallback_from_a_broken_new_image_rolls_back() {
+    let mut flash = fresh();
+    install(&mut flash, &new_image()).unwrap();
+    // The slot gets corrupted after activation: the bootloader cannot start it.
+    let at = layout().slots[1].offset as usize + 2000;
+    let byte = flash.bytes()[at];
+    flash.load(at, &[byte ^ 0x01]);
+    let d = boot(&mut flash, 3);
+    assert_eq!(d, run(OTA0, true, 0, 3));
+    assert_eq!(selected(&mut flash), OTA0);
+    let mut dev = Device::open(&mut flash, config(3)).unwrap();
+    let mut outcomes = Vec::new();
+    dev.boot_log(|r| outcomes.push(r.outcome)).unwrap();
+    assert_eq!(outcomes.last(), Some(&BootOutcome::TrialNotBooted));
+}
+
+#[test]
+fn device_reads_its_layout_from_the_partition_table_on_flash() {
+    let mut flash = fresh();
+    let dev = Device::open(&mut flash, config(3)).unwrap();
+    assert_eq!(*dev.layout(), layout());
+    // A table without Airlift's partition.
+    let mut bare = sim::provision(
+        &airlift_format::partition::AIRLIFT_DEFAULT,
+        sim::FLASH_SIZE,
+        &old_image(),
+        &[],
+    )
+    .unwrap();
+    let mut table = [0xFFu8; airlift_format::partition::TABLE_MAX_LEN];
+    airlift_format::partition::build(&airlift_format::partition::DEFAULT_TWO_OTA, &mut table)
+        .unwrap();
+    bare.load(0x8000, &table);
+    assert_eq!(
+        Device::open(&mut bare, config(3)).err(),
+        Some(Error::NoDataPartition)
+    );
+}
+
+// ---- refusals: each one a distinct error, and the old image stays selected.
+
+struct Refusal {
+    name: &'static str,
+    blob: Vec<u8>,
+    stream: Vec<u8>,
+    slot: Option<u8>,
+}
+
+fn manifest_blob(image: &[u8], key: &SigningKey, edit: impl FnOnce(&mut Manifest<'_>)) -> Vec<u8> {
+    let info = airlift_format::image::verify(image).unwrap();
+    let mut m = Manifest {
+        chip_id: info.header.chip_id,
+        security_version: 1,
+        image_size: image.len() as u32,
+        image_sha256: info.file_sha256,
+        delta_base_sha256: None,
+        key_id: [0; 8],
+        product: "airlift-sim",
+        version: "2.0.0",
+    };
+    edit(&mut m);
+    manifest::sign(&m, key).unwrap()
+}
+
+fn attempt(flash: &mut SimFlash, r: &Refusal) -> Result<(), Error> {
+    let mut dev = Device::open(&mut *flash, config(3))?;
+    let mut s = match r.slot {
+        Some(slot) => dev.begin_slot(&r.blob, slot)?,
+        None => dev.begin(&r.blob)?,
+    };
+    for c in r.stream.chunks(777) {
+        s.write(c)?;
+    }
+    s.finish().map(|_| ())
+}
+
+fn check_refused(r: Refusal, expected: Error) {
+    let mut flash = fresh();
+    assert_eq!(attempt(&mut flash, &r), Err(expected), "{}", r.name);
+    assert_eq!(selected(&mut flash), OTA0, "{}", r.name);
+    assert_eq!(boot(&mut flash, 3), run(OTA0, true, 0, 3), "{}", r.name);
+}
+
+#[test]
+fn bad_updates_are_refused_with_distinct_errors_and_the_old_image_stays() {
+    let image = new_image();
+    let key = signing_key();
+    let good = || manifest_blob(&image, &key, |_| {});
+    let other_key = SigningKey::from_bytes(&[9; 32]);
+
+    check_refused(
+        Refusal {
+            name: "wrong key",
+            blob: manifest_blob(&image, &other_key, |_| {}),
+            stream: image.clone(),
+            slot: None,
+        },
+        Error::UnknownKey {
+            key_id: key_id(&other_key.verifying_key().to_bytes()),
+        },
+    );
+    let mut forged = good();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    check_refused(
+        Refusal {
+            name: "bad signature",
+            blob: forged,
+            stream: image.clone(),
+            slot: None,
+        },
+        Error::BadSignature,
+    );
+    let c3 = ImageBuilder::new(Chip::Esp32c3)
+        .app("x", "2.0.0")
+        .filler(0x4200_0020, 4000)
+        .build();
+    check_refused(
+        Refusal {
+            name: "wrong chip",
+            blob: manifest_blob(&c3, &key, |_| {}),
+            stream: c3.clone(),
+            slot: None,
+        },
+        Error::WrongChip {
+            expected: 0,
+            got: 5,
+        },
+    );
+    check_refused(
+        Refusal {
+            name: "image chip differs from the manifest's",
+            blob: manifest_blob(&c3, &key, |m| m.chip_id = 0),
+            stream: c3.clone(),
+            slot: None,
+        },
+        Error::WrongChip {
+            expected: 0,
+            got: 5,
+        },
+    );
+    check_refused(
+        Refusal {
+            name: "too big",
+            blob: manifest_blob(&image, &key, |m| m.image_size = 0x10_0001),
+            stream: image.clone(),
+            slot: None,
+        },
+        Error::TooBig {
+            size: 0x10_0001,
+            slot_size: 0x10_0000,
+        },
+    );
+    check_refused(
+        Refusal {
+            name: "running slot",
+            blob: good(),
+            stream: image.clone(),
+            slot: Some(0),
+        },
+        Error::RunningSlotTarget { slot: OTA0 },
+    );
+    let mut truncated = image.clone();
+    truncated.pop();
+    check_refused(
+        Refusal {
+            name: "truncated",
+            blob: good(),
+            stream: truncated,
+            slot: None,
+        },
+        Error::Truncated {
+            got: image.len() as u32 - 1,
+            expected: image.len() as u32,
+        },
+    );
+    let mut flipped_data = image.clone();
+    flipped_data[2000] ^= 0x01;
+    check_refused(
+        Refusal {
+            name: "flipped data byte",
+            blob: good(),
+            stream: flipped_data,
+            slot: None,
+        },
+        Error::ChecksumMismatch,
+    );
+    let mut flipped_digest = image.clone();
+    let d = flipped_digest.len() - 5;
+    flipped_digest[d] ^= 0x01;
+    check_refused(
+        Refusal {
+            name: "flipped digest byte",
+            blob: good(),
+            stream: flipped_digest,
+            slot: None,
+        },
+        Error::DigestMismatch,
+    );
+    let other_image = sim::test_image("2.0.0", 1, 9000 - 4);
+    let mut same_len = other_image.clone();
+    same_len.resize(image.len(), 0);
+    let swapped = manifest_blob(&other_image, &key, |m| {
+        m.image_size = image.len() as u32;
+    });
+    check_refused(
+        Refusal {
+            name: "valid image that is not the signed one",
+            blob: swapped,
+            stream: image.clone(),
+            slot: None,
+        },
+        Error::ShaMismatch,
+    );
+}
+
+#[test]
+fn older_security_version_is_refused() {
+    let mut flash = fresh();
+    {
+        let mut dev = Device::open(&mut flash, config(3)).unwrap();
+        dev.raise_min_security_version(3).unwrap();
+    }
+    let blob = manifest_blob(&new_image(), &signing_key(), |m| m.security_version = 2);
+    let r = Refusal {
+        name: "old security version",
+        blob,
+        stream: new_image(),
+        slot: None,
+    };
+    assert_eq!(
+        attempt(&mut flash, &r),
+        Err(Error::OlderSecurityVersion { got: 2, minimum: 3 })
+    );
+    assert_eq!(boot(&mut flash, 3), run(OTA0, true, 0, 3));
+}
