@@ -19,6 +19,19 @@ enum Command {
     /// Inspect ESP-IDF application images.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Run the update server.
+    Serve(cmd::serve::ServeArgs),
+    /// Manage the server's firmware library.
+    #[command(subcommand)]
+    Release(cmd::release::ReleaseCommand),
+    /// Manage the devices known to the server.
+    #[command(subcommand)]
+    Device(cmd::device::DeviceCommand),
+    /// Deploy a release to a device, a tag or all devices.
+    Deploy(cmd::deploy::DeployArgs),
+    /// Follow and cancel deployments.
+    #[command(subcommand)]
+    Deployment(cmd::deploy::DeploymentCommand),
     /// Inspect and build ESP-IDF partition tables.
     #[command(subcommand)]
     Partitions(cmd::partitions::PartitionsCommand),
@@ -31,6 +44,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(c),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Release(c) => cmd::release::run(c),
+        Command::Device(c) => cmd::device::run(c),
+        Command::Deploy(args) => cmd::deploy::run_deploy(args),
+        Command::Deployment(c) => cmd::deploy::run(c),
         Command::Partitions(c) => cmd::partitions::run(c),
         Command::Otadata(c) => cmd::otadata::run(c),
     };

@@ -135,10 +135,10 @@ impl Artifacts {
         })?;
         let path = Path::from(format!("tmp/{}", hex::encode(name)));
         let upload = self.store.put_multipart(&path).await?;
-        Ok(PendingUpload {
-            writer: WriteMultipart::new(upload),
-            path,
-        })
+        // Parts of 256 KiB: an upload reaches the disk as it arrives instead of
+        // being buffered in 5 MiB parts (the object store default, sized for S3).
+        let writer = WriteMultipart::new_with_chunk_size(upload, 256 * 1024);
+        Ok(PendingUpload { writer, path })
     }
 
     /// Completes a verified upload: moves it to its final name.

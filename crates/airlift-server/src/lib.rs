@@ -125,6 +125,13 @@ impl Server {
         };
         std::fs::create_dir_all(&dir).map_err(dir_error)?;
         std::fs::create_dir_all(dir.join("artifacts")).map_err(dir_error)?;
+        // Interrupted uploads leave staging files in tmp/ that the object
+        // store's listing hides (`name#n`): clear the directory itself.
+        match std::fs::remove_dir_all(dir.join("tmp")) {
+            Ok(()) => tracing::debug!("cleared tmp/"),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(dir_error(err)),
+        }
         std::fs::create_dir_all(dir.join("tmp")).map_err(dir_error)?;
         let sqlite = SqliteStore::open(&dir).await?;
         let signing_key = keys::load_or_create(&dir)?;
@@ -220,26 +227,32 @@ pub async fn serve(
     server.run(listener, shutdown).await
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when
+/// this is called (inside a Tokio runtime), not when the future is first
+/// polled, so a signal right after start-up is not lost.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(term) => {}
+                () = wait(int) => {}
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

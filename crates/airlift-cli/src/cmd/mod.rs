@@ -1,5 +1,10 @@
 //! One module per top-level subcommand.
 
+pub mod client;
+pub mod deploy;
+pub mod device;
 pub mod image;
 pub mod otadata;
 pub mod partitions;
+pub mod release;
+pub mod serve;

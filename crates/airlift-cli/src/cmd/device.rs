@@ -1,0 +1,169 @@
+//! `airlift device add|list|show|events`: devices known to the server.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::client::{Api, ServerArgs, age, field, print_json};
+
+/// `airlift device` subcommands that talk to the server.
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// Register a device; prints its token once.
+    Add {
+        /// Unique device name.
+        name: String,
+        /// A tag (repeat for several); deployments can target tags.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List devices with what they run and when they last checked in.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show one device and its current assignment.
+    Show {
+        /// Device name.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show a device's events, newest first.
+    Events {
+        /// Device name.
+        name: String,
+        /// At most this many events.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+fn running(device: &Value) -> String {
+    let s = &device["status"];
+    match s["version"].as_str() {
+        Some(version) => format!(
+            "{} {} (slot {})",
+            field(s, "project"),
+            version,
+            field(s, "slot")
+        ),
+        None => "-".to_owned(),
+    }
+}
+
+/// Runs an `airlift device` server subcommand.
+pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DeviceCommand::Add {
+            name,
+            tags,
+            json,
+            server,
+        } => {
+            let answer: Value =
+                Api::new(&server)?.post("/api/v1/devices", &json!({"name": name, "tags": tags}))?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                println!("device {name} added; its token (shown once):");
+                println!("{}", field(&answer, "token"));
+            }
+        }
+        DeviceCommand::List { json, server } => {
+            let devices: Value = Api::new(&server)?.get("/api/v1/devices")?;
+            if json {
+                print_json(&devices)?;
+            } else {
+                let list = devices.as_array().map(Vec::as_slice).unwrap_or_default();
+                if list.is_empty() {
+                    println!("no devices");
+                }
+                for d in list {
+                    let tags: Vec<&str> = d["tags"]
+                        .as_array()
+                        .map(|t| t.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    println!(
+                        "{:<24} {:<36} {:<10} {:<12} {}",
+                        field(d, "name"),
+                        running(d),
+                        field(&d["status"], "state"),
+                        age(&d["status"]["last_seen"]),
+                        tags.join(","),
+                    );
+                }
+            }
+        }
+        DeviceCommand::Show { name, json, server } => {
+            let device: Value = Api::new(&server)?.get(&format!("/api/v1/devices/{name}"))?;
+            if json {
+                print_json(&device)?;
+            } else {
+                let s = &device["status"];
+                println!("name          {}", field(&device, "name"));
+                println!("tags          {}", device["tags"]);
+                println!("running       {}", running(&device));
+                println!("sha256        {}", field(s, "sha256"));
+                println!("security ver  {}", field(s, "security_version"));
+                println!("chip id       {}", field(s, "chip_id"));
+                println!(
+                    "engine state  {} (boot count {})",
+                    field(s, "state"),
+                    field(s, "boot_count")
+                );
+                println!("last seen     {}", age(&s["last_seen"]));
+                match device["assignment"].as_object() {
+                    Some(a) => println!(
+                        "assignment    deployment {} ({}): {}",
+                        a.get("deployment_id").unwrap_or(&Value::Null),
+                        a.get("version").and_then(Value::as_str).unwrap_or("-"),
+                        a.get("state").and_then(Value::as_str).unwrap_or("-"),
+                    ),
+                    None => println!("assignment    none"),
+                }
+            }
+        }
+        DeviceCommand::Events {
+            name,
+            limit,
+            json,
+            server,
+        } => {
+            let events: Value =
+                Api::new(&server)?.get(&format!("/api/v1/devices/{name}/events?limit={limit}"))?;
+            if json {
+                print_json(&events)?;
+            } else {
+                for e in events.as_array().map(Vec::as_slice).unwrap_or_default() {
+                    println!(
+                        "{:<10} deployment {:<5} {:<12} {:<16} {}",
+                        age(&e["at"]),
+                        field(e, "deployment_id"),
+                        field(e, "kind"),
+                        field(e, "reason"),
+                        field(e, "detail"),
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,139 @@
+//! The operator's commands against a real `airlift serve` process.
+#![allow(clippy::unwrap_used)]
+
+mod server_common;
+
+use std::process::Command;
+
+use server_common::{AIRLIFT, ServeProcess, image};
+
+#[test]
+fn operator_uploads_adds_a_device_deploys_and_follows_the_deployment() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(&dir.path().join("data"));
+    let file = dir.path().join("fw.bin");
+    std::fs::write(&file, image("1.2.3", 8000, 1)).unwrap();
+
+    let release = server.cli_json(&["release", "upload", file.to_str().unwrap()]);
+    assert_eq!(release["version"], "1.2.3");
+    assert_eq!(release["project"], "cli-demo");
+    let again = server.cli_json(&["release", "upload", file.to_str().unwrap()]);
+    assert_eq!(again["id"], release["id"], "re-upload is idempotent");
+    let list = server.cli_json(&["release", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    let added = server.cli_json(&["device", "add", "kitchen", "--tag", "home", "--tag", "c3"]);
+    assert!(added["token"].as_str().unwrap().starts_with("al_dev_"));
+    assert_eq!(added["device"]["tags"], serde_json::json!(["c3", "home"]));
+    let devices = server.cli_json(&["device", "list"]);
+    assert_eq!(devices[0]["name"], "kitchen");
+
+    let id = release["id"].to_string();
+    let deployment = server.cli_json(&["deploy", &id, "--to", "tag:home"]);
+    assert_eq!(deployment["counts"]["pending"], 1);
+    let shown = server.cli_json(&["deployment", "show", &deployment["id"].to_string()]);
+    assert_eq!(shown["target"], "tag:home");
+    assert_eq!(shown["assignments"][0]["device_name"], "kitchen");
+    let device = server.cli_json(&["device", "show", "kitchen"]);
+    assert_eq!(device["assignment"]["state"], "pending");
+
+    // Text output for humans.
+    let text = server.cli(&["deployment", "show", &deployment["id"].to_string()]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("-> tag:home") && text.contains("kitchen"),
+        "{text}"
+    );
+}
+
+#[test]
+fn refused_requests_exit_non_zero_and_quote_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(&dir.path().join("data"));
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "not firmware").unwrap();
+    let output = server.cli(&["release", "upload", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("invalid_image") && stderr.contains("expected 0xe9"),
+        "{stderr}"
+    );
+
+    let output = Command::new(AIRLIFT)
+        .args(["release", "list"])
+        .env("AIRLIFT_SERVER", &server.url)
+        .env("AIRLIFT_TOKEN", "al_admin_wrong")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown admin token"));
+
+    let output = Command::new(AIRLIFT)
+        .args(["device", "list"])
+        .env_remove("AIRLIFT_TOKEN")
+        .env("AIRLIFT_SERVER", &server.url)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no admin token"));
+}
+
+#[test]
+fn first_start_prints_the_admin_token_once_and_sigterm_stops_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = ServeProcess::start(&data);
+    let token = first.admin_token();
+    terminate(first, &token, true);
+    let second = ServeProcess::start(&data);
+    assert_eq!(second.admin_token(), token);
+    terminate(second, &token, false);
+}
+
+fn terminate(mut server: ServeProcess, token: &str, expect_token_printed: bool) {
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(server.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(stdout.contains(token), expect_token_printed, "{stdout}");
+}
+
+#[test]
+fn print_config_shows_the_effective_configuration_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("airlift.toml");
+    std::fs::write(&file, "poll_seconds = 30\nlisten = \"0.0.0.0:9000\"\n").unwrap();
+    let output = Command::new(AIRLIFT)
+        .args([
+            "serve",
+            "--print-config",
+            "--data",
+            "/srv/airlift",
+            "--config",
+        ])
+        .arg(&file)
+        .env("AIRLIFT_POLL_SECONDS", "45")
+        .env("AIRLIFT_ENROLLMENT_SECRET", "s3cret")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    for line in [
+        "data_dir = \"/srv/airlift\"",
+        "listen = \"0.0.0.0:9000\"",
+        "poll_seconds = 45",
+        "enrollment_secret = \"<redacted>\"",
+    ] {
+        assert!(text.contains(line), "{line:?} missing in:\n{text}");
+    }
+    assert!(!text.contains("s3cret"));
+}
