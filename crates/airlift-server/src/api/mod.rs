@@ -112,7 +112,7 @@ pub fn router(state: AppState) -> Router {
             get(move || std::future::ready(Json(openapi.as_ref().clone()))),
         )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(middleware::from_fn_with_state(state.clone(), count_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
@@ -126,12 +126,22 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn count_errors(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Counts failures for `/metrics` and logs every request (at debug level;
+/// server errors at warn).
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let debug = tracing::enabled!(tracing::Level::DEBUG);
+    let started = std::time::Instant::now();
+    let what = debug.then(|| format!("{} {}", request.method(), request.uri().path()));
     let response = next.run(request).await;
-    if response.status().is_server_error() {
+    let status = response.status();
+    if status.is_server_error() {
         Metrics::inc(&state.metrics.server_errors);
-    } else if response.status() == StatusCode::UNAUTHORIZED {
+    } else if status == StatusCode::UNAUTHORIZED {
         Metrics::inc(&state.metrics.auth_failures);
+    }
+    if let Some(what) = what {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        tracing::debug!(request = %what, status = status.as_u16(), micros, "answered");
     }
     response
 }

@@ -1,0 +1,283 @@
+//! One story written against the storage traits only, so every backend
+//! (SQLite today, PostgreSQL next) runs the same test: add a backend by
+//! calling `story` with it.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use airlift_server::deploy::AssignmentState;
+use airlift_server::store::sqlite::SqliteStore;
+use airlift_server::store::{
+    DeviceStatus, NewAssignment, NewEvent, NewRelease, Store, StoreError, Target,
+};
+
+fn release(sha_byte: &str, chip_id: i64) -> NewRelease {
+    NewRelease {
+        sha256: sha_byte.repeat(32),
+        size: 1234,
+        chip_id,
+        project: "story".into(),
+        version: format!("v-{sha_byte}"),
+        security_version: 1,
+        key_id: "00".repeat(8),
+        signed_by_server: true,
+        manifest: vec![1, 2, 3],
+    }
+}
+
+async fn story(store: Arc<dyn Store>) {
+    // Releases: insert, idempotent insert, lookup.
+    let (r1, created) = store.insert_release(release("aa", 5)).await.unwrap();
+    assert!(created);
+    let (again, created) = store.insert_release(release("aa", 5)).await.unwrap();
+    assert!(!created);
+    assert_eq!(again, r1);
+    let (r2, _) = store.insert_release(release("bb", 5)).await.unwrap();
+    assert_eq!(
+        store
+            .list_releases()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>(),
+        [r2.id, r1.id]
+    );
+    assert_eq!(
+        store.release_by_sha256(&"aa".repeat(32)).await.unwrap(),
+        Some(r1.clone())
+    );
+    assert!(matches!(
+        store.release(9999).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Devices: names are unique, tokens find devices, tags select them.
+    let a = store
+        .create_device("a", &["lab".into(), "eu".into()], &[1; 32])
+        .await
+        .unwrap();
+    let b = store
+        .create_device("b", &["lab".into()], &[2; 32])
+        .await
+        .unwrap();
+    let c = store.create_device("c", &[], &[3; 32]).await.unwrap();
+    assert_eq!(a.tags, ["eu", "lab"]);
+    assert!(matches!(
+        store.create_device("a", &[], &[4; 32]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.device_by_token(&[2; 32]).await.unwrap(),
+        Some((b.id, "b".into()))
+    );
+    assert_eq!(store.device_by_token(&[9; 32]).await.unwrap(), None);
+    let names = |devices: Vec<airlift_server::store::Device>| {
+        devices.into_iter().map(|d| d.name).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(
+            store
+                .devices_for_target(&Target::Tag("lab".into()))
+                .await
+                .unwrap()
+        ),
+        ["a", "b"]
+    );
+    assert_eq!(
+        names(store.devices_for_target(&Target::All).await.unwrap()),
+        ["a", "b", "c"]
+    );
+    assert!(matches!(
+        store.devices_for_target(&Target::Device("zz".into())).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let status = DeviceStatus {
+        last_seen: Some(5),
+        chip_id: Some(5),
+        version: Some("v0".into()),
+        ..DeviceStatus::default()
+    };
+    store.record_status(c.id, &status).await.unwrap();
+    assert_eq!(store.device(c.id).await.unwrap().status, status);
+
+    // Deployments: assignments, offers, compare-and-set transitions, supersede, cancel.
+    let pending = |device_id| NewAssignment {
+        device_id,
+        state: "pending".into(),
+        reason: None,
+    };
+    let d1 = store
+        .create_deployment(r1.id, "tag:lab", &[pending(a.id), pending(b.id)])
+        .await
+        .unwrap();
+    assert_eq!(d1.state, "active");
+    let offer = store.open_offer(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (offer.deployment_id, offer.state.as_str(), offer.release.id),
+        (d1.id, "pending", r1.id)
+    );
+    assert!(store.open_offer(c.id).await.unwrap().is_none());
+    assert!(
+        store
+            .transition(d1.id, a.id, "pending", "offered", None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .transition(d1.id, a.id, "pending", "offered", None)
+            .await
+            .unwrap(),
+        "compare-and-set"
+    );
+    assert!(store.artifact_assigned(a.id, &r1.sha256).await.unwrap());
+    assert!(!store.artifact_assigned(c.id, &r1.sha256).await.unwrap());
+    assert!(!store.artifact_assigned(a.id, &r2.sha256).await.unwrap());
+
+    let d2 = store
+        .create_deployment(r2.id, "device:a", &[pending(a.id)])
+        .await
+        .unwrap();
+    let superseded = store.assignment(d1.id, a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (superseded.state.as_str(), superseded.reason.as_deref()),
+        ("cancelled", Some("superseded"))
+    );
+    assert_eq!(
+        store.open_offer(a.id).await.unwrap().unwrap().deployment_id,
+        d2.id
+    );
+    assert!(matches!(
+        store.delete_release(r1.id).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    store.cancel_deployment(d1.id).await.unwrap();
+    let states: Vec<String> = store
+        .assignments(d1.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.state)
+        .collect();
+    assert_eq!(states, ["cancelled", "cancelled"]);
+    assert!(matches!(
+        store.cancel_deployment(d1.id).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store
+            .list_deployments()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect::<Vec<_>>(),
+        [d2.id, d1.id]
+    );
+    assert!(
+        AssignmentState::parse(&store.assignment(d2.id, a.id).await.unwrap().unwrap().state)
+            .is_some()
+    );
+
+    // Events and audit, newest first.
+    for kind in ["downloading", "installed"] {
+        let event = NewEvent {
+            device_id: a.id,
+            deployment_id: Some(d2.id),
+            kind: kind.into(),
+            reason: None,
+            detail: None,
+        };
+        store.add_event(&event).await.unwrap();
+    }
+    let other = NewEvent {
+        device_id: b.id,
+        deployment_id: None,
+        kind: "booted".into(),
+        reason: None,
+        detail: Some("x".into()),
+    };
+    store.add_event(&other).await.unwrap();
+    let kinds = |events: Vec<airlift_server::store::StoredEvent>| {
+        events.into_iter().map(|e| e.kind).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        kinds(store.events(Some(a.id), 10).await.unwrap()),
+        ["installed", "downloading"]
+    );
+    assert_eq!(
+        kinds(store.events(None, 2).await.unwrap()),
+        ["booted", "installed"]
+    );
+    store
+        .add_audit("admin", "POST /x", "thing:1", "{}")
+        .await
+        .unwrap();
+    store
+        .add_audit("admin", "DELETE /x", "thing:1", "{}")
+        .await
+        .unwrap();
+    let audit = store.audit(10).await.unwrap();
+    assert_eq!(
+        audit.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(),
+        ["DELETE /x", "POST /x"]
+    );
+
+    // Credentials.
+    assert_eq!(store.count_admin_tokens().await.unwrap(), 0);
+    store.add_admin_token("ci", &[7; 32]).await.unwrap();
+    assert_eq!(
+        store.admin_token(&[7; 32]).await.unwrap().as_deref(),
+        Some("ci")
+    );
+    assert_eq!(store.admin_token(&[8; 32]).await.unwrap(), None);
+    store
+        .add_enrollment_secret("batch", &["b1".into()], &[5; 32])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.add_enrollment_secret("batch", &[], &[6; 32]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store
+            .enrollment_secret(&[5; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .tags,
+        ["b1"]
+    );
+    store.delete_enrollment_secret("batch").await.unwrap();
+    assert!(store.enrollment_secrets().await.unwrap().is_empty());
+    assert!(matches!(
+        store.delete_enrollment_secret("batch").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // An unused release can go.
+    store.cancel_deployment(d2.id).await.unwrap();
+    let (r3, _) = store.insert_release(release("cc", 0)).await.unwrap();
+    store.delete_release(r3.id).await.unwrap();
+    assert!(
+        store
+            .release_by_sha256(&"cc".repeat(32))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_store_tells_the_whole_story() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    story(Arc::new(store.clone())).await;
+    store.close().await;
+    // Reopening applies no migration twice and keeps the data.
+    let reopened = SqliteStore::open(dir.path()).await.unwrap();
+    use airlift_server::store::ReleaseStore;
+    assert_eq!(reopened.list_releases().await.unwrap().len(), 2);
+}
