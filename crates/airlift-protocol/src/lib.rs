@@ -117,6 +117,18 @@ pub enum EngineState {
     Trial,
 }
 
+impl EngineState {
+    /// The snake_case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Downloading => "downloading",
+            Self::Installed => "installed",
+            Self::Trial => "trial",
+        }
+    }
+}
+
 /// Outcome of the device's last update attempt, repeated at every check-in
 /// until a new attempt starts, so a lost event cannot lose the result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

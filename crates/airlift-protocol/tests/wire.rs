@@ -177,6 +177,18 @@ fn event_kind_and_reason_names_are_the_serde_names() {
             "{reason:?}"
         );
     }
+    for state in [
+        EngineState::Idle,
+        EngineState::Downloading,
+        EngineState::Installed,
+        EngineState::Trial,
+    ] {
+        assert_eq!(
+            serde_json::to_value(state).unwrap(),
+            state.as_str(),
+            "{state:?}"
+        );
+    }
     let finals: Vec<_> = kinds.iter().filter(|k| k.is_final()).collect();
     assert_eq!(
         finals,

@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 pub mod api;
 pub mod artifacts;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod deploy;
 pub mod error;
@@ -41,6 +42,7 @@ pub use error::ApiError;
 
 use artifacts::Artifacts;
 use auth::DeviceTokenCache;
+use cache::{OfferCache, StatusBuffer};
 use metrics::Metrics;
 use store::Store;
 use store::sqlite::SqliteStore;
@@ -92,6 +94,21 @@ pub struct ServerState {
     pub metrics: Metrics,
     /// Device tokens already authenticated.
     pub device_tokens: DeviceTokenCache,
+    /// Each device's open offer.
+    pub offers: OfferCache,
+    /// Check-in statuses not written yet.
+    pub statuses: StatusBuffer,
+}
+
+impl ServerState {
+    /// Writes the buffered check-in statuses; call before reading device status.
+    pub async fn flush_statuses(&self) -> Result<(), store::StoreError> {
+        let pending = self.statuses.take();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.store.record_statuses(&pending).await
+    }
 }
 
 /// Shared handle to the [`ServerState`].
@@ -151,6 +168,8 @@ impl Server {
             signing_key,
             metrics: Metrics::default(),
             device_tokens: DeviceTokenCache::default(),
+            offers: OfferCache::default(),
+            statuses: StatusBuffer::default(),
         }));
         Ok(Server {
             state,
@@ -172,11 +191,26 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let router = app(self.state.clone());
+        let flusher = tokio::spawn(flush_statuses_every_second(self.state.clone()));
         let result = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
+        flusher.abort();
+        if let Err(err) = self.state.flush_statuses().await {
+            tracing::error!(error = %err, "cannot write the last device statuses");
+        }
         self.sqlite.close().await;
         Ok(result?)
+    }
+}
+
+async fn flush_statuses_every_second(state: AppState) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        if let Err(err) = state.flush_statuses().await {
+            tracing::error!(error = %err, "cannot write device statuses");
+        }
     }
 }
 

@@ -599,3 +599,21 @@ async fn the_audit_log_records_each_admin_action() {
         .collect();
     assert_eq!(records, expected);
 }
+
+#[tokio::test]
+async fn checkin_status_written_behind_survives_a_graceful_stop() {
+    let server = TestServer::start().await;
+    let token = server.device("dev-1", &[]).await;
+    let running = Running {
+        version: "v7".into(),
+        ..Running::factory()
+    };
+    server.checkin(&token, &running).await;
+    let dir = server.stop().await;
+    let store = airlift_server::store::sqlite::SqliteStore::open(dir.path())
+        .await
+        .unwrap();
+    use airlift_server::store::DeviceStore;
+    let device = store.device_by_name("dev-1").await.unwrap();
+    assert_eq!(device.status.version.as_deref(), Some("v7"));
+}

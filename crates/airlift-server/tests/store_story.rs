@@ -98,7 +98,10 @@ async fn story(store: Arc<dyn Store>) {
         version: Some("v0".into()),
         ..DeviceStatus::default()
     };
-    store.record_status(c.id, &status).await.unwrap();
+    store
+        .record_statuses(&[(c.id, status.clone())])
+        .await
+        .unwrap();
     assert_eq!(store.device(c.id).await.unwrap().status, status);
 
     // Deployments: assignments, offers, compare-and-set transitions, supersede, cancel.

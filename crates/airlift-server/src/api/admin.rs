@@ -432,6 +432,7 @@ pub async fn create_device(
 #[utoipa::path(get, path = "/api/v1/devices", tag = "devices", security(("admin_token" = [])),
     responses((status = 200, body = Vec<Device>)))]
 pub async fn list_devices(State(state): State<AppState>) -> Result<ApiJson<Vec<Device>>, ApiError> {
+    state.flush_statuses().await?;
     Ok(ApiJson(state.store.list_devices().await?))
 }
 
@@ -464,6 +465,7 @@ pub async fn get_device(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<ApiJson<DeviceDetail>, ApiError> {
+    state.flush_statuses().await?;
     let device = state.store.device_by_name(&name).await?;
     let assignment = state
         .store
@@ -591,6 +593,7 @@ pub async fn create_deployment(
         )
     })?;
     let release = find_release(&state, &request.release).await?;
+    state.flush_statuses().await?;
     let devices = state.store.devices_for_target(&target).await?;
     let assignments: Vec<NewAssignment> = devices
         .iter()
@@ -611,6 +614,7 @@ pub async fn create_deployment(
         .store
         .create_deployment(release.id, &target.to_string(), &assignments)
         .await?;
+    state.offers.clear();
     let detail = deployment_detail(&state, deployment.id).await?;
     let audit = serde_json::json!({"release": release.id, "target": target.to_string(),
         "devices": assignments.len()});
@@ -650,6 +654,7 @@ pub async fn cancel_deployment(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<(Extension<AuditNote>, ApiJson<DeploymentDetail>), ApiError> {
     state.store.cancel_deployment(id).await?;
+    state.offers.clear();
     let detail = deployment_detail(&state, id).await?;
     Ok((
         note(format!("deployment:{id}"), serde_json::json!({})),

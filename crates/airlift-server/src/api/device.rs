@@ -2,6 +2,8 @@
 //! Wire types are [`airlift_protocol`]'s; a device sees only its own
 //! assignments and only artifacts assigned to it.
 
+use std::sync::Arc;
+
 use airlift_format::manifest::base64_encode;
 use airlift_protocol::{
     CheckIn, CheckInAnswer, EnrollAnswer, EnrollRequest, Event, EventAck, Update,
@@ -131,6 +133,17 @@ fn update_for(state: &AppState, offer: &Offer) -> Result<Update, ApiError> {
     })
 }
 
+/// The device's open offer, from the cache when it holds one.
+async fn open_offer(state: &AppState, device_id: i64) -> Result<Option<Arc<Offer>>, ApiError> {
+    if let Some(cached) = state.offers.get(device_id) {
+        return Ok(cached);
+    }
+    let generation = state.offers.generation();
+    let offer = state.store.open_offer(device_id).await?.map(Arc::new);
+    state.offers.put(device_id, offer.clone(), generation);
+    Ok(offer)
+}
+
 /// Applies an event kind to the device's assignment of `deployment_id`;
 /// true when the state changed.
 async fn apply(
@@ -167,6 +180,7 @@ async fn apply(
             )
             .await?
         {
+            state.offers.forget(device_id);
             return Ok(true);
         }
     }
@@ -193,17 +207,13 @@ pub async fn checkin(
         sha256: Some(report.running.sha256.to_ascii_lowercase()),
         security_version: Some(i64::from(report.running.security_version)),
         slot: Some(i64::from(report.running.slot)),
-        state: Some(
-            serde_json::to_value(report.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-        ),
+        state: Some(report.state.as_str().to_owned()),
         boot_count: Some(i64::from(report.boot_count)),
     };
-    state.store.record_status(device.id, &status).await?;
     let mut update = None;
-    if let Some(offer) = state.store.open_offer(device.id).await? {
+    let offer = open_offer(&state, device.id).await?;
+    state.statuses.record(device.id, status.clone());
+    if let Some(offer) = offer {
         // A final result repeated at check-in counts like the event (lost events are not lost results).
         let result = report.last_result.as_ref().filter(|r| {
             r.kind.is_final() && r.deployment == u64::try_from(offer.deployment_id).ok()
@@ -223,7 +233,7 @@ pub async fn checkin(
                     .await?;
             }
         } else {
-            update = offer_update(&state, device.id, &status, offer).await?;
+            update = offer_update(&state, device.id, &status, &offer).await?;
         }
     }
     if update.is_some() {
@@ -239,7 +249,7 @@ async fn offer_update(
     state: &AppState,
     device_id: i64,
     status: &DeviceStatus,
-    offer: Offer,
+    offer: &Offer,
 ) -> Result<Option<Update>, ApiError> {
     let Some(current) = AssignmentState::parse(&offer.state) else {
         return Ok(None);
@@ -259,6 +269,7 @@ async fn offer_update(
                 Some(reason),
             )
             .await?;
+        state.offers.forget(device_id);
         return Ok(None);
     }
     if current == AssignmentState::Pending {
@@ -266,8 +277,9 @@ async fn offer_update(
             .store
             .transition(offer.deployment_id, device_id, "pending", "offered", None)
             .await?;
+        state.offers.forget(device_id);
     }
-    Ok(Some(update_for(state, &offer)?))
+    Ok(Some(update_for(state, offer)?))
 }
 
 /// A device reports progress or the result of an update.
@@ -371,7 +383,10 @@ pub async fn download_artifact(
     {
         return Err(not_found());
     }
-    if !state.store.artifact_assigned(device.id, &sha256).await? {
+    let offered = open_offer(&state, device.id)
+        .await?
+        .is_some_and(|offer| offer.release.sha256 == sha256);
+    if !offered && !state.store.artifact_assigned(device.id, &sha256).await? {
         return Err(not_found());
     }
     let bytes = state

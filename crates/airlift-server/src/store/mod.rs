@@ -291,8 +291,8 @@ pub trait DeviceStore: Send + Sync {
     async fn device_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(i64, String)>>;
     /// Devices a target names (unknown device name: [`StoreError::NotFound`]).
     async fn devices_for_target(&self, target: &Target) -> StoreResult<Vec<Device>>;
-    /// Records a check-in.
-    async fn record_status(&self, device_id: i64, status: &DeviceStatus) -> StoreResult<()>;
+    /// Records what devices reported at check-in (in one transaction).
+    async fn record_statuses(&self, statuses: &[(i64, DeviceStatus)]) -> StoreResult<()>;
 }
 
 /// Deployments and their per-device assignments.

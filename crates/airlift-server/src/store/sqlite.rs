@@ -361,25 +361,29 @@ impl DeviceStore for SqliteStore {
         }
     }
 
-    async fn record_status(&self, device_id: i64, s: &DeviceStatus) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE devices SET last_seen = ?, chip_id = ?, project = ?, version = ?, \
-             sha256 = ?, security_version = ?, slot = ?, state = ?, boot_count = ? WHERE id = ?",
-        )
-        .bind(s.last_seen)
-        .bind(s.chip_id)
-        .bind(&s.project)
-        .bind(&s.version)
-        .bind(&s.sha256)
-        .bind(s.security_version)
-        .bind(s.slot)
-        .bind(&s.state)
-        .bind(s.boot_count)
-        .bind(device_id)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
+    async fn record_statuses(&self, statuses: &[(i64, DeviceStatus)]) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        for (device_id, s) in statuses {
+            sqlx::query(
+                "UPDATE devices SET last_seen = ?, chip_id = ?, project = ?, version = ?, \
+                 sha256 = ?, security_version = ?, slot = ?, state = ?, boot_count = ? \
+                 WHERE id = ?",
+            )
+            .bind(s.last_seen)
+            .bind(s.chip_id)
+            .bind(&s.project)
+            .bind(&s.version)
+            .bind(&s.sha256)
+            .bind(s.security_version)
+            .bind(s.slot)
+            .bind(&s.state)
+            .bind(s.boot_count)
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
     }
 }
 
