@@ -176,3 +176,23 @@ fn missing_file_exits_2() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bootloader_image_reports_its_bootloader_descriptor() {
+    let path = workspace().join("testdata/images/esp-idf-bootloaders/esp32c3.bin");
+    let (code, json) = inspect_json(&path);
+    assert_eq!(code, Some(0));
+    assert_eq!(json["chip"], "esp32c3");
+    assert_eq!(json["app_desc"], false);
+    assert_eq!(json["project_name"], Value::Null);
+    assert_eq!(json["bootloader_desc"]["version"], 1);
+    assert_eq!(json["bootloader_desc"]["idf_ver"], "v6.1-829-g9a97f6c54ec");
+
+    let out = airlift(&["image", "inspect", path.to_str().unwrap()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("bootloader descriptor"), "{text}");
+    assert!(
+        text.contains("esp-idf       v6.1-829-g9a97f6c54ec"),
+        "{text}"
+    );
+}

@@ -19,7 +19,8 @@
 //!
 //! The first segment of an application image starts with `esp_app_desc_t`
 //! ([`AppDescriptor`], magic 0xABCD5432), which ESP-IDF reads at file offset
-//! 0x20.
+//! 0x20; a second-stage bootloader image (ESP-IDF 5.2 and later) starts with
+//! `esp_bootloader_desc_t` ([`BootloaderDescriptor`], magic byte 0x50) there.
 //!
 //! [`ImageVerifier`] checks an image as a stream of chunks of any size, with a
 //! fixed, small state (no buffer the size of the image, no allocation): it is
@@ -63,6 +64,10 @@ pub const APP_DESC_MAGIC: u32 = 0xABCD_5432;
 pub const APP_DESC_LEN: usize = 256;
 /// File offset of `esp_app_desc_t` in an application image (start of segment 0's data).
 pub const APP_DESC_OFFSET: usize = HEADER_LEN + SEGMENT_HEADER_LEN;
+/// `esp_bootloader_desc_t` magic byte.
+pub const BOOTLOADER_DESC_MAGIC: u8 = 0x50;
+/// Length of `esp_bootloader_desc_t`.
+pub const BOOTLOADER_DESC_LEN: usize = 80;
 /// Value of the WP pin field that tells the ROM loader to ignore it.
 pub const WP_PIN_DISABLED: u8 = 0xEE;
 
@@ -480,6 +485,43 @@ impl AppDescriptor {
     }
 }
 
+/// ESP-IDF's `esp_bootloader_desc_t`, at the start of segment 0's data in a
+/// second-stage bootloader image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootloaderDescriptor {
+    raw: [u8; 64],
+}
+
+impl BootloaderDescriptor {
+    /// Parses a descriptor from the first [`BOOTLOADER_DESC_LEN`] bytes of
+    /// `bytes`; `None` when `bytes` is shorter or does not start with
+    /// [`BOOTLOADER_DESC_MAGIC`].
+    pub fn parse(bytes: &[u8]) -> Option<BootloaderDescriptor> {
+        if bytes.len() < BOOTLOADER_DESC_LEN || bytes[0] != BOOTLOADER_DESC_MAGIC {
+            return None;
+        }
+        let mut raw = [0u8; 64];
+        raw.copy_from_slice(&bytes[..64]);
+        Some(BootloaderDescriptor { raw })
+    }
+
+    /// Bootloader version (`CONFIG_BOOTLOADER_PROJECT_VER`).
+    pub fn version(&self) -> u32 {
+        le_u32(&self.raw[4..8])
+    }
+
+    /// ESP-IDF version (`idf_ver`, 32 bytes).
+    pub fn idf_ver(&self) -> &str {
+        c_str(&self.raw[8..40])
+    }
+
+    /// Compile date and time (`date_time`, 24 bytes; empty when the build
+    /// leaves it out for reproducibility).
+    pub fn date_time(&self) -> &str {
+        c_str(&self.raw[40..64])
+    }
+}
+
 /// The text of a fixed-size C string field.
 fn c_str(field: &[u8]) -> &str {
     let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
@@ -516,6 +558,9 @@ pub struct ImageInfo {
     pub digest: Option<AppendedDigest>,
     /// The application descriptor, when segment 0 starts with one.
     pub app_desc: Option<AppDescriptor>,
+    /// The bootloader descriptor, when segment 0 of an image without an
+    /// application descriptor starts with one.
+    pub bootloader_desc: Option<BootloaderDescriptor>,
     /// Length of the image: up to and including the checksum block and the
     /// appended digest.
     pub image_len: u32,
@@ -672,8 +717,9 @@ enum Stage {
 /// Feed the image in chunks of any size with [`update`](Self::update), then
 /// call [`finish`](Self::finish). The state is fixed-size and small: 640
 /// bytes on x86_64 and on riscv32 (ESP32-C3), the SHA-256 state (104 bytes)
-/// included; a build-time assertion keeps it at most 768 bytes. Nothing is buffered but the current header and the
-/// descriptor's first 184 bytes.
+/// included; a build-time assertion keeps it at most 768 bytes. Nothing is
+/// buffered but the current header and the first 184 bytes of segment 0
+/// (where the app or bootloader descriptor is).
 ///
 /// After the first error every further `update` and `finish` return the
 /// same error.
@@ -702,7 +748,8 @@ pub struct ImageVerifier {
     /// Set when the bytes just consumed end the digested part of the image.
     digest_due: bool,
     image_len: u32,
-    app_desc: [u8; APP_DESC_KEPT],
+    /// The first bytes of segment 0: the app or bootloader descriptor.
+    desc: [u8; APP_DESC_KEPT],
 }
 
 // The device engine's whole RAM budget is 8 KiB: keep the verifier small on
@@ -737,7 +784,7 @@ impl ImageVerifier {
             computed_digest: [0; DIGEST_LEN],
             digest_due: false,
             image_len: 0,
-            app_desc: [0; APP_DESC_KEPT],
+            desc: [0; APP_DESC_KEPT],
         }
     }
 
@@ -835,7 +882,7 @@ impl ImageVerifier {
                     let seg_offset = (self.segments[0].length - self.segment_remaining) as usize;
                     if seg_offset < APP_DESC_KEPT {
                         let n = take.min(APP_DESC_KEPT - seg_offset);
-                        self.app_desc[seg_offset..seg_offset + n].copy_from_slice(&data[..n]);
+                        self.desc[seg_offset..seg_offset + n].copy_from_slice(&data[..n]);
                     }
                 }
                 self.segment_remaining -= take as u32;
@@ -932,11 +979,14 @@ impl ImageVerifier {
             stored: self.stored_digest,
             computed: self.computed_digest,
         });
-        let app_desc = if header.segment_count > 0
-            && self.segments[0].length as usize >= APP_DESC_LEN
-            && le_u32(&self.app_desc[0..4]) == APP_DESC_MAGIC
-        {
-            Some(AppDescriptor { raw: self.app_desc })
+        let first_len = match header.segment_count {
+            0 => 0,
+            _ => self.segments[0].length as usize,
+        };
+        let app_desc = (first_len >= APP_DESC_LEN && le_u32(&self.desc[0..4]) == APP_DESC_MAGIC)
+            .then_some(AppDescriptor { raw: self.desc });
+        let bootloader_desc = if app_desc.is_none() && first_len >= BOOTLOADER_DESC_LEN {
+            BootloaderDescriptor::parse(&self.desc[..BOOTLOADER_DESC_LEN])
         } else {
             None
         };
@@ -947,6 +997,7 @@ impl ImageVerifier {
             computed_checksum: self.checksum,
             digest,
             app_desc,
+            bootloader_desc,
             image_len: self.image_len,
             total_len: len,
             file_sha256: self.hasher.finalize().into(),

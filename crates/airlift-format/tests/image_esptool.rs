@@ -110,6 +110,8 @@ struct EsptoolView {
     secure_version: Option<u32>,
     elf_sha256: Option<String>,
     idf_ver: Option<String>,
+    /// (version, ESP-IDF version) from the bootloader descriptor.
+    bootloader: Option<(u32, String)>,
 }
 
 fn esptool_view(path: &Path) -> EsptoolView {
@@ -117,6 +119,8 @@ fn esptool_view(path: &Path) -> EsptoolView {
     let mut view = EsptoolView::default();
     let mut in_segments = false;
     let mut checksum_seen = false;
+    let mut section = "";
+    let mut bootloader_version = None;
     for line in text.lines() {
         let line = line.trim();
         let value = |prefix: &str| line.strip_prefix(prefix).map(str::trim);
@@ -129,7 +133,13 @@ fn esptool_view(path: &Path) -> EsptoolView {
             }
             in_segments = false;
         }
-        if line.starts_with("-------") {
+        if line == "Application Information" || line == "Bootloader Information" {
+            section = if line.starts_with("App") {
+                "app"
+            } else {
+                "bootloader"
+            };
+        } else if line.starts_with("-------") {
             in_segments = true;
         } else if line == "Entry point not set" {
             view.entry = 0;
@@ -159,9 +169,14 @@ fn esptool_view(path: &Path) -> EsptoolView {
             view.secure_version = Some(v.parse().unwrap());
         } else if let Some(v) = value("ELF file SHA256:") {
             view.elf_sha256 = Some(v.to_owned());
-        } else if let Some(v) = value("ESP-IDF:").filter(|_| view.project_name.is_some()) {
-            // Only the application section's; a bootloader section has one too.
-            view.idf_ver = Some(v.to_owned());
+        } else if let Some(v) = value("Bootloader version:") {
+            bootloader_version = Some(v.parse().unwrap());
+        } else if let Some(v) = value("ESP-IDF:") {
+            match section {
+                "app" => view.idf_ver = Some(v.to_owned()),
+                "bootloader" => view.bootloader = bootloader_version.map(|n| (n, v.to_owned())),
+                _ => panic!("ESP-IDF line outside a descriptor section:\n{text}"),
+            }
         }
     }
     assert!(checksum_seen, "no checksum line in esptool output:\n{text}");
@@ -199,6 +214,9 @@ fn airlift_view(info: &ImageInfo) -> EsptoolView {
         secure_version: desc.map(|d| d.secure_version()),
         elf_sha256: desc.map(|d| hex(&d.app_elf_sha256())),
         idf_ver: desc.map(|d| d.idf_ver().to_owned()),
+        bootloader: info
+            .bootloader_desc
+            .map(|d| (d.version(), d.idf_ver().to_owned())),
     }
 }
 
@@ -206,9 +224,18 @@ fn airlift_view(info: &ImageInfo) -> EsptoolView {
 fn assert_same_as_esptool(path: &Path) -> ImageInfo {
     let bytes = std::fs::read(path).unwrap();
     let info = verify(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut ours = airlift_view(&info);
+    let theirs = esptool_view(path);
+    if theirs.bootloader.is_none() {
+        // esptool 5.6's image-info looks for the bootloader descriptor in
+        // the LAST DRAM segment of 80+ bytes, so it misses it on chips whose
+        // every RAM segment is DRAM (c5, c61, h4, h21, p4, s31). ESP-IDF and
+        // airlift read segment 0; image_verify.rs checks it on every chip.
+        ours.bootloader = None;
+    }
     assert_eq!(
-        airlift_view(&info),
-        esptool_view(path),
+        ours,
+        theirs,
         "airlift (left) and esptool (right) disagree on {}",
         path.display()
     );

@@ -66,6 +66,17 @@ fn real_esp_idf_bootloaders_are_valid_and_name_their_chip() {
             info.app_desc, None,
             "{name}: bootloaders have no app descriptor"
         );
+        // Built from ESP-IDF release/v6.1 (or a v6.1 preview), without compile time.
+        let desc = info
+            .bootloader_desc
+            .unwrap_or_else(|| panic!("{name}: descriptor"));
+        assert!(
+            desc.idf_ver().starts_with("v6.1"),
+            "{name}: {}",
+            desc.idf_ver()
+        );
+        assert_eq!(desc.version(), 1, "{name}");
+        assert_eq!(desc.date_time(), "", "{name}");
         assert_eq!(info.image_len as usize, bytes.len(), "{name}");
     }
 }
@@ -95,6 +106,7 @@ fn built_image_reports_every_field_it_was_built_with() {
         ]
     );
     assert_eq!(info.segments()[0].data_offset() as usize, APP_DESC_OFFSET);
+    assert_eq!(info.bootloader_desc, None);
     let desc = info.app_desc.unwrap();
     assert_eq!(desc.project_name(), "blinky");
     assert_eq!(desc.version(), "1.2.3");

@@ -107,6 +107,15 @@ struct Report {
     elf_sha256: Option<String>,
     compile_date: Option<String>,
     compile_time: Option<String>,
+    /// `esp_bootloader_desc_t` of a second-stage bootloader image, or `null`.
+    bootloader_desc: Option<BootloaderReport>,
+}
+
+#[derive(Serialize)]
+struct BootloaderReport {
+    version: u32,
+    idf_ver: String,
+    date_time: String,
 }
 
 #[derive(Serialize)]
@@ -158,6 +167,11 @@ impl Report {
             elf_sha256: desc.map(|d| hex(&d.app_elf_sha256())),
             compile_date: desc.map(|d| d.date().to_owned()),
             compile_time: desc.map(|d| d.time().to_owned()),
+            bootloader_desc: info.bootloader_desc.map(|d| BootloaderReport {
+                version: d.version(),
+                idf_ver: d.idf_ver().to_owned(),
+                date_time: d.date_time().to_owned(),
+            }),
         }
     }
 }
@@ -249,6 +263,11 @@ fn write_text(w: &mut impl Write, path: &Path, r: &Report) -> std::io::Result<()
             text(&r.compile_time)
         )?;
         writeln!(w, "  elf sha256    {}", text(&r.elf_sha256))?;
+    } else if let Some(b) = &r.bootloader_desc {
+        writeln!(w, "bootloader descriptor")?;
+        writeln!(w, "  version       {}", b.version)?;
+        writeln!(w, "  esp-idf       {}", b.idf_ver)?;
+        writeln!(w, "  compiled      {}", b.date_time)?;
     } else {
         writeln!(w, "app descriptor  none")?;
     }
