@@ -799,6 +799,34 @@ impl ImageVerifier {
         self.pos
     }
 
+    /// Whether the whole image, appended digest included, has been fed:
+    /// further bytes are trailing bytes.
+    pub fn is_complete(&self) -> bool {
+        self.error.is_none() && self.stage == Stage::Trailing
+    }
+
+    /// Bytes left in the part of the image being read (header, a segment
+    /// header or data, checksum padding, digest); 0 once the image is
+    /// complete or after an error.
+    ///
+    /// Reading an image out of a flash slot of unknown length, feed at most
+    /// this many bytes at a time until it is 0: the reads stop exactly at
+    /// the image's end, so [`ImageInfo::file_sha256`] is the SHA-256 of the
+    /// image alone, without the erased flash after it.
+    pub fn bytes_wanted(&self) -> usize {
+        if self.error.is_some() {
+            return 0;
+        }
+        match self.stage {
+            Stage::Header => HEADER_LEN - usize::from(self.scratch_len),
+            Stage::SegmentHeader => SEGMENT_HEADER_LEN - usize::from(self.scratch_len),
+            Stage::SegmentData => self.segment_remaining as usize,
+            Stage::ChecksumPadding => usize::from(self.padding_remaining),
+            Stage::Digest => DIGEST_LEN - usize::from(self.digest_len),
+            Stage::Trailing => 0,
+        }
+    }
+
     /// Feeds the next chunk (any length, including 0).
     pub fn update(&mut self, mut chunk: &[u8]) -> Result<(), ImageError> {
         if let Some(err) = self.error {

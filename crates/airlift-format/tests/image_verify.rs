@@ -245,6 +245,36 @@ fn every_prefix_is_a_truncation_error_naming_the_part() {
 }
 
 #[test]
+fn reading_bytes_wanted_stops_exactly_at_the_end_of_an_image_in_a_slot() {
+    for (name, image) in real_images().into_iter().chain(real_bootloaders()) {
+        // The image as it sits in a flash slot: followed by erased flash.
+        let mut slot = image.clone();
+        slot.resize(image.len().next_multiple_of(0x10000) + 0x10000, 0xFF);
+        let mut verifier = ImageVerifier::new();
+        let mut at = 0;
+        while verifier.bytes_wanted() > 0 {
+            let n = verifier.bytes_wanted().min(4096);
+            verifier.update(&slot[at..at + n]).unwrap();
+            at += n;
+        }
+        assert!(verifier.is_complete(), "{name}");
+        assert_eq!(at, image.len(), "{name}");
+        let info = verifier.finish().unwrap();
+        assert!(info.is_valid(), "{name}");
+        assert_eq!(info.file_sha256, sha256(&image), "{name}");
+    }
+}
+
+#[test]
+fn nothing_is_wanted_after_an_error() {
+    let mut verifier = ImageVerifier::new();
+    assert_eq!(verifier.bytes_wanted(), 24);
+    assert!(verifier.update(b"\x7fELF").is_err());
+    assert_eq!(verifier.bytes_wanted(), 0);
+    assert!(!verifier.is_complete());
+}
+
+#[test]
 fn errors_are_sticky() {
     let mut verifier = ImageVerifier::new();
     assert_eq!(verifier.update(&[0x7F]), Err(ImageError::BadMagic(0x7F)));
