@@ -21,7 +21,11 @@ pub enum ImageCommand {
     Inspect {
         /// The `.bin` file.
         file: PathBuf,
-        /// Print JSON instead of text.
+        /// Print JSON instead of text: chip_id, chip, entry_addr, segments
+        /// [{load_addr, length, file_offset}], checksum_valid, digest (hex),
+        /// digest_valid, project_name, version, secure_version, idf_ver,
+        /// elf_sha256, file_sha256 and more; numbers are plain integers,
+        /// absent values null.
         #[arg(long)]
         json: bool,
     },
