@@ -682,3 +682,69 @@ fn stricter_than_esptool_on_unaligned_segments_and_short_digests() {
     assert!(ok, "esptool image-info now refuses a short digest:\n{text}");
     assert!(text.contains("(invalid)"), "{text}");
 }
+
+/// Seeded random mutations of a real image (bit flips, inserted, deleted
+/// bytes, truncation, hostile segment counts and lengths): whatever airlift
+/// concludes, esptool concludes too, apart from the two pinned differences.
+#[test]
+fn randomly_mutated_images_get_the_same_verdict_from_both_tools() {
+    let (_, good) = real_bootloaders()
+        .into_iter()
+        .find(|(name, _)| name == "esp32c3.bin")
+        .unwrap();
+    let info = verify(&good).unwrap();
+    let length_fields: Vec<usize> = info
+        .segments()
+        .iter()
+        .map(|s| s.file_offset as usize + 4)
+        .collect();
+    let mut state = 0x5EED_u64;
+    let mut next = |n: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) % n as u64) as usize
+    };
+    for case in 0..30 {
+        let mut bytes = good.clone();
+        let at = next(bytes.len());
+        match next(6) {
+            0 => bytes[at] ^= 1 << next(8),
+            1 => bytes
+                .splice(at..at, std::iter::repeat_n(0xA5, 1 + next(19)))
+                .for_each(drop),
+            2 => bytes
+                .drain(at..(at + 1 + next(19)).min(bytes.len()))
+                .for_each(drop),
+            3 => bytes.truncate(at),
+            4 => bytes[1] = [0, 1, 2, 4, 16, 17][next(6)],
+            _ => {
+                let field = length_fields[next(length_fields.len())];
+                let length: u32 = [0, 4, 8, 0x100, 0x1000][next(5)];
+                bytes[field..field + 4].copy_from_slice(&length.to_le_bytes());
+            }
+        }
+        let path = write_scratch(&format!("mutated_{case}.bin"), &bytes);
+        match verify(&bytes) {
+            Err(ImageError::UnalignedSegmentLength { .. }) => {} // esptool reads these
+            Err(ImageError::Truncated {
+                part: ImagePart::Digest,
+                ..
+            }) => {
+                let (ok, text) = esptool_image_info(&path);
+                assert!(ok && text.contains("(invalid)"), "case {case}: {text}");
+            }
+            Err(err) => {
+                let (ok, text) = esptool_image_info(&path);
+                assert!(
+                    !ok,
+                    "case {case}: airlift says {err}, esptool accepts:\n{text}"
+                );
+            }
+            Ok(info) if info.chip().is_known() => {
+                assert_same_as_esptool(&path);
+            }
+            Ok(_) => {} // esptool guesses ESP8266 for chip ids it does not know
+        }
+    }
+}
