@@ -21,9 +21,15 @@ enum Command {
     Image(cmd::image::ImageCommand),
     /// Run the update server.
     Serve(cmd::serve::ServeArgs),
-    /// Manage the server's firmware library.
+    /// Sign releases offline and manage the server's firmware library.
     #[command(subcommand)]
-    Release(cmd::release::ReleaseCommand),
+    Release(cmd::keys::ReleaseCommand),
+    /// Generate Ed25519 release signing keys.
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCommand),
+    /// Simulate a device: the power-cut campaign.
+    #[command(subcommand)]
+    Sim(cmd::sim::SimCommand),
     /// Manage the devices known to the server.
     #[command(subcommand)]
     Device(cmd::device::DeviceCommand),
@@ -45,7 +51,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(c),
         Command::Serve(args) => cmd::serve::run(args),
-        Command::Release(c) => cmd::release::run(c),
+        Command::Release(c) => cmd::keys::run_release(c),
+        Command::Keys(c) => cmd::keys::run(c),
+        Command::Sim(c) => cmd::sim::run(c),
         Command::Device(c) => cmd::device::run(c),
         Command::Deploy(args) => cmd::deploy::run_deploy(args),
         Command::Deployment(c) => cmd::deploy::run(c),
