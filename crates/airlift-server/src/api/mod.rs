@@ -5,6 +5,22 @@
 //! routes live under `/api/v1/device` and authenticate with the device's
 //! token. The OpenAPI document is generated from the handlers' annotations
 //! and is also the route registry tests walk.
+//!
+//! | route | who | what |
+//! |-------|-----|------|
+//! | `POST /api/v1/releases` | admin | upload a `.bin` (raw body; `X-Airlift-Manifest: <base64>` for an offline-signed manifest) |
+//! | `GET /api/v1/releases`, `GET/DELETE /api/v1/releases/{id}` | admin | list, show (with the manifest), delete (409 while deployed) |
+//! | `POST/GET /api/v1/devices` | admin | add (answers the token once), list |
+//! | `GET /api/v1/devices/{name}`, `.../events` | admin | status and open assignment; event history |
+//! | `POST/GET /api/v1/deployments` | admin | deploy `{release, target: device:NAME \| tag:T \| all}`; list |
+//! | `GET /api/v1/deployments/{id}`, `POST .../cancel` | admin | progress counts per state and per device; cancel |
+//! | `GET /api/v1/events`, `GET /api/v1/audit` | admin | fleet events; audit log |
+//! | `POST/GET /api/v1/enrollment-secrets`, `DELETE .../{name}` | admin | fleet enrolment secrets |
+//! | `POST /api/v1/device/enroll` | enrolment secret | a device gets its token |
+//! | `POST /api/v1/device/checkin` | device | report state; answer: poll interval and assigned update |
+//! | `GET /api/v1/device/artifacts/{sha256}` | device | download (`Range`, `If-Range`, `ETag`) |
+//! | `POST /api/v1/device/events` | device | progress and results |
+//! | `GET /healthz`, `GET /metrics`, `GET /api/openapi.json` | anyone | liveness, Prometheus text, OpenAPI 3.1 |
 
 use std::sync::Arc;
 

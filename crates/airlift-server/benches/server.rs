@@ -1,0 +1,322 @@
+//! Server benchmarks, each printed as a ratio against a baseline measured in
+//! the same run on the same machine (loopback, `wrk` as the load generator):
+//!
+//! 1. device check-ins per second vs a bare axum handler returning a fixed JSON body;
+//! 2. artifact download throughput with 100 concurrent clients vs nginx serving the same file.
+//!
+//! Run with `scripts/bench-server` (installs wrk and nginx when missing).
+//! `AIRLIFT_BENCH_SECONDS` sets the length of each run (default 10).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use airlift_server::{Config, Server};
+use serde_json::{Value, json};
+
+const CHECKIN_DEVICES: usize = 1000;
+
+struct Run {
+    requests: f64,
+    bytes: f64,
+    seconds: f64,
+    errors: u64,
+}
+
+impl Run {
+    fn per_second(&self) -> f64 {
+        self.requests / self.seconds
+    }
+    fn bytes_per_second(&self) -> f64 {
+        self.bytes / self.seconds
+    }
+}
+
+/// Runs wrk with a Lua script; the script's `done` prints one RESULT line.
+fn wrk(url: &str, connections: usize, seconds: u64, script: &Path) -> Run {
+    let output = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(script)
+        .arg(url)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("wrk is not installed: run scripts/bench-server, which installs it");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT from wrk:\n{text}"));
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    Run {
+        requests: fields[0],
+        bytes: fields[1],
+        seconds: fields[2] / 1e6,
+        errors: fields[3] as u64,
+    }
+}
+
+const DONE: &str = r#"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  local errors = e.connect + e.read + e.write + e.status + e.timeout
+  io.write(string.format("RESULT %d %d %d %d\n", summary.requests, summary.bytes, summary.duration, errors))
+end
+"#;
+
+fn checkin_script(dir: &Path, tokens: &[String], body: &str) -> std::path::PathBuf {
+    let path = dir.join("checkin.lua");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "local tokens = {{").unwrap();
+    for t in tokens {
+        writeln!(f, "  \"{t}\",").unwrap();
+    }
+    writeln!(f, "}}").unwrap();
+    writeln!(f, "local body = [[{body}]]").unwrap();
+    writeln!(
+        f,
+        r#"local n = 0
+request = function()
+  n = n + 1
+  local headers = {{}}
+  headers["Authorization"] = "Bearer " .. tokens[(n % #tokens) + 1]
+  headers["Content-Type"] = "application/json"
+  return wrk.format("POST", nil, headers, body)
+end"#
+    )
+    .unwrap();
+    f.write_all(DONE.as_bytes()).unwrap();
+    path
+}
+
+fn download_script(dir: &Path, token: &str) -> std::path::PathBuf {
+    let path = dir.join("download.lua");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "wrk.headers[\"Authorization\"] = \"Bearer {token}\"").unwrap();
+    f.write_all(DONE.as_bytes()).unwrap();
+    path
+}
+
+fn start_nginx(dir: &Path, root: &Path) -> (std::process::Child, u16) {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root;\nworker_processes auto;\ndaemon off;\npid {pid};\nerror_log {err} warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n\
+             default_type application/octet-stream;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
+             fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
+             server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
+            pid = dir.join("nginx.pid").display(),
+            err = dir.join("nginx.err").display(),
+            tmp = dir.display(),
+            root = root.display(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("nginx")
+        .args(["-p"])
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .spawn()
+        .expect("nginx is not installed: run scripts/bench-server, which installs it");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (child, port);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "nginx did not start: {}",
+        std::fs::read_to_string(dir.join("nginx.err")).unwrap_or_default()
+    );
+}
+
+async fn bare_axum() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    use axum::routing::post;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = axum::Router::new().route(
+        "/api/v1/device/checkin",
+        post(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                r#"{"poll_seconds":60,"update":null}"#,
+            )
+        }),
+    );
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (address, stop)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks for the list of tests; there are none.
+    }
+    let seconds: u64 = std::env::var("AIRLIFT_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // The airlift server, set up through its API.
+    let data = dir.path().join("data");
+    let (address, token, stop) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = Server::open(Config {
+            data_dir: data.clone(),
+            ..Config::default()
+        })
+        .await
+        .unwrap();
+        let token = server.initial_admin_token.clone().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            server
+                .run(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        (address, token, stop)
+    });
+    let base = format!("http://{address}");
+    let client = reqwest::blocking::Client::new();
+    let firmware = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/esp-idf-apps/v1.bin");
+    let image = std::fs::read(&firmware).unwrap();
+    let release: Value = client
+        .post(format!("{base}/api/v1/releases"))
+        .bearer_auth(&token)
+        .body(image.clone())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut device_tokens = Vec::new();
+    for i in 0..CHECKIN_DEVICES {
+        let answer: Value = client
+            .post(format!("{base}/api/v1/devices"))
+            .bearer_auth(&token)
+            .json(&json!({"name": format!("bench-{i:05}"), "tags": ["bench"]}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        device_tokens.push(answer["token"].as_str().unwrap().to_owned());
+    }
+    let downloader: Value = client
+        .post(format!("{base}/api/v1/devices"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "downloader"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let downloader = downloader["token"].as_str().unwrap().to_owned();
+    let deployed = client
+        .post(format!("{base}/api/v1/deployments"))
+        .bearer_auth(&token)
+        .json(&json!({"release": release["id"].to_string(), "target": "device:downloader"}))
+        .send()
+        .unwrap();
+    assert!(deployed.status().is_success());
+    let checkin_body = json!({"chip_id": 0, "running": {"project": "http_delta_ota", "version": "98a1142-dirty",
+        "sha256": release["sha256"], "security_version": 0, "slot": 0}, "state": "idle", "boot_count": 0})
+    .to_string();
+
+    println!(
+        "airlift server benchmarks: {seconds} s per run, wrk -t2, loopback, {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // 1. Check-ins vs bare axum.
+    let script = checkin_script(dir.path(), &device_tokens, &checkin_body);
+    let (bare_address, bare_stop) = runtime.block_on(bare_axum());
+    let bare = wrk(
+        &format!("http://{bare_address}/api/v1/device/checkin"),
+        64,
+        seconds,
+        &script,
+    );
+    let _ = bare_stop.send(());
+    let airlift = wrk(
+        &format!("{base}/api/v1/device/checkin"),
+        64,
+        seconds,
+        &script,
+    );
+    println!(
+        "check-ins:  airlift {:>9.0}/s   bare axum {:>9.0}/s   ratio {:.2}   (errors {} / {}; {} devices)",
+        airlift.per_second(),
+        bare.per_second(),
+        airlift.per_second() / bare.per_second(),
+        airlift.errors,
+        bare.errors,
+        CHECKIN_DEVICES,
+    );
+
+    // 2. Downloads vs nginx, 100 connections.
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("v1.bin"), &image).unwrap();
+    let (mut nginx, port) = start_nginx(dir.path(), &root);
+    let script = download_script(dir.path(), &downloader);
+    let baseline = wrk(
+        &format!("http://127.0.0.1:{port}/v1.bin"),
+        100,
+        seconds,
+        &script,
+    );
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    let url = format!(
+        "{base}/api/v1/device/artifacts/{}",
+        release["sha256"].as_str().unwrap()
+    );
+    let served = wrk(&url, 100, seconds, &script);
+    println!(
+        "downloads:  airlift {:>7.0} MiB/s   nginx {:>7.0} MiB/s   ratio {:.2}   ({} byte file, 100 connections, errors {} / {})",
+        served.bytes_per_second() / (1024.0 * 1024.0),
+        baseline.bytes_per_second() / (1024.0 * 1024.0),
+        served.bytes_per_second() / baseline.bytes_per_second(),
+        image.len(),
+        served.errors,
+        baseline.errors,
+    );
+    let _ = stop.send(());
+    runtime.shutdown_timeout(Duration::from_secs(5));
+}
