@@ -31,6 +31,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod cache;
 pub mod config;
+mod connection;
 pub mod deploy;
 pub mod error;
 pub mod keys;
@@ -192,9 +193,7 @@ impl Server {
     ) -> Result<(), ServerError> {
         let router = app(self.state.clone());
         let flusher = tokio::spawn(flush_statuses_every_second(self.state.clone()));
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let result = connection::serve(listener, router, self.state.clone(), shutdown).await;
         flusher.abort();
         if let Err(err) = self.state.flush_statuses().await {
             tracing::error!(error = %err, "cannot write the last device statuses");

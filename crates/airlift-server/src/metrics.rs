@@ -14,6 +14,8 @@ pub struct Metrics {
     pub events: AtomicU64,
     /// Artifact downloads answered (full or partial).
     pub downloads: AtomicU64,
+    /// Downloads sent with sendfile(2) (a subset of `downloads`).
+    pub zero_copy_downloads: AtomicU64,
     /// Artifact bytes sent.
     pub download_bytes: AtomicU64,
     /// Releases stored.
@@ -34,7 +36,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 "airlift_checkins_total",
                 "Device check-ins answered.",
@@ -54,6 +56,11 @@ impl Metrics {
                 "airlift_downloads_total",
                 "Artifact downloads answered.",
                 &self.downloads,
+            ),
+            (
+                "airlift_zero_copy_downloads_total",
+                "Downloads sent with sendfile(2).",
+                &self.zero_copy_downloads,
             ),
             (
                 "airlift_download_bytes_total",

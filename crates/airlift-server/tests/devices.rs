@@ -617,3 +617,109 @@ async fn checkin_status_written_behind_survives_a_graceful_stop() {
     let device = store.device_by_name("dev-1").await.unwrap();
     assert_eq!(device.status.version.as_deref(), Some("v7"));
 }
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in {text}"))
+}
+
+#[tokio::test]
+async fn zero_copy_and_hyper_downloads_answer_the_same_bytes_and_headers() {
+    let server = TestServer::start().await;
+    let bytes = image("v1", 0, 20);
+    let release = server.release(&bytes).await;
+    let token = server.device("dev-1", &[]).await;
+    server.deploy(&release, "device:dev-1").await;
+    let url = format!(
+        "{}/api/v1/device/artifacts/{}",
+        server.url,
+        sha256_hex(&bytes)
+    );
+    let etag = format!("\"{}\"", sha256_hex(&bytes));
+
+    // A connection whose first request is a download takes the zero-copy path;
+    // one that started with another request is hyper's.
+    let fast = reqwest::Client::new();
+    let slow = reqwest::Client::new();
+    let health = slow
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+
+    let len = bytes.len();
+    let cases: Vec<Vec<(reqwest::header::HeaderName, String)>> = vec![
+        vec![],
+        vec![(RANGE, "bytes=100-".into())],
+        vec![(RANGE, "bytes=-10".into())],
+        vec![(RANGE, "bytes=5-9".into()), (IF_RANGE, etag.clone())],
+        vec![(RANGE, "bytes=5-".into()), (IF_RANGE, "\"other\"".into())],
+        vec![(RANGE, format!("bytes={len}-"))],
+    ];
+    for headers in &cases {
+        let mut answers = Vec::new();
+        for client in [&fast, &slow] {
+            let mut request = client.get(&url).bearer_auth(&token);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let picked: Vec<Option<String>> = [
+                "etag",
+                "content-range",
+                "content-length",
+                "accept-ranges",
+                "content-type",
+            ]
+            .iter()
+            .map(|h| {
+                response
+                    .headers()
+                    .get(*h)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            })
+            .collect();
+            let body = response.bytes().await.unwrap();
+            answers.push((status, picked, body));
+        }
+        assert_eq!(answers[0], answers[1], "{headers:?}");
+        if answers[0].0 == StatusCode::OK {
+            assert_eq!(answers[0].2.as_ref(), bytes.as_slice());
+        }
+    }
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, "airlift_zero_copy_downloads_total"),
+        5,
+        "the 416 is hyper's"
+    );
+
+    // After handing over, the same connection serves any other request.
+    let answer = fast
+        .post(format!("{}/api/v1/device/checkin", server.url))
+        .bearer_auth(&token)
+        .json(&Running::factory().checkin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    // A wrong token on a fresh connection is refused by the API, not served.
+    let refused = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth("al_dev_nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+}

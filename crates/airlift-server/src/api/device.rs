@@ -38,6 +38,13 @@ impl FromRequestParts<AppState> for DeviceAuth {
         let token = bearer(parts.headers.get(header::AUTHORIZATION)).ok_or_else(|| {
             ApiError::Unauthorized("missing device token (Authorization: Bearer)".into())
         })?;
+        DeviceAuth::from_token(state, token).await
+    }
+}
+
+impl DeviceAuth {
+    /// The device owning a bearer token.
+    pub async fn from_token(state: &AppState, token: &str) -> Result<DeviceAuth, ApiError> {
         let hash = hash_token(token);
         if let Some((id, name)) = state.device_tokens.get(&hash) {
             return Ok(DeviceAuth { id, name });
@@ -134,7 +141,10 @@ fn update_for(state: &AppState, offer: &Offer) -> Result<Update, ApiError> {
 }
 
 /// The device's open offer, from the cache when it holds one.
-async fn open_offer(state: &AppState, device_id: i64) -> Result<Option<Arc<Offer>>, ApiError> {
+pub(crate) async fn open_offer(
+    state: &AppState,
+    device_id: i64,
+) -> Result<Option<Arc<Offer>>, ApiError> {
     if let Some(cached) = state.offers.get(device_id) {
         return Ok(cached);
     }
@@ -375,19 +385,10 @@ pub async fn download_artifact(
     ApiPath(sha256): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError::NotFound(format!("no artifact {sha256} assigned to this device"));
-    if sha256.len() != 64
-        || !sha256
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return Err(not_found());
-    }
-    let offered = open_offer(&state, device.id)
-        .await?
-        .is_some_and(|offer| offer.release.sha256 == sha256);
-    if !offered && !state.store.artifact_assigned(device.id, &sha256).await? {
-        return Err(not_found());
+    if !download_allowed(&state, device.id, &sha256).await? {
+        return Err(ApiError::NotFound(format!(
+            "no artifact {sha256} assigned to this device"
+        )));
     }
     let bytes = state
         .artifacts
@@ -398,17 +399,51 @@ pub async fn download_artifact(
     Ok(ranged_response(&state, &headers, &sha256, bytes))
 }
 
+/// Whether the device may download the artifact: a well-formed SHA-256 of a
+/// release the device is (or was) assigned.
+pub(crate) async fn download_allowed(
+    state: &AppState,
+    device_id: i64,
+    sha256: &str,
+) -> Result<bool, ApiError> {
+    let well_formed = sha256.len() == 64
+        && sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !well_formed {
+        return Ok(false);
+    }
+    let offered = open_offer(state, device_id)
+        .await?
+        .is_some_and(|offer| offer.release.sha256 == sha256);
+    Ok(offered || state.store.artifact_assigned(device_id, sha256).await?)
+}
+
+/// The range to send: `Range` applies only when `If-Range` is absent or names the current `ETag`.
+pub(crate) fn requested_range(
+    range: Option<&str>,
+    if_range: Option<&str>,
+    etag: &str,
+    len: u64,
+) -> Option<ByteRange> {
+    let if_range_ok = if_range.is_none_or(|v| v.trim() == etag);
+    range
+        .filter(|_| if_range_ok)
+        .and_then(|r| parse_range(r, len))
+}
+
 fn ranged_response(state: &AppState, headers: &HeaderMap, sha256: &str, bytes: Bytes) -> Response {
     let etag = format!("\"{sha256}\"");
     let len = bytes.len() as u64;
-    let if_range_ok = headers
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let if_range = headers
         .get(header::IF_RANGE)
-        .is_none_or(|v| v.to_str().is_ok_and(|v| v.trim() == etag));
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| if_range_ok)
-        .and_then(|r| parse_range(r, len));
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let range = requested_range(text(header::RANGE), if_range, &etag, len);
     let common = [
         (header::ETAG, HeaderValue::from_str(&etag).ok()),
         (
