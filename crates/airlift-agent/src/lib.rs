@@ -1,1 +1,72 @@
-//! Airlift device agent.
+//! Airlift's device agent: the ESP32 firmware's twin on a PC.
+//!
+//! The same engine ([`airlift_engine`]), the same protocol
+//! ([`airlift_protocol`]) and the same local web page as the firmware, over
+//! a flash laid out byte for byte like a real ESP32's:
+//!
+//! * [`flash`]: [`flash::FileFlash`], a 4 MiB file (`airlift flash create`),
+//!   where every erase or program is one `pwrite`, so a SIGKILL is a power
+//!   cut; and [`flash::CowFlash`], an in-memory copy-on-write flash over a
+//!   shared base image for the fleet simulator.
+//! * [`provision`]: builds a flash image (partition table at 0x8000,
+//!   otadata, firmware in `ota_0`, trusted keys in Airlift's data partition).
+//! * [`boot`]: the simulated ESP-IDF bootloader over any `ReadNorFlash`.
+//! * [`report`]: what `airlift flash inspect` and the device page show.
+//! * [`device`]: the device loop: reset, bootloader, boot guard, "run" the
+//!   image with its simulated behaviour, confirm, check in, download with
+//!   resume, install, report events, reboot. One loop, generic over the
+//!   flash, serves `airlift device run` and `airlift fleet sim`.
+//! * [`notes`]: the agent's own state in the `nvs` partition.
+//! * [`web`]: the device's local page and API (`web/device`).
+//!
+//! **Architecture invariant:** all device state lives in the flash; the
+//! agent process holds only caches, so killing it at any moment is a power
+//! cut and restarting it is a reset.
+#![warn(missing_docs)]
+
+pub mod boot;
+pub mod device;
+pub mod flash;
+pub mod fleet;
+pub mod notes;
+pub mod provision;
+pub mod report;
+pub mod web;
+
+/// Everything that can go wrong in the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The update engine refused or failed.
+    #[error("{0}")]
+    Engine(#[from] airlift_engine::Error),
+    /// The flash file could not be opened or created.
+    #[error("flash file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The agent's notes in the nvs partition could not be written.
+    #[error("agent notes: {0}")]
+    Notes(String),
+    /// A firmware image or partition table given to provisioning is unusable.
+    #[error("{0}")]
+    Provision(String),
+    /// No slot holds a bootable image.
+    #[error("no slot holds a valid image: the device is bricked")]
+    Bricked,
+    /// The partition table has no `nvs` partition for the agent's notes.
+    #[error("partition table has no nvs partition (the agent keeps its state there)")]
+    NoNvs,
+    /// Talking to the server failed.
+    #[error("server: {0}")]
+    Http(String),
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

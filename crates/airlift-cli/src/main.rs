@@ -44,6 +44,9 @@ enum Command {
     /// Inspect otadata: which OTA slot the bootloader boots.
     #[command(subcommand)]
     Otadata(cmd::otadata::OtadataCommand),
+    /// Create and inspect a device's flash image (for `airlift device run`).
+    #[command(subcommand)]
+    Flash(cmd::flash::FlashCommand),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Deployment(c) => cmd::deploy::run(c),
         Command::Partitions(c) => cmd::partitions::run(c),
         Command::Otadata(c) => cmd::otadata::run(c),
+        Command::Flash(c) => cmd::flash::run(c),
     };
     match result {
         Ok(code) => code,

@@ -41,6 +41,8 @@ pub enum DeviceCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Run a simulated device over a flash file (`airlift flash create`).
+    Run(Box<super::agent::RunArgs>),
     /// Show a device's events, newest first.
     Events {
         /// Device name.
@@ -72,6 +74,7 @@ fn running(device: &Value) -> String {
 /// Runs an `airlift device` server subcommand.
 pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
     match command {
+        DeviceCommand::Run(args) => return super::agent::run(*args),
         DeviceCommand::Add {
             name,
             tags,

@@ -1,8 +1,10 @@
 //! One module per top-level subcommand.
 
+pub mod agent;
 pub mod client;
 pub mod deploy;
 pub mod device;
+pub mod flash;
 pub mod image;
 pub mod keys;
 pub mod otadata;

@@ -1,0 +1,373 @@
+//! What a device's flash says: partition table, otadata, both slots, the
+//! engine's state, the boot log and the agent's notes. `airlift flash
+//! inspect` prints it; the device page shows it.
+
+use std::fmt::Write as _;
+
+use airlift_engine::{AppSlot, Config, Device, Layout};
+use airlift_format::manifest::key_id;
+use airlift_format::partition::subtype_name;
+use embedded_storage::nor_flash::NorFlash;
+use serde::Serialize;
+
+use crate::boot::{SlotContent, read_slot};
+use crate::notes::Notes;
+use crate::provision::read_table;
+use crate::{AgentError, hex};
+
+/// One partition table row.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionRow {
+    /// Label.
+    pub label: String,
+    /// Type name (`app`, `data`) or number.
+    pub kind: String,
+    /// Subtype name or number.
+    pub subtype: String,
+    /// Offset in bytes.
+    pub offset: u32,
+    /// Size in bytes.
+    pub size: u32,
+}
+
+/// One otadata copy.
+#[derive(Debug, Clone, Serialize)]
+pub struct OtadataCopy {
+    /// Sequence number (`4294967295` when erased).
+    pub seq: u32,
+    /// State name.
+    pub state: String,
+    /// Whether ESP-IDF accepts the entry (CRC matches, not erased or invalid).
+    pub valid: bool,
+}
+
+/// Both otadata copies and what they select.
+#[derive(Debug, Clone, Serialize)]
+pub struct OtadataReport {
+    /// The two copies.
+    pub copies: Vec<OtadataCopy>,
+    /// The copy ESP-IDF treats as active.
+    pub active_copy: Option<usize>,
+    /// The slot the bootloader selects.
+    pub selected: String,
+}
+
+/// One app slot and its image.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotReport {
+    /// `ota_0`, `ota_1`, `factory`.
+    pub slot: String,
+    /// Offset in bytes.
+    pub offset: u32,
+    /// Size in bytes.
+    pub size: u32,
+    /// `empty`, `image` or `invalid`.
+    pub content: String,
+    /// Checksum and appended digest valid (the bootloader would start it).
+    pub valid: bool,
+    /// Project name from the app descriptor.
+    pub project: Option<String>,
+    /// Version from the app descriptor.
+    pub version: Option<String>,
+    /// Security version from the app descriptor.
+    pub security_version: Option<u32>,
+    /// Chip name.
+    pub chip: Option<String>,
+    /// SHA-256 of the image, lowercase hex.
+    pub sha256: Option<String>,
+    /// Image length in bytes.
+    pub image_len: Option<u32>,
+    /// Why it is not an image, for `invalid`.
+    pub error: Option<String>,
+}
+
+/// The engine's state from the data partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineReport {
+    /// The slot on trial (activated, not confirmed).
+    pub trial_slot: Option<String>,
+    /// Boot attempts of the image on trial (the boot counter).
+    pub boot_counter: u8,
+    /// Attempts allowed before rollback.
+    pub max_attempts: u8,
+    /// Minimum security version for installs.
+    pub min_security_version: u32,
+    /// Key ids of the trusted keys stored on the device.
+    pub trusted_keys: Vec<String>,
+    /// An interrupted install: slot and bytes written.
+    pub install: Option<(u8, u32, u32)>,
+}
+
+/// One boot-log record.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootLogRow {
+    /// Unix seconds.
+    pub timestamp: u64,
+    /// Slot that ran.
+    pub slot: String,
+    /// `confirmed`, `trial`, `rolled_back`, ...
+    pub outcome: String,
+    /// Attempt number for trial boots.
+    pub attempt: u8,
+    /// Version of the image.
+    pub version: String,
+    /// First 8 bytes of its SHA-256, hex.
+    pub sha_prefix: String,
+}
+
+/// Everything `airlift flash inspect` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Partition table rows.
+    pub partitions: Vec<PartitionRow>,
+    /// otadata.
+    pub otadata: OtadataReport,
+    /// App slots, factory first.
+    pub slots: Vec<SlotReport>,
+    /// Engine state.
+    pub engine: EngineReport,
+    /// Boot log, oldest first.
+    pub boot_log: Vec<BootLogRow>,
+    /// The agent's notes (pending update, last result, history).
+    pub notes: Notes,
+}
+
+fn slot_report<F: NorFlash>(
+    flash: &mut F,
+    layout: &Layout,
+    slot: AppSlot,
+) -> Result<Option<SlotReport>, AgentError> {
+    let Some(region) = layout.slot(slot) else {
+        return Ok(None);
+    };
+    let content = read_slot(flash, region)?;
+    let mut r = SlotReport {
+        slot: slot.to_string(),
+        offset: region.offset,
+        size: region.size,
+        content: String::new(),
+        valid: false,
+        project: None,
+        version: None,
+        security_version: None,
+        chip: None,
+        sha256: None,
+        image_len: None,
+        error: None,
+    };
+    match content {
+        SlotContent::Empty => r.content = "empty".into(),
+        SlotContent::Invalid(e) => {
+            r.content = "invalid".into();
+            r.error = Some(e);
+        }
+        SlotContent::Image(info) => {
+            r.content = "image".into();
+            r.valid = info.is_valid();
+            r.chip = Some(info.chip().name().into());
+            r.sha256 = Some(hex(&info.file_sha256));
+            r.image_len = Some(info.image_len);
+            if let Some(d) = info.app_desc {
+                r.project = Some(d.project_name().into());
+                r.version = Some(d.version().into());
+                r.security_version = Some(d.secure_version());
+            }
+            if !info.checksum_valid() {
+                r.error = Some("checksum does not match".into());
+            } else if !info.digest_valid() {
+                r.error = Some("appended sha-256 digest does not match".into());
+            }
+        }
+    }
+    Ok(Some(r))
+}
+
+/// Reads everything from a device's flash (changes nothing).
+pub fn report<F: NorFlash>(flash: &mut F, max_attempts: u8) -> Result<Report, AgentError> {
+    let entries = read_table(flash)?;
+    let partitions = entries
+        .iter()
+        .map(|e| PartitionRow {
+            label: e.label_str().into(),
+            kind: e
+                .kind
+                .name()
+                .map_or_else(|| format!("{:#04x}", e.kind.0), Into::into),
+            subtype: subtype_name(e.kind, e.subtype)
+                .map_or_else(|| format!("{:#04x}", e.subtype), Into::into),
+            offset: e.offset,
+            size: e.size,
+        })
+        .collect();
+    let nvs = entries
+        .iter()
+        .find(|e| e.label_str() == "nvs")
+        .map(|e| airlift_engine::Region::new(e.offset, e.size));
+    let config = Config {
+        max_attempts,
+        ..Config::default()
+    };
+    let (layout, status, boot_log, trusted_keys) = {
+        let mut dev = Device::open(&mut *flash, config)?;
+        let status = dev.status()?;
+        let mut boot_log = Vec::new();
+        dev.boot_log(|r| {
+            boot_log.push(BootLogRow {
+                timestamp: r.timestamp,
+                slot: r.slot.to_string(),
+                outcome: r.outcome.name().into(),
+                attempt: r.attempt,
+                version: r.version.as_str().into(),
+                sha_prefix: hex(&r.sha_prefix),
+            });
+        })?;
+        let keys: Vec<String> = dev.stored_keys().iter().map(|k| hex(&key_id(k))).collect();
+        (*dev.layout(), status, boot_log, keys)
+    };
+    let engine = EngineReport {
+        trial_slot: status.trial.map(|t| AppSlot::Ota(t.slot).to_string()),
+        boot_counter: status.trial.map_or(0, |t| t.attempts),
+        max_attempts: status.max_attempts,
+        min_security_version: status.min_security_version,
+        trusted_keys,
+        install: status.install.map(|p| (p.slot, p.offset, p.size)),
+    };
+    let otadata = OtadataReport {
+        copies: status
+            .otadata
+            .iter()
+            .map(|e| OtadataCopy {
+                seq: e.seq,
+                state: e.state.name().into(),
+                valid: e.is_valid(),
+            })
+            .collect(),
+        active_copy: status.active_copy,
+        selected: status.selected.to_string(),
+    };
+    let mut slots = Vec::new();
+    for slot in std::iter::once(AppSlot::Factory).chain((0..layout.app_count).map(AppSlot::Ota)) {
+        slots.extend(slot_report(flash, &layout, slot)?);
+    }
+    let notes = match nvs {
+        Some(region) => Notes::load(flash, region)?,
+        None => Notes::default(),
+    };
+    Ok(Report {
+        partitions,
+        otadata,
+        slots,
+        engine,
+        boot_log,
+        notes,
+    })
+}
+
+/// The report as text for a terminal.
+pub fn render_text(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "partition table (0x8000):");
+    for p in &r.partitions {
+        let _ = writeln!(
+            s,
+            "  {:<10} {:<5} {:<9} {:#09x} {:>8} bytes",
+            p.label, p.kind, p.subtype, p.offset, p.size
+        );
+    }
+    let _ = writeln!(s, "otadata: selects {}", r.otadata.selected);
+    for (i, c) in r.otadata.copies.iter().enumerate() {
+        let active = if r.otadata.active_copy == Some(i) {
+            " (active)"
+        } else {
+            ""
+        };
+        if c.seq == u32::MAX {
+            let _ = writeln!(s, "  copy {i}: erased");
+        } else {
+            let _ = writeln!(
+                s,
+                "  copy {i}: seq {} state {}{}{active}",
+                c.seq,
+                c.state,
+                if c.valid { "" } else { " (not valid)" }
+            );
+        }
+    }
+    let _ = writeln!(s, "slots:");
+    for slot in &r.slots {
+        match slot.content.as_str() {
+            "image" => {
+                let _ = writeln!(
+                    s,
+                    "  {:<8} {} {} (security version {}, {}, {} bytes) sha256 {} {}",
+                    slot.slot,
+                    slot.project.as_deref().unwrap_or("-"),
+                    slot.version.as_deref().unwrap_or("-"),
+                    slot.security_version.unwrap_or(0),
+                    slot.chip.as_deref().unwrap_or("-"),
+                    slot.image_len.unwrap_or(0),
+                    slot.sha256.as_deref().unwrap_or("-"),
+                    if slot.valid {
+                        "valid".to_string()
+                    } else {
+                        format!("INVALID: {}", slot.error.as_deref().unwrap_or("-"))
+                    }
+                );
+            }
+            "empty" => {
+                let _ = writeln!(s, "  {:<8} empty", slot.slot);
+            }
+            _ => {
+                let _ = writeln!(
+                    s,
+                    "  {:<8} not an image: {}",
+                    slot.slot,
+                    slot.error.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    let e = &r.engine;
+    let _ = writeln!(
+        s,
+        "engine: {}, boot counter {}/{}, minimum security version {}, trusted keys [{}]",
+        e.trial_slot.as_ref().map_or_else(
+            || "running image confirmed".to_string(),
+            |t| format!("{t} on trial")
+        ),
+        e.boot_counter,
+        e.max_attempts,
+        e.min_security_version,
+        e.trusted_keys.join(", ")
+    );
+    if let Some((slot, offset, size)) = e.install {
+        let _ = writeln!(
+            s,
+            "  interrupted install into ota_{slot}: {offset} of {size} bytes"
+        );
+    }
+    let _ = writeln!(s, "boot log ({} records):", r.boot_log.len());
+    for b in &r.boot_log {
+        let _ = writeln!(
+            s,
+            "  {} {:<6} {:<20} attempt {} {} {}",
+            b.timestamp, b.slot, b.outcome, b.attempt, b.version, b.sha_prefix
+        );
+    }
+    if !r.notes.history.is_empty() {
+        let _ = writeln!(s, "update history:");
+        for h in &r.notes.history {
+            let _ = writeln!(
+                s,
+                "  {} {} from {} -> {}{} {}",
+                h.at,
+                h.version,
+                h.source,
+                h.result,
+                h.reason.map_or(String::new(), |r| format!(" ({r})")),
+                h.detail
+            );
+        }
+    }
+    s
+}
