@@ -92,8 +92,8 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
             );
         }
         FlashCommand::Inspect { file, json } => {
-            let mut flash =
-                FileFlash::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+            let mut flash = FileFlash::open(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
             let r = report::report(&mut flash, airlift_engine::DEFAULT_MAX_ATTEMPTS)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             if json {
