@@ -1,6 +1,9 @@
 //! The power-cut campaign: every flash operation of every path, cut and torn.
 #![allow(clippy::unwrap_used)]
 
+use std::path::Path;
+
+use airlift_engine::sim::BootloaderKind;
 use airlift_engine::sim::campaign::{self, CampaignConfig, PathReport};
 
 fn assert_clean(reports: &[PathReport]) {
@@ -28,5 +31,47 @@ fn assert_clean(reports: &[PathReport]) {
 #[test]
 fn every_cut_point_on_every_path_leaves_a_bootable_device_that_can_update() {
     let reports = campaign::run(&CampaignConfig::small()).unwrap();
+    assert_clean(&reports);
+}
+
+#[test]
+fn every_cut_point_is_safe_with_the_rollback_enabled_esp_idf_bootloader() {
+    let cfg = CampaignConfig {
+        bootloader: BootloaderKind::Rollback,
+        ..CampaignConfig::small()
+    };
+    assert_clean(&campaign::run(&cfg).unwrap());
+}
+
+#[test]
+fn every_cut_point_is_safe_with_a_single_boot_attempt_and_tiny_writes() {
+    let cfg = CampaignConfig {
+        max_attempts: 1,
+        chunk_size: 97,
+        ..CampaignConfig::small()
+    };
+    assert_clean(&campaign::run(&cfg).unwrap());
+}
+
+#[test]
+fn every_cut_point_is_safe_with_real_686_kb_esp_idf_images() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/esp-idf-apps");
+    let cfg = CampaignConfig {
+        old_image: std::fs::read(dir.join("v1.bin")).unwrap(),
+        new_image: std::fs::read(dir.join("v2.bin")).unwrap(),
+        chunk_size: 4096,
+        checkpoint_interval: airlift_engine::DEFAULT_CHECKPOINT_INTERVAL,
+        ..CampaignConfig::small()
+    };
+    assert!(cfg.new_image.len() > 680_000);
+    let reports = campaign::run(&cfg).unwrap();
+    let install = reports
+        .iter()
+        .find(|r| r.path.to_string() == "install")
+        .unwrap();
+    assert!(
+        install.ops > 300,
+        "every sector of the image is a cut point"
+    );
     assert_clean(&reports);
 }

@@ -29,7 +29,9 @@ use airlift_format::partition::{AIRLIFT_DEFAULT, PartitionEntry, TABLE_OFFSET};
 
 use crate::device::{BootDecision, Config, Device};
 use crate::layout::{AppSlot, Layout};
-use crate::sim::bootloader::{BootloaderKind, run_bootloader, slot_image};
+use crate::sim::bootloader::{
+    BootloaderKind, SimBoot, run_bootloader_trusting, slot_image_trusting,
+};
 use crate::sim::flash::{Fault, FaultKind, SimFlash};
 use crate::sim::{FLASH_SIZE, layout_of, provision, sign_image, tag_of, test_image};
 use crate::store::RECORDS_PER_SECTOR;
@@ -250,6 +252,16 @@ fn err(e: crate::Error) -> String {
 impl<'c> Ctx<'c> {
     fn new(cfg: &'c CampaignConfig) -> Result<Ctx<'c>, String> {
         let layout = layout_of(&cfg.partitions)?;
+        for (name, bytes) in [("old", &cfg.old_image), ("new", &cfg.new_image)] {
+            let info = airlift_format::image::verify(bytes)
+                .map_err(|e| format!("the {name} image is not an ESP image: {e}"))?;
+            if !info.is_valid() {
+                return Err(format!("the {name} image fails its checksum or digest"));
+            }
+        }
+        if cfg.old_image == cfg.new_image {
+            return Err("the old and new images are identical".into());
+        }
         if layout.app_count < 2 {
             return Err("the partition table needs at least two OTA slots".into());
         }
@@ -280,8 +292,17 @@ impl<'c> Ctx<'c> {
         t
     }
 
+    /// The simulated bootloader; the two images (verified once in
+    /// [`Ctx::new`]) are recognised by comparison instead of being hashed at
+    /// every boot.
+    fn bootloader(&self, flash: &mut SimFlash) -> SimBoot {
+        let known = [self.cfg.old_image.as_slice(), self.cfg.new_image.as_slice()];
+        run_bootloader_trusting(flash, &self.layout, self.cfg.bootloader, &known)
+    }
+
     fn which(&self, flash: &SimFlash, slot: AppSlot) -> Option<Which> {
-        let bytes = slot_image(flash, &self.layout, slot)?;
+        let known = [self.cfg.old_image.as_slice(), self.cfg.new_image.as_slice()];
+        let bytes = slot_image_trusting(flash, &self.layout, slot, &known)?;
         if bytes == self.cfg.old_image.as_slice() {
             Some(Which::Old)
         } else if bytes == self.cfg.new_image.as_slice() {
@@ -294,7 +315,7 @@ impl<'c> Ctx<'c> {
     /// Bootloader then boot guard, once; `arm` starts the fault counter
     /// after the bootloader.
     fn boot_once(&self, flash: &mut SimFlash, arm: bool) -> Result<BootDecision, String> {
-        let boot = run_bootloader(flash, &self.layout, self.cfg.bootloader);
+        let boot = self.bootloader(flash);
         let booted = boot
             .booted
             .ok_or("bricked: the bootloader finds no valid image")?;
@@ -310,7 +331,7 @@ impl<'c> Ctx<'c> {
     fn recover(&self, flash: &mut SimFlash) -> Result<Running, String> {
         for _ in 0..usize::from(self.cfg.max_attempts) + 4 {
             flash.power_cycle();
-            let boot = run_bootloader(flash, &self.layout, self.cfg.bootloader);
+            let boot = self.bootloader(flash);
             let booted = boot
                 .booted
                 .ok_or("bricked: the bootloader finds no valid image")?;
@@ -369,7 +390,7 @@ impl<'c> Ctx<'c> {
     }
 
     fn confirm(&self, flash: &mut SimFlash, arm_after_boot: bool) -> Result<bool, String> {
-        let boot = run_bootloader(flash, &self.layout, self.cfg.bootloader);
+        let boot = self.bootloader(flash);
         let booted = boot.booted.ok_or("bricked")?;
         let mut dev = Device::open(&mut *flash, self.config()).map_err(err)?;
         dev.boot(Some(booted), self.tick()).map_err(err)?;
@@ -473,20 +494,22 @@ impl<'c> Ctx<'c> {
 
     /// The states a cut on `path` may leave, after recovery.
     fn expect(&self, path: Path, r: &Running) -> Result<(), String> {
-        let max = self.cfg.max_attempts;
+        let max = self.cfg.max_attempts.max(1);
+        // The new image on trial with an attempt number in `lo..=hi`; when
+        // `hi` passes the limit, the boot that would have been attempt
+        // `max + 1` rolls back instead, so the old image is allowed too.
+        let trial = |lo: u8, hi: u8| {
+            (r.which == Which::New && !r.confirmed && (lo..=hi.min(max)).contains(&r.attempt))
+                || (hi > max && r.which == Which::Old && r.confirmed)
+        };
         let ok = match path.kind {
             PathKind::Install | PathKind::Rollback | PathKind::BootLog => {
                 r.which == Which::Old && r.confirmed
             }
-            PathKind::Activate => {
-                (r.which == Which::Old && r.confirmed)
-                    || (r.which == Which::New && !r.confirmed && r.attempt == 1)
-            }
-            PathKind::FirstBoot => r.which == Which::New && !r.confirmed && r.attempt <= 2.min(max),
-            PathKind::Confirm => r.which == Which::New && (r.confirmed || r.attempt <= 2.min(max)),
-            PathKind::BootCounter => {
-                r.which == Which::New && !r.confirmed && (2..=3.min(max)).contains(&r.attempt)
-            }
+            PathKind::Activate => (r.which == Which::Old && r.confirmed) || trial(1, 1),
+            PathKind::FirstBoot => trial(1, 2),
+            PathKind::Confirm => (r.which == Which::New && r.confirmed) || trial(2, 2),
+            PathKind::BootCounter => trial(2, 3),
         };
         if ok {
             Ok(())
