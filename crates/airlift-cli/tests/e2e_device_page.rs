@@ -1,0 +1,162 @@
+//! End to end: the device's local page and API on an offline device.
+#![allow(clippy::unwrap_used)]
+
+mod agent_common;
+
+use std::path::Path;
+
+use agent_common::*;
+use reqwest::blocking::Client;
+use serde_json::Value;
+
+fn sign(dir: &Path, image: &Path, key: &str, out: &str) -> Vec<u8> {
+    let manifest = dir.join(out);
+    airlift(&[
+        "release",
+        "sign",
+        image.to_str().unwrap(),
+        "--key",
+        dir.join(format!("{key}.key")).to_str().unwrap(),
+        "-o",
+        manifest.to_str().unwrap(),
+    ]);
+    std::fs::read(manifest).unwrap()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    airlift_format::manifest::base64_encode(bytes)
+}
+
+fn upload(
+    http: &Client,
+    url: &str,
+    password: Option<&str>,
+    image: &[u8],
+    manifest: &[u8],
+) -> (u16, Value) {
+    let mut request = http
+        .post(format!("{url}/api/upload"))
+        .header("X-Airlift-Manifest", b64(manifest))
+        .body(image.to_vec());
+    if let Some(p) = password {
+        request = request.basic_auth("admin", Some(p));
+    }
+    let response = request.send().unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn local_upload_needs_the_password_a_valid_image_and_a_trusted_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for key in ["release", "stranger"] {
+        airlift(&["keys", "generate", d.join(key).to_str().unwrap()]);
+    }
+    let v1 = write(d, "v1.bin", &image("1.0.0", 50_000));
+    let v2_bytes = image("2.0.0", 60_000);
+    let v2 = write(d, "v2.bin", &v2_bytes);
+    let good = sign(d, &v2, "release", "v2.good");
+    let foreign = sign(d, &v2, "stranger", "v2.foreign");
+    let flash = d.join("zeta.flash");
+    create_flash(&flash, &v1, &d.join("release.pub"));
+    let agent = Agent::start(
+        &flash,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--password",
+            "s3cret",
+            "--health-check",
+            "0.05",
+        ],
+    );
+    let url = agent.page_url();
+    let http = Client::new();
+
+    let status = |password: Option<&str>| {
+        let mut r = http.get(format!("{url}/api/status"));
+        if let Some(p) = password {
+            r = r.basic_auth("x", Some(p));
+        }
+        r.send().unwrap()
+    };
+    assert_eq!(status(None).status().as_u16(), 401);
+    assert_eq!(status(Some("wrong")).status().as_u16(), 401);
+    let page = http
+        .get(&url)
+        .basic_auth("x", Some("s3cret"))
+        .send()
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(
+        page.text().unwrap().contains("/api/status"),
+        "the page talks to the API"
+    );
+
+    let (code, body) = upload(&http, &url, None, &v2_bytes, &good);
+    assert_eq!(code, 401, "{body}");
+    let (code, _) = upload(&http, &url, Some("guess"), &v2_bytes, &good);
+    assert_eq!(code, 401);
+
+    let mut flipped = v2_bytes.clone();
+    flipped[20_000] ^= 0x40;
+    let (code, body) = upload(&http, &url, Some("s3cret"), &flipped, &good);
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (422, Some("verification")),
+        "{body}"
+    );
+
+    let (code, body) = upload(&http, &url, Some("s3cret"), &v2_bytes, &foreign);
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (422, Some("signature")),
+        "{body}"
+    );
+
+    let mut forged = good.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    let (code, body) = upload(&http, &url, Some("s3cret"), &v2_bytes, &forged);
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (422, Some("signature")),
+        "{body}"
+    );
+
+    let report = inspect(&flash);
+    assert_eq!(
+        selected_image(&report)["version"],
+        "1.0.0",
+        "nothing activated yet"
+    );
+
+    let (code, body) = upload(&http, &url, Some("s3cret"), &v2_bytes, &good);
+    assert_eq!(
+        (code, &body["installed"]),
+        (200, &Value::from("2.0.0")),
+        "{body}"
+    );
+    let confirmed = || {
+        let s: Value = status(Some("s3cret")).json().unwrap();
+        s["running"]["version"] == "2.0.0" && s["running"]["confirmed"] == true
+    };
+    wait_for("2.0.0 to run confirmed", confirmed, || agent.log_text());
+    let s: Value = status(Some("s3cret")).json().unwrap();
+    let results: Vec<&str> = s["flash"]["notes"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        results,
+        ["failed", "failed", "failed", "confirmed"],
+        "{s:#}"
+    );
+    assert_eq!(
+        selected_image(&inspect(&flash))["sha256"],
+        sha256_hex(&v2_bytes)
+    );
+}
