@@ -138,18 +138,19 @@ fn a_resumed_install_refuses_more_bytes_than_the_manifest_announced() {
     runs_old_confirmed(&mut rig, &old);
     let blob = sign(&new, 0);
     let cfg = rig.config();
-    let mut dev = Device::open(&mut rig.flash, cfg).unwrap();
-    let mut s = dev.begin(&blob).unwrap();
-    assert!(s.resume_offset() > 0);
-    // The caller ignores resume_offset and sends the whole image again.
-    assert_eq!(
-        s.write(&new),
-        Err(Error::TooMuchData {
-            size: new.len() as u32
-        })
-    );
-    assert_eq!(s.finish().err(), Some(Error::SessionFailed));
-    drop(dev);
+    {
+        let mut dev = Device::open(&mut rig.flash, cfg).unwrap();
+        let mut s = dev.begin(&blob).unwrap();
+        assert!(s.resume_offset() > 0);
+        // The caller ignores resume_offset and sends the whole image again.
+        assert_eq!(
+            s.write(&new),
+            Err(Error::TooMuchData {
+                size: new.len() as u32
+            })
+        );
+        assert_eq!(s.finish().err(), Some(Error::SessionFailed));
+    }
     assert_eq!(rig.reset().booted, AppSlot::Ota(0));
 }
 
