@@ -3,7 +3,7 @@
 //!
 //! `#![no_std]`, no allocation, no `unsafe`; all I/O goes through
 //! [`embedded_storage::nor_flash::NorFlash`]. The same code runs in the ESP32
-//! firmware and, over a file or the [`sim`] flash, on a PC.
+//! firmware and, over a file or the simulated flash (`sim` module, feature `sim`), on a PC.
 //!
 //! # How a device updates
 //!
@@ -28,10 +28,12 @@
 //!   in state UNDEFINED: an ESP-IDF bootloader without app rollback ignores
 //!   the state, and one with rollback leaves UNDEFINED alone (it would turn
 //!   NEW into PENDING_VERIFY and abort it after a single try); the boot
-//!   counter lives in Airlift's own partition and gives N tries. Confirming
-//!   writes a VALID entry for the same slot the same way. Rolling back first
-//!   selects the previous slot with a new VALID entry, then rewrites the bad
-//!   entry as INVALID in place.
+//!   counter lives in Airlift's own partition and gives N tries.
+//!   Confirming appends a confirm record (the commit point), then writes a
+//!   VALID entry for the same slot the same way; the boot guard redoes that
+//!   write if it was cut, or if the VALID copy is ever lost. Rolling back
+//!   first selects the previous slot with a new VALID entry, then rewrites
+//!   the bad entry as INVALID in place.
 //! * **Airlift's data partition** (label `airlift`, type data, subtype 0x40)
 //!   is an append-only log of 64-byte CRC-protected records in a ring of
 //!   sectors ([`store`]): trusted keys, minimum security version, image
@@ -43,7 +45,7 @@
 //!   record, then the otadata entry. The otadata write is the commit point.
 //!
 //! Every one of these paths is checked by cutting power before, and in the
-//! middle of, every single flash operation ([`sim::campaign`], behind the
+//! middle of, every single flash operation (`sim::campaign`, behind the
 //! `sim` feature).
 //!
 //! # Memory

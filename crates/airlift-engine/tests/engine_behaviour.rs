@@ -548,3 +548,52 @@ fn older_security_version_is_refused() {
     );
     assert_eq!(boot(&mut flash, 3), run(OTA0, true, 0, 3));
 }
+
+#[test]
+fn resumed_install_over_corrupted_flash_is_refused_and_then_restarts_cleanly() {
+    let mut flash = fresh();
+    let image = sim::test_image("2.0.0", 1, 40_000);
+    let blob = sign(&image);
+    let cfg = Config {
+        checkpoint_interval: 8192,
+        ..config(3)
+    };
+    {
+        let mut dev = Device::open(&mut flash, cfg).unwrap();
+        let mut s = dev.begin(&blob).unwrap();
+        s.write(&image[..30_000]).unwrap();
+    }
+    // A bit flips in what was already written.
+    let at = layout().slots[1].offset as usize + 5000;
+    let byte = flash.bytes()[at];
+    flash.load(at, &[byte ^ 0x80]);
+    let mut dev = Device::open(&mut flash, cfg).unwrap();
+    let mut s = dev.begin(&blob).unwrap();
+    let from = s.resume_offset() as usize;
+    assert!(from > 5000);
+    s.write(&image[from..]).unwrap();
+    assert_eq!(s.finish(), Err(Error::ChecksumMismatch));
+    // The failed attempt cleared the progress: the next one starts over.
+    let mut s = dev.begin(&blob).unwrap();
+    assert_eq!(s.resume_offset(), 0);
+    s.write(&image).unwrap();
+    s.finish().unwrap();
+    assert_eq!(boot(&mut flash, 3), run(OTA1, false, 1, 3));
+}
+
+#[test]
+fn otadata_written_by_esp_idf_without_rollback_counts_as_confirmed() {
+    // esp_ota_set_boot_partition with rollback disabled writes UNDEFINED.
+    let mut flash = fresh();
+    let l = layout();
+    let entry = OtaSelectEntry::new(2, OtaState::Undefined);
+    let at = l.otadata.offset as usize + otadata::SECTOR_SIZE as usize;
+    flash.load(at, &entry.encode());
+    flash.load(l.slots[1].offset as usize, &new_image());
+    assert_eq!(boot(&mut flash, 3), run(OTA1, true, 0, 3));
+    // And Airlift updates from there into ota_0, keeping ota_1 as the fallback.
+    let v3 = sim::test_image("3.0.0", 1, 7000);
+    install(&mut flash, &v3).unwrap();
+    assert_eq!(boot(&mut flash, 3), run(OTA0, false, 1, 3));
+    assert_eq!(slot_bytes(&flash, OTA1).unwrap(), new_image());
+}

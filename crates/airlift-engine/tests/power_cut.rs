@@ -23,7 +23,7 @@ fn assert_clean(reports: &[PathReport]) {
     for r in reports {
         assert!(r.ops > 0, "{} has no flash operations", r.path);
         assert_eq!(r.cut_points, r.ops);
-        assert_eq!(r.torn_points, r.ops);
+        assert!(r.torn_points == r.ops || r.torn_points == 2 * r.ops);
         assert_eq!(r.failures, 0, "{}: {:?}", r.path, r.examples);
     }
 }
@@ -61,6 +61,8 @@ fn every_cut_point_is_safe_with_real_686_kb_esp_idf_images() {
         new_image: std::fs::read(dir.join("v2.bin")).unwrap(),
         chunk_size: 4096,
         checkpoint_interval: airlift_engine::DEFAULT_CHECKPOINT_INTERVAL,
+        // Keeps the debug-build run near a minute; the small images get both.
+        late_tears: false,
         ..CampaignConfig::small()
     };
     assert!(cfg.new_image.len() > 680_000);

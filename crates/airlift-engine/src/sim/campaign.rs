@@ -5,8 +5,9 @@
 //! boot-log append, and variants where the data partition's log rotates to
 //! a fresh sector in the middle of the path), the campaign counts the flash
 //! operations `N` of the path, then for every `k < N` replays the path from
-//! the same starting flash twice: once cutting power just before operation
-//! `k`, once tearing it (half a program, half an erase). After each cut it
+//! the same starting flash: cutting power just before operation
+//! `k`, and tearing it (half a program, half an erase: first half done,
+//! and also second half done). After each cut it
 //! reboots the simulated device (ESP-IDF bootloader, then the boot guard,
 //! resetting as often as the guard asks) and checks:
 //!
@@ -148,6 +149,9 @@ pub struct CampaignConfig {
     pub bootloader: BootloaderKind,
     /// The paths to run.
     pub paths: Vec<Path>,
+    /// Also tear each operation the other way round (second half done,
+    /// first half not), doubling the torn points.
+    pub late_tears: bool,
 }
 
 impl CampaignConfig {
@@ -165,6 +169,7 @@ impl CampaignConfig {
             checkpoint_interval: 4096,
             bootloader: BootloaderKind::Plain,
             paths: Path::all(),
+            late_tears: true,
         }
     }
 }
@@ -176,9 +181,10 @@ pub struct PathReport {
     pub path: Path,
     /// Flash operations (erase or program) on the path.
     pub ops: u64,
-    /// Cut-before points tried.
+    /// Cut-before points tried (one per operation).
     pub cut_points: u64,
-    /// Torn points tried.
+    /// Torn points tried (one or two per operation, see
+    /// [`CampaignConfig::late_tears`]).
     pub torn_points: u64,
     /// Points after which an invariant failed.
     pub failures: u64,
@@ -586,17 +592,23 @@ impl<'c> Ctx<'c> {
             fail(&mut report, format!("no cut: {e}"));
         }
         for k in 0..report.ops {
-            for kind in [FaultKind::CutBefore, FaultKind::Tear] {
+            let kinds: &[FaultKind] = if self.cfg.late_tears {
+                &[FaultKind::CutBefore, FaultKind::Tear, FaultKind::TearLate]
+            } else {
+                &[FaultKind::CutBefore, FaultKind::Tear]
+            };
+            for &kind in kinds {
                 match kind {
                     FaultKind::CutBefore => report.cut_points += 1,
-                    FaultKind::Tear => report.torn_points += 1,
+                    FaultKind::Tear | FaultKind::TearLate => report.torn_points += 1,
                 }
                 let mut flash = pre.clone();
                 flash.set_fault_at_arm(Some(Fault { op: k, kind }));
                 let result = self.action(path, &mut flash);
                 let label = match kind {
                     FaultKind::CutBefore => "cut before",
-                    FaultKind::Tear => "torn",
+                    FaultKind::Tear => "torn (first half done)",
+                    FaultKind::TearLate => "torn (second half done)",
                 };
                 if !flash.is_dead() {
                     fail(

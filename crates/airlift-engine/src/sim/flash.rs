@@ -20,6 +20,9 @@ pub enum FaultKind {
     /// the first half of its bytes (for a 4-byte word: 2 bytes), an erase
     /// resets only the first half of its range to 0xFF.
     Tear,
+    /// Like [`FaultKind::Tear`], but the *second* half is done and the first
+    /// is not (flash chips do not promise any order within an operation).
+    TearLate,
 }
 
 /// A power cut at the `op`-th mutating operation (erase or program, counted
@@ -208,17 +211,25 @@ impl NorFlash for SimFlash {
                 self.data[start..start + len / 2].fill(0xFF);
                 Err(SimFlashError::PowerLost)
             }
+            Some(FaultKind::TearLate) => {
+                self.data[start + len / 2..start + len].fill(0xFF);
+                Err(SimFlashError::PowerLost)
+            }
         }
     }
 
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), SimFlashError> {
         let start = self.check(offset, bytes.len(), WRITE_SIZE)?;
-        let n = match self.begin_op()? {
-            None => bytes.len(),
+        let (from, to) = match self.begin_op()? {
+            None => (0, bytes.len()),
             Some(FaultKind::CutBefore) => return Err(SimFlashError::PowerLost),
-            Some(FaultKind::Tear) => bytes.len() / 2,
+            Some(FaultKind::Tear) => (0, bytes.len() / 2),
+            Some(FaultKind::TearLate) => (bytes.len() / 2, bytes.len()),
         };
-        for (d, s) in self.data[start..start + n].iter_mut().zip(&bytes[..n]) {
+        for (d, s) in self.data[start + from..start + to]
+            .iter_mut()
+            .zip(&bytes[from..to])
+        {
             *d &= *s;
         }
         if self.dead {
