@@ -111,6 +111,11 @@ pub struct AgentConfig {
     pub retry_delay: Duration,
     /// Seed of the simulation's random choices.
     pub seed: u64,
+    /// Delay the first check-in by a random part of the poll interval (a
+    /// fleet does not start in lockstep).
+    pub jitter: bool,
+    /// Shared limit of concurrent HTTP requests (a fleet behind one NAT).
+    pub http_limit: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Default for AgentConfig {
@@ -130,6 +135,8 @@ impl Default for AgentConfig {
             power_cut_rate: 0.0,
             retry_delay: Duration::from_millis(500),
             seed: 1,
+            jitter: false,
+            http_limit: None,
         }
     }
 }
@@ -336,7 +343,6 @@ pub fn http_client() -> Result<reqwest::Client, AgentError> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(64)
         .build()
         .map_err(|e| AgentError::Http(e.to_string()))
 }
@@ -597,6 +603,13 @@ impl Runtime {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 
+    async fn permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match &self.config.http_limit {
+            Some(limit) => limit.clone().acquire_owned().await.ok(),
+            None => None,
+        }
+    }
+
     fn happen(&self, what: &Happening<'_>) {
         if let Some(o) = &self.observer {
             o(&self.config.name, what);
@@ -677,6 +690,7 @@ impl Runtime {
             reason,
             detail: (!detail.is_empty()).then(|| bounded(detail)),
         };
+        let _permit = self.permit().await;
         let sent = self
             .authed(self.http.post(url))
             .timeout(Duration::from_secs(10))
@@ -771,6 +785,10 @@ impl Runtime {
         running: &RunningInfo,
     ) -> Result<Next, AgentError> {
         let mut wait = Duration::ZERO;
+        if self.config.jitter {
+            let poll = self.config.poll.unwrap_or(Duration::from_secs(1));
+            wait = poll.mul_f64((self.next() % 1000) as f64 / 1000.0);
+        }
         loop {
             let command = match self.commands.as_mut() {
                 Some(rx) => tokio::select! {
@@ -910,6 +928,7 @@ impl Runtime {
                 reason: r.reason,
             }),
         };
+        let _permit = self.permit().await;
         let response = self
             .authed(self.http.post(url))
             .timeout(Duration::from_secs(30))
@@ -1199,6 +1218,7 @@ impl Runtime {
         from: u32,
         install: &mut airlift_engine::Install<'_, 'static, &mut F>,
     ) -> Result<(), StreamError> {
+        let _permit = self.permit().await;
         let mut response = request
             .send()
             .await

@@ -1,1 +1,483 @@
-//! placeholder
+//! The fleet simulator: thousands of devices in one process, each the same
+//! [`Agent`] loop as `airlift device run` over a [`CowFlash`] that shares
+//! one provisioned base image (a device holds only the sectors it wrote:
+//! otadata, the data partition, its notes and the downloaded image).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use airlift_protocol::EventKind;
+use serde::Serialize;
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::AgentError;
+use crate::device::{Agent, AgentConfig, Happening, enroll};
+use crate::flash::CowFlash;
+
+/// How simulated devices get their tokens.
+#[derive(Debug, Clone)]
+pub enum Enrolment {
+    /// The fleet enrolment secret (`POST /api/v1/device/enroll`).
+    Secret(String),
+    /// An admin token (`POST /api/v1/devices`).
+    Admin(String),
+}
+
+/// Registers `names` with the server (at most `parallel` at a time);
+/// returns each device's token, in order.
+pub async fn enrol_all(
+    http: &reqwest::Client,
+    server: &str,
+    enrolment: &Enrolment,
+    names: &[String],
+    tags: &[String],
+    parallel: usize,
+) -> Result<Vec<String>, AgentError> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut set = JoinSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let (http, server, enrolment, name, tags, limit) = (
+            http.clone(),
+            server.to_owned(),
+            enrolment.clone(),
+            name.clone(),
+            tags.to_vec(),
+            limit.clone(),
+        );
+        set.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let token = match enrolment {
+                Enrolment::Secret(secret) => enroll(&http, &server, &secret, &name, &tags).await?,
+                Enrolment::Admin(admin) => add_device(&http, &server, &admin, &name, &tags).await?,
+            };
+            Ok::<_, AgentError>((i, token))
+        });
+    }
+    let mut tokens = vec![String::new(); names.len()];
+    while let Some(joined) = set.join_next().await {
+        let (i, token) = joined.map_err(|e| AgentError::Http(format!("enrolment task: {e}")))??;
+        tokens[i] = token;
+    }
+    Ok(tokens)
+}
+
+async fn add_device(
+    http: &reqwest::Client,
+    server: &str,
+    admin: &str,
+    name: &str,
+    tags: &[String],
+) -> Result<String, AgentError> {
+    let response = http
+        .post(format!("{}/api/v1/devices", server.trim_end_matches('/')))
+        .bearer_auth(admin)
+        .json(&json!({"name": name, "tags": tags}))
+        .send()
+        .await
+        .map_err(|e| AgentError::Http(format!("cannot add device {name}: {e}")))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    match body["token"].as_str() {
+        Some(t) if status.is_success() => Ok(t.to_owned()),
+        _ => Err(AgentError::Http(format!(
+            "cannot add device {name} ({status}): {}",
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("no token in the answer")
+        ))),
+    }
+}
+
+/// What a device is doing, as the simulator tracks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Not booted yet.
+    Starting,
+    /// Running a confirmed image.
+    Running,
+    /// Downloading or installing an update.
+    Downloading,
+    /// Installed, rebooting.
+    Rebooting,
+    /// Running a new image on trial.
+    Trial,
+}
+
+const PHASES: [Phase; 5] = [
+    Phase::Starting,
+    Phase::Running,
+    Phase::Downloading,
+    Phase::Rebooting,
+    Phase::Trial,
+];
+
+/// Counters of a simulated fleet, updated by every device.
+#[derive(Debug)]
+pub struct Stats {
+    phases: Vec<AtomicU8>,
+    versions: Mutex<Vec<String>>,
+    events: [AtomicU64; 8],
+    /// Download connections retried.
+    pub retries: AtomicU64,
+    /// Power cuts.
+    pub power_cuts: AtomicU64,
+    /// Image bytes received.
+    pub bytes: AtomicU64,
+    /// Answered check-ins.
+    pub checkins: AtomicU64,
+    /// Devices that stopped with an error (bricked, broken flash).
+    pub crashed: AtomicU64,
+    started: Instant,
+}
+
+fn event_index(kind: EventKind) -> usize {
+    match kind {
+        EventKind::Downloading => 0,
+        EventKind::Verifying => 1,
+        EventKind::Installed => 2,
+        EventKind::Rebooting => 3,
+        EventKind::Booted => 4,
+        EventKind::Confirmed => 5,
+        EventKind::RolledBack => 6,
+        EventKind::Failed => 7,
+    }
+}
+
+const KINDS: [EventKind; 8] = [
+    EventKind::Downloading,
+    EventKind::Verifying,
+    EventKind::Installed,
+    EventKind::Rebooting,
+    EventKind::Booted,
+    EventKind::Confirmed,
+    EventKind::RolledBack,
+    EventKind::Failed,
+];
+
+/// The final summary (also `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Devices simulated.
+    pub devices: usize,
+    /// Seconds since the fleet started.
+    pub elapsed_seconds: f64,
+    /// Devices per phase.
+    pub phases: BTreeMap<String, u64>,
+    /// Devices per running version (confirmed or on trial).
+    pub versions: BTreeMap<String, u64>,
+    /// Events reported, per kind.
+    pub events: BTreeMap<String, u64>,
+    /// Rollbacks reported.
+    pub rollbacks: u64,
+    /// Download connections retried.
+    pub retries: u64,
+    /// Power cuts.
+    pub power_cuts: u64,
+    /// Image bytes received.
+    pub bytes: u64,
+    /// Answered check-ins.
+    pub checkins: u64,
+    /// Devices that stopped with an error.
+    pub crashed: u64,
+}
+
+impl Stats {
+    /// Counters for `devices` devices.
+    pub fn new(devices: usize) -> Stats {
+        Stats {
+            phases: (0..devices).map(|_| AtomicU8::new(0)).collect(),
+            versions: Mutex::new(vec![String::new(); devices]),
+            events: Default::default(),
+            retries: AtomicU64::new(0),
+            power_cuts: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            checkins: AtomicU64::new(0),
+            crashed: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    fn set_phase(&self, device: usize, phase: Phase) {
+        if let Some(p) = self.phases.get(device) {
+            p.store(phase as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// Records what device `device` did.
+    pub fn record(&self, device: usize, what: &Happening<'_>) {
+        match what {
+            Happening::Booted { version, confirmed } => {
+                self.set_phase(
+                    device,
+                    if *confirmed {
+                        Phase::Running
+                    } else {
+                        Phase::Trial
+                    },
+                );
+                if let Ok(mut v) = self.versions.lock()
+                    && let Some(slot) = v.get_mut(device)
+                    && slot != version
+                {
+                    *slot = (*version).to_owned();
+                }
+            }
+            Happening::Event(kind, _) => {
+                self.events[event_index(*kind)].fetch_add(1, Ordering::Relaxed);
+                match kind {
+                    EventKind::Downloading => self.set_phase(device, Phase::Downloading),
+                    EventKind::Rebooting => self.set_phase(device, Phase::Rebooting),
+                    EventKind::Confirmed | EventKind::Failed => {
+                        self.set_phase(device, Phase::Running)
+                    }
+                    _ => {}
+                }
+            }
+            Happening::Bytes(n) => {
+                self.bytes.fetch_add(*n, Ordering::Relaxed);
+            }
+            Happening::Retry => {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            Happening::PowerCut => {
+                self.power_cuts.fetch_add(1, Ordering::Relaxed);
+            }
+            Happening::CheckedIn => {
+                self.checkins.fetch_add(1, Ordering::Relaxed);
+            }
+            Happening::Log(_) => {}
+        }
+    }
+
+    /// Devices running `version` confirmed.
+    pub fn confirmed_on(&self, version: &str) -> usize {
+        let Ok(versions) = self.versions.lock() else {
+            return 0;
+        };
+        versions
+            .iter()
+            .zip(&self.phases)
+            .filter(|(v, p)| *v == version && p.load(Ordering::Relaxed) == Phase::Running as u8)
+            .count()
+    }
+
+    /// Counts of final events (confirmed, rolled back, failed).
+    pub fn finals(&self) -> (u64, u64, u64) {
+        let get = |k| self.events[event_index(k)].load(Ordering::Relaxed);
+        (
+            get(EventKind::Confirmed),
+            get(EventKind::RolledBack),
+            get(EventKind::Failed),
+        )
+    }
+
+    /// A snapshot of every counter.
+    pub fn summary(&self) -> Summary {
+        let mut phases = BTreeMap::new();
+        for p in &self.phases {
+            let phase = PHASES[usize::from(p.load(Ordering::Relaxed)).min(PHASES.len() - 1)];
+            let name = serde_json::to_value(phase)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            *phases.entry(name).or_insert(0) += 1;
+        }
+        let mut versions = BTreeMap::new();
+        if let Ok(v) = self.versions.lock() {
+            for version in v.iter().filter(|v| !v.is_empty()) {
+                *versions.entry(version.clone()).or_insert(0) += 1;
+            }
+        }
+        let events = KINDS
+            .iter()
+            .map(|k| {
+                (
+                    k.as_str().to_owned(),
+                    self.events[event_index(*k)].load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        Summary {
+            devices: self.phases.len(),
+            elapsed_seconds: self.started.elapsed().as_secs_f64(),
+            phases,
+            versions,
+            events,
+            rollbacks: self.events[event_index(EventKind::RolledBack)].load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            power_cuts: self.power_cuts.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            checkins: self.checkins.load(Ordering::Relaxed),
+            crashed: self.crashed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Summary {
+    /// One progress line.
+    pub fn line(&self) -> String {
+        let mut s = format!("[{:6.1}s] {} devices:", self.elapsed_seconds, self.devices);
+        for (v, n) in &self.versions {
+            let _ = write!(s, " {v}={n}");
+        }
+        for (p, n) in self
+            .phases
+            .iter()
+            .filter(|(p, n)| *n > &0 && p.as_str() != "running")
+        {
+            let _ = write!(s, " {p}={n}");
+        }
+        let _ = write!(
+            s,
+            " | confirmed {} rolled back {} failed {} | retries {} power cuts {} | {:.1} MB",
+            self.events.get("confirmed").unwrap_or(&0),
+            self.rollbacks,
+            self.events.get("failed").unwrap_or(&0),
+            self.retries,
+            self.power_cuts,
+            self.bytes as f64 / 1e6
+        );
+        s
+    }
+}
+
+/// Starts one task per device. `devices` are `(name, token)`; every device
+/// boots from `base` (a provisioned flash image) with `template`'s settings
+/// (its name and seed are set per device). Returns the tasks; they run
+/// until aborted.
+pub fn spawn_fleet(
+    devices: Vec<(String, String)>,
+    base: Arc<[u8]>,
+    template: &AgentConfig,
+    http: &reqwest::Client,
+    stats: &Arc<Stats>,
+) -> Result<JoinSet<()>, AgentError> {
+    let mut set = JoinSet::new();
+    for (i, (name, token)) in devices.into_iter().enumerate() {
+        let config = AgentConfig {
+            name,
+            token: Some(token),
+            seed: template.seed.wrapping_add(i as u64 * 7919),
+            ..template.clone()
+        };
+        let stats_for_device = stats.clone();
+        let agent = Agent::new(CowFlash::new(base.clone()), config, http.clone())?
+            .observe(Arc::new(move |_, what| stats_for_device.record(i, what)));
+        let stats = stats.clone();
+        set.spawn(async move {
+            if agent.run().await.is_err() {
+                stats.crashed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    Ok(set)
+}
+
+/// Runs until `done(stats)` holds or `timeout` passes, calling `progress`
+/// every `every`. Returns whether `done` held.
+pub async fn watch(
+    stats: &Stats,
+    every: Duration,
+    timeout: Option<Duration>,
+    mut done: impl FnMut(&Stats) -> bool,
+    mut progress: impl FnMut(&Summary),
+) -> bool {
+    let start = Instant::now();
+    loop {
+        if done(stats) {
+            return true;
+        }
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            return false;
+        }
+        tokio::time::sleep(every).await;
+        progress(&stats.summary());
+    }
+}
+
+/// Creates a deployment of release `release` (id or `project@version` as
+/// the server takes it) to `target` (admin token); returns its id and the
+/// release's SHA-256.
+pub async fn deploy(
+    http: &reqwest::Client,
+    server: &str,
+    admin: &str,
+    release: &str,
+    target: &str,
+) -> Result<(i64, String), AgentError> {
+    let base = server.trim_end_matches('/');
+    let response = http
+        .post(format!("{base}/api/v1/deployments"))
+        .bearer_auth(admin)
+        .json(&json!({"release": release, "target": target}))
+        .send()
+        .await
+        .map_err(|e| AgentError::Http(format!("cannot deploy: {e}")))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let (Some(id), Some(sha)) = (body["id"].as_i64(), body["release"]["sha256"].as_str()) else {
+        return Err(AgentError::Http(format!(
+            "deployment refused ({status}): {}",
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("unexpected answer")
+        )));
+    };
+    Ok((id, sha.to_owned()))
+}
+
+/// The baseline of the fleet benchmark: every device downloads the
+/// artifact `sha256` once, plainly (at most `parallel` at a time), and
+/// nothing else. Returns the time taken and the bytes moved.
+pub async fn plain_downloads(
+    http: &reqwest::Client,
+    server: &str,
+    tokens: &[String],
+    sha256: &str,
+    parallel: usize,
+) -> Result<(Duration, u64), AgentError> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let url = format!(
+        "{}/api/v1/device/artifacts/{sha256}",
+        server.trim_end_matches('/')
+    );
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for token in tokens {
+        let (http, url, token, limit) = (http.clone(), url.clone(), token.clone(), limit.clone());
+        set.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let mut response = http
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|e| AgentError::Http(format!("download: {e}")))?;
+            if !response.status().is_success() {
+                return Err(AgentError::Http(format!(
+                    "download answered {}",
+                    response.status()
+                )));
+            }
+            let mut n = 0u64;
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| AgentError::Http(format!("download: {e}")))?
+            {
+                n += chunk.len() as u64;
+            }
+            Ok::<_, AgentError>(n)
+        });
+    }
+    let mut bytes = 0;
+    while let Some(joined) = set.join_next().await {
+        bytes += joined.map_err(|e| AgentError::Http(format!("download task: {e}")))??;
+    }
+    Ok((start.elapsed(), bytes))
+}

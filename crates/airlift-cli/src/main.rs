@@ -47,6 +47,9 @@ enum Command {
     /// Create and inspect a device's flash image (for `airlift device run`).
     #[command(subcommand)]
     Flash(cmd::flash::FlashCommand),
+    /// Simulate a fleet of devices against a server.
+    #[command(subcommand)]
+    Fleet(cmd::fleet::FleetCommand),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Partitions(c) => cmd::partitions::run(c),
         Command::Otadata(c) => cmd::otadata::run(c),
         Command::Flash(c) => cmd::flash::run(c),
+        Command::Fleet(c) => cmd::fleet::run(c),
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,7 @@ pub mod client;
 pub mod deploy;
 pub mod device;
 pub mod flash;
+pub mod fleet;
 pub mod image;
 pub mod keys;
 pub mod otadata;

@@ -1,0 +1,263 @@
+//! `airlift fleet sim`: thousands of simulated devices in one process
+//! against a real server.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlift_agent::device::{AgentConfig, Behaviour, Behaviours, http_client};
+use airlift_agent::fleet::{
+    Enrolment, Stats, deploy, enrol_all, plain_downloads, spawn_fleet, watch,
+};
+use airlift_agent::provision;
+use airlift_format::manifest::parse_public_key_file;
+use airlift_format::partition::AIRLIFT_DEFAULT;
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+/// `airlift fleet` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// Simulate N devices (same engine, same protocol) against a server.
+    Sim(Box<SimArgs>),
+    /// Write a small synthetic ESP32 app image (for simulations and demos).
+    Firmware {
+        /// Output file.
+        output: PathBuf,
+        /// Version string in the app descriptor (what `--behave` matches).
+        #[arg(long)]
+        version: String,
+        /// Bytes of code (the image is slightly larger).
+        #[arg(long, default_value_t = 65_536)]
+        size: usize,
+        /// Security version in the app descriptor.
+        #[arg(long, default_value_t = 0)]
+        security_version: u32,
+    },
+}
+
+/// `airlift fleet sim` options.
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Number of devices.
+    #[arg(long)]
+    pub devices: usize,
+    /// Server base URL.
+    #[arg(long, env = "AIRLIFT_SERVER")]
+    pub server: String,
+    /// Tag every device gets (repeat); deploy to `tag:T` to reach them.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Firmware every device starts with (in ota_0).
+    #[arg(long)]
+    pub firmware: PathBuf,
+    /// Public key the devices trust (the server's DIR/signing.pub); repeat.
+    #[arg(long = "trust", required = true)]
+    pub trust: Vec<PathBuf>,
+    /// Enrol with the fleet enrolment secret instead of the admin token.
+    #[arg(long, env = "AIRLIFT_ENROLLMENT_SECRET", hide_env_values = true)]
+    pub enrollment_secret: Option<String>,
+    /// Admin token, to add the devices (when no enrolment secret is given).
+    #[arg(long, env = "AIRLIFT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Device names are PREFIX-00001 ... [default: sim-<random>].
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Seconds between check-ins.
+    #[arg(long, default_value_t = 5.0)]
+    pub poll: f64,
+    /// Probability per power-on of a power cut at a random later flash operation.
+    #[arg(long, default_value_t = 0.0)]
+    pub power_cut_rate: f64,
+    /// Probability that a download connection drops part way.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_rate: f64,
+    /// Simulated firmware behaviour: VERSION=healthy|crash|hang (repeat).
+    #[arg(long = "behave", value_parser = Behaviours::parse_rule)]
+    pub behave: Vec<(String, Behaviour)>,
+    /// Seconds a healthy image takes before confirming.
+    #[arg(long, default_value_t = 0.2)]
+    pub health_check: f64,
+    /// Watchdog timeout in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub watchdog: f64,
+    /// Most HTTP requests in flight at once (the fleet's uplink).
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Stop when every device runs VERSION confirmed or ended its update
+    /// (rolled back or failed); exit 1 if --duration passes first.
+    #[arg(long)]
+    pub until_version: Option<String>,
+    /// Stop after this many seconds [default: run until Ctrl-C or --until-version].
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// After enrolment, deploy this release id to `tag:<first --tag>`
+    /// (needs the admin token); the clock starts then.
+    #[arg(long, requires = "until_version")]
+    pub deploy: Option<String>,
+    /// After the fleet settled, measure the baseline: every device downloads
+    /// the deployed artifact once, plainly, with the same connection limit;
+    /// print both times and their ratio. Needs --deploy.
+    #[arg(long, requires = "deploy")]
+    pub baseline: bool,
+    /// Print the final summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("invalid --{what} {s}"))
+}
+
+/// Runs an `airlift fleet` subcommand.
+pub fn run(command: FleetCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        FleetCommand::Sim(args) => sim(*args),
+        FleetCommand::Firmware {
+            output,
+            version,
+            size,
+            security_version,
+        } => {
+            let image = airlift_engine::sim::test_image(&version, security_version, size);
+            std::fs::write(&output, &image)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            println!(
+                "wrote {} ({} bytes, version {version})",
+                output.display(),
+                image.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
+    if args.devices == 0 {
+        bail!("--devices must be at least 1");
+    }
+    let enrolment = match (&args.enrollment_secret, &args.token) {
+        (Some(secret), _) => Enrolment::Secret(secret.clone()),
+        (None, Some(token)) => Enrolment::Admin(token.clone()),
+        (None, None) => bail!(
+            "no way to enrol devices: pass --enrollment-secret or an admin --token (AIRLIFT_TOKEN)"
+        ),
+    };
+    let firmware = std::fs::read(&args.firmware)
+        .with_context(|| format!("cannot read {}", args.firmware.display()))?;
+    let mut keys = Vec::new();
+    for path in &args.trust {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        keys.push(
+            parse_public_key_file(&text)
+                .with_context(|| format!("{} is not an airlift public key file", path.display()))?,
+        );
+    }
+    let base: Arc<[u8]> = provision::flash_image(&AIRLIFT_DEFAULT, &firmware, &keys)?.into();
+    let prefix = match &args.prefix {
+        Some(p) => p.clone(),
+        None => {
+            let mut r = [0u8; 3];
+            getrandom::fill(&mut r).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+            format!("sim-{}", airlift_agent::hex(&r))
+        }
+    };
+    let template = AgentConfig {
+        server: Some(args.server.clone()),
+        poll: Some(secs(args.poll, "poll")?),
+        behaviours: Behaviours(args.behave.clone()),
+        health_check: secs(args.health_check, "health-check")?,
+        watchdog: secs(args.watchdog, "watchdog")?,
+        drop_rate: args.drop_rate,
+        power_cut_rate: args.power_cut_rate,
+        retry_delay: Duration::from_secs(1),
+        jitter: true,
+        http_limit: Some(Arc::new(tokio::sync::Semaphore::new(
+            args.connections.max(1),
+        ))),
+        ..AgentConfig::default()
+    };
+    let timeout = args.duration.map(|d| secs(d, "duration")).transpose()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let http = http_client()?;
+        let names: Vec<String> = (1..=args.devices).map(|i| format!("{prefix}-{i:05}")).collect();
+        eprintln!("airlift: enrolling {} devices as {prefix}-NNNNN", args.devices);
+        let tokens = enrol_all(&http, &args.server, &enrolment, &names, &args.tags, 32).await?;
+        let stats = Arc::new(Stats::new(args.devices));
+        let mut deployed = None;
+        if let Some(release) = &args.deploy {
+            let Some(tag) = args.tags.first() else {
+                bail!("--deploy needs a --tag to deploy to");
+            };
+            let Some(admin) = args.token.as_deref() else {
+                bail!("--deploy needs the admin --token (AIRLIFT_TOKEN)");
+            };
+            let (id, sha) = deploy(&http, &args.server, admin, release, &format!("tag:{tag}")).await?;
+            eprintln!("airlift: deployed release {release} to tag:{tag} (deployment {id})");
+            deployed = Some(sha);
+        }
+        let fleet_tokens = tokens.clone();
+        let mut fleet = spawn_fleet(names.into_iter().zip(fleet_tokens).collect(), base, &template, &http, &stats)?;
+        let terminal = std::io::stderr().is_terminal();
+        let until = args.until_version.clone();
+        let devices = args.devices as u64;
+        let done = move |s: &Stats| match &until {
+            Some(v) => {
+                let (_, rolled_back, failed) = s.finals();
+                s.confirmed_on(v) as u64 + rolled_back + failed >= devices
+            }
+            None => false,
+        };
+        let progress = |summary: &airlift_agent::fleet::Summary| {
+            if terminal {
+                eprint!("\r{}\x1b[K", summary.line());
+            } else {
+                eprintln!("{}", summary.line());
+            }
+        };
+        let settled = tokio::select! {
+            settled = watch(&stats, Duration::from_secs(1), timeout, done, progress) => settled,
+            _ = tokio::signal::ctrl_c() => false,
+        };
+        let summary = stats.summary();
+        fleet.abort_all();
+        while fleet.join_next().await.is_some() {}
+        if terminal {
+            eprintln!();
+        }
+        let mut baseline = None;
+        if let (true, true, Some(sha)) = (args.baseline, settled, &deployed) {
+            let (took, bytes) =
+                plain_downloads(&http, &args.server, &tokens, sha, args.connections).await?;
+            baseline = Some((took.as_secs_f64(), bytes));
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        } else {
+            println!("{}", summary.line());
+            println!("devices per version: {:?}", summary.versions);
+            println!("events: {:?}", summary.events);
+            println!(
+                "{} check-ins, {} rollbacks, {} download retries, {} power cuts, {} bytes received, {} devices stopped with an error",
+                summary.checkins, summary.rollbacks, summary.retries, summary.power_cuts, summary.bytes, summary.crashed
+            );
+        }
+        if let Some((took, bytes)) = baseline {
+            let fleet_secs = summary.elapsed_seconds;
+            println!(
+                "baseline: {} plain downloads ({bytes} bytes) took {took:.2} s; the fleet update took {fleet_secs:.2} s: {:.2}x the plain transfer",
+                tokens.len(),
+                fleet_secs / took.max(1e-9)
+            );
+        }
+        let ok = settled || args.until_version.is_none();
+        Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    })
+}
