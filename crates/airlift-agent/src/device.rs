@@ -1272,9 +1272,9 @@ impl Runtime {
             }
             let left = install.size() - install.resume_offset();
             let data = &data[..data.len().min(left as usize)];
-            install.write(data).map_err(StreamError::Engine)?;
             received += data.len() as u64;
             self.happen(&Happening::Bytes(data.len() as u64));
+            install.write(data).map_err(StreamError::Engine)?;
             if cut_at.is_some_and(|c| received >= c) {
                 return Err(StreamError::Retry("simulated connection drop".into()));
             }

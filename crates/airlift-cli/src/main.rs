@@ -50,6 +50,8 @@ enum Command {
     /// Simulate a fleet of devices against a server.
     #[command(subcommand)]
     Fleet(cmd::fleet::FleetCommand),
+    /// See Airlift work: a server, simulated devices, a good and a crashing release.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Otadata(c) => cmd::otadata::run(c),
         Command::Flash(c) => cmd::flash::run(c),
         Command::Fleet(c) => cmd::fleet::run(c),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod demo;
 pub mod deploy;
 pub mod device;
 pub mod flash;

@@ -1,0 +1,174 @@
+//! `airlift demo`: a server on a temporary data directory, a handful of
+//! simulated devices, a good release and one that crashes on boot,
+//! narrated. The quickest way to see Airlift update, fail and roll back.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlift_agent::device::{AgentConfig, Behaviour, Behaviours, http_client};
+use airlift_agent::fleet::{Enrolment, Stats, deploy, enrol_all, spawn_fleet, watch};
+use airlift_agent::provision;
+use airlift_engine::sim::test_image;
+use airlift_format::manifest::parse_public_key_file;
+use airlift_format::partition::AIRLIFT_DEFAULT;
+use airlift_server::{Config, Server};
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::Value;
+
+/// `airlift demo` options.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Number of simulated devices.
+    #[arg(long, default_value_t = 5)]
+    pub devices: usize,
+    /// Address of the demo server [default: a free port on 127.0.0.1].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory [default: a new temporary directory].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Exit when the story is told instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
+}
+
+async fn upload(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    image: Vec<u8>,
+) -> anyhow::Result<String> {
+    let response = http
+        .post(format!("{base}/api/v1/releases"))
+        .bearer_auth(admin)
+        .body(image)
+        .send()
+        .await
+        .context("cannot upload the release")?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or_default();
+    match body["id"].as_i64() {
+        Some(id) if status.is_success() => Ok(id.to_string()),
+        _ => bail!("upload refused ({status}): {body}"),
+    }
+}
+
+/// Runs `airlift demo`.
+pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let data = match &args.data {
+        Some(d) => d.clone(),
+        None => {
+            let mut r = [0u8; 4];
+            getrandom::fill(&mut r).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+            std::env::temp_dir().join(format!("airlift-demo-{}", airlift_agent::hex(&r)))
+        }
+    };
+    let devices = args.devices.max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listen = args.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let address = listener.local_addr()?;
+        let base = format!("http://{address}");
+        let config = Config {
+            data_dir: data.clone(),
+            listen: address,
+            poll_seconds: 1,
+            ..Config::default()
+        };
+        let server = Server::open(config).await?;
+        let admin = std::fs::read_to_string(data.join("admin.token"))
+            .context("the demo server wrote no admin token")?
+            .trim()
+            .to_owned();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(listener, async move {
+            let _ = stopped.await;
+        }));
+        println!("1. An Airlift server is running at {base} (data in {}).", data.display());
+
+        let key_text = std::fs::read_to_string(data.join("signing.pub"))?;
+        let key = parse_public_key_file(&key_text)?;
+        let base_image: Arc<[u8]> =
+            provision::flash_image(&AIRLIFT_DEFAULT, &test_image("1.0.0", 0, 48_000), &[key])?.into();
+        let http = http_client()?;
+        let names: Vec<String> = (1..=devices).map(|i| format!("demo-{i}")).collect();
+        let tags = vec!["demo".to_owned()];
+        let tokens = enrol_all(&http, &base, &Enrolment::Admin(admin.clone()), &names, &tags, 8).await?;
+        let template = AgentConfig {
+            server: Some(base.clone()),
+            poll: Some(Duration::from_millis(500)),
+            behaviours: Behaviours(vec![("1.2.0".into(), Behaviour::Crash)]),
+            health_check: Duration::from_millis(300),
+            crash_after: Duration::from_millis(200),
+            jitter: true,
+            ..AgentConfig::default()
+        };
+        let stats = Arc::new(Stats::new(devices));
+        let mut fleet = spawn_fleet(names.into_iter().zip(tokens).collect(), base_image, &template, &http, &stats)?;
+        println!(
+            "2. {devices} simulated ESP32s (tag demo) boot firmware 1.0.0 from their own flash: the same engine,\n   protocol and bootloader rules as a real board; each trusts the server's signing key."
+        );
+        let limit = Some(Duration::from_secs(120));
+        let tick = Duration::from_millis(500);
+        let show = |s: &airlift_agent::fleet::Summary| println!("   {}", s.line());
+        if !watch(&stats, tick, limit, |s| s.confirmed_on("1.0.0") == devices, show).await {
+            bail!("the devices did not boot");
+        }
+
+        let good = upload(&http, &base, &admin, test_image("1.1.0", 0, 52_000)).await?;
+        let (good_deployment, _) = deploy(&http, &base, &admin, &good, "tag:demo").await?;
+        println!(
+            "3. Release 1.1.0 uploaded (the server checked the image and signed its manifest) and deployed to tag:demo.\n   Each device downloads it into the inactive slot, verifies it, activates it, reboots, runs it on trial\n   and confirms it after a health check:"
+        );
+        if !watch(&stats, tick, limit, |s| s.confirmed_on("1.1.0") == devices, show).await {
+            bail!("the good release did not reach every device");
+        }
+        println!("   All {devices} devices confirmed 1.1.0 (deployment {good_deployment}).");
+
+        let bad = upload(&http, &base, &admin, test_image("1.2.0", 0, 52_000)).await?;
+        let (bad_deployment, _) = deploy(&http, &base, &admin, &bad, "tag:demo").await?;
+        println!(
+            "4. Release 1.2.0 crashes at boot. Deployed to tag:demo: each device installs it, boots it, crashes\n   before confirming; after 3 failed boots the boot guard selects 1.1.0 again by itself:"
+        );
+        let devices_u64 = devices as u64;
+        if !watch(&stats, tick, limit, |s| s.finals().1 >= devices_u64, show).await {
+            bail!("the crashing release did not roll back everywhere");
+        }
+        let detail: Value = http
+            .get(format!("{base}/api/v1/deployments/{bad_deployment}"))
+            .bearer_auth(&admin)
+            .send()
+            .await?
+            .json()
+            .await?;
+        println!(
+            "   Deployment {bad_deployment}: {} of {devices} devices rolled_back (reason boot_failed); every device runs {:?}.",
+            detail["counts"]["rolled_back"],
+            stats.summary().versions
+        );
+        println!(
+            "5. Look around: {base}/api/v1/devices and {base}/api/v1/deployments (admin token in {}),\n   or: AIRLIFT_SERVER={base} AIRLIFT_TOKEN=$(cat {}) airlift device list",
+            data.join("admin.token").display(),
+            data.join("admin.token").display()
+        );
+        if !args.exit {
+            println!("   The devices keep running; Ctrl-C stops the demo.");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        fleet.abort_all();
+        while fleet.join_next().await.is_some() {}
+        let _ = stop.send(());
+        serving.await.context("server task")??;
+        Ok(ExitCode::SUCCESS)
+    })
+}

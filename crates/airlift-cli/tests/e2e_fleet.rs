@@ -1,0 +1,98 @@
+//! End to end: the fleet simulator and the demo against real servers.
+#![allow(clippy::unwrap_used)]
+
+mod agent_common;
+
+use std::process::Command;
+
+use agent_common::*;
+
+#[test]
+fn fleet_sim_brings_every_device_to_the_release_despite_power_cuts_and_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(&d.join("data"), &[]);
+    let v1 = d.join("v1.bin");
+    let v2 = d.join("v2.bin");
+    airlift(&[
+        "fleet",
+        "firmware",
+        v1.to_str().unwrap(),
+        "--version",
+        "1.0.0",
+    ]);
+    airlift(&[
+        "fleet",
+        "firmware",
+        v2.to_str().unwrap(),
+        "--version",
+        "2.0.0",
+        "--size",
+        "90000",
+    ]);
+    let release = server.upload(&v2);
+    let output = Command::new(AIRLIFT)
+        .args([
+            "fleet",
+            "sim",
+            "--devices",
+            "24",
+            "--tag",
+            "sim",
+            "--firmware",
+        ])
+        .arg(&v1)
+        .arg("--trust")
+        .arg(server.signing_pub())
+        .args([
+            "--poll",
+            "0.3",
+            "--health-check",
+            "0.02",
+            "--until-version",
+            "2.0.0",
+        ])
+        .args(["--deploy", &release.to_string(), "--duration", "110"])
+        .args(["--drop-rate", "0.3", "--power-cut-rate", "0.3", "--json"])
+        .env("AIRLIFT_SERVER", &server.url)
+        .env("AIRLIFT_TOKEN", server.admin_token())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        summary["versions"],
+        serde_json::json!({"2.0.0": 24}),
+        "{summary:#}"
+    );
+    assert_eq!(summary["events"]["confirmed"], 24, "{summary:#}");
+    assert_eq!(summary["crashed"], 0, "{summary:#}");
+    assert!(
+        summary["bytes"].as_u64().unwrap() >= 24 * 90_000,
+        "{summary:#}"
+    );
+    let deployments = server.cli_json(&["deployment", "list"]);
+    let id = deployments[0]["id"].as_i64().unwrap();
+    let done = server.wait_for_state(id, "confirmed", 24);
+    assert_eq!(done["status"], "finished");
+}
+
+#[test]
+fn demo_updates_rolls_back_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(AIRLIFT)
+        .args(["demo", "--devices", "2", "--exit", "--data"])
+        .arg(dir.path().join("demo"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("All 2 devices confirmed 1.1.0"), "{stdout}");
+    assert!(stdout.contains("2 of 2 devices rolled_back"), "{stdout}");
+    assert!(stdout.contains("{\"1.1.0\": 2}"), "{stdout}");
+}
