@@ -96,7 +96,7 @@ pub struct Status {
     pub max_attempts: u8,
     /// An interrupted install that can be resumed.
     pub install: Option<InstallProgress>,
-    /// What the engine knows about the images in `ota_0 .. ota_3`.
+    /// What the engine knows about the image in each OTA slot.
     pub slots: [Option<ImageTag>; MAX_TRACKED_SLOTS],
 }
 
@@ -384,15 +384,21 @@ impl<'k, F: NorFlash> Device<'k, F> {
         })
     }
 
-    /// Selects the slot that ran before `trial` was activated and marks the
-    /// trial's otadata entry INVALID. Returns the slot selected now.
+    /// Selects the slot that ran before `trial` was activated, in both
+    /// otadata copies. Returns the slot selected now.
     ///
     /// Order matters for power cuts: first the previous slot is selected by a
-    /// new entry in the copy that does not hold the trial (a cut leaves the
-    /// trial selected and the boot guard rolls back again), then the
-    /// trial's copy is rewritten as INVALID (a cut leaves the new entry in
-    /// charge). For a factory previous slot every valid copy is invalidated,
-    /// the trial's last, which makes the bootloader fall back to factory.
+    /// new VALID entry in the copy that does not hold the trial (a cut leaves
+    /// the trial selected, and the boot guard rolls back again), then the
+    /// trial's copy is replaced by a second VALID entry for the previous slot
+    /// (a cut leaves the first one in charge). So after a rollback both
+    /// copies select the good image, and losing either copy can never bring
+    /// the rejected one back (with one copy left, a damaged copy would make
+    /// the bootloader fall back to factory or `ota_0`, which may be the
+    /// rejected image). The rejection itself is in the boot log
+    /// ([`BootOutcome::RolledBack`]). For a factory previous slot every valid
+    /// copy is invalidated, the trial's last, which makes the bootloader
+    /// fall back to factory.
     fn roll_back(
         &mut self,
         entries: &[OtaSelectEntry; 2],
@@ -404,8 +410,12 @@ impl<'k, F: NorFlash> Device<'k, F> {
         let count = self.layout.app_count;
         match trial.previous {
             AppSlot::Ota(p) if p < count && p != trial.slot => {
-                let plan = plan_activation(entries, p, count, OtaState::Valid)?;
-                self.write_entry(plan.copy, &plan.entry)?;
+                let first = plan_activation(entries, p, count, OtaState::Valid)?;
+                self.write_entry(first.copy, &first.entry)?;
+                let mut now = *entries;
+                now[first.copy] = first.entry;
+                let second = plan_activation(&now, p, count, OtaState::Valid)?;
+                self.write_entry(second.copy, &second.entry)?;
             }
             _ => {
                 let other = 1 - active;
@@ -414,11 +424,11 @@ impl<'k, F: NorFlash> Device<'k, F> {
                     e.state = OtaState::Invalid;
                     self.write_entry(other, &e)?;
                 }
+                let mut bad = entries[active];
+                bad.state = OtaState::Invalid;
+                self.write_entry(active, &bad)?;
             }
         }
-        let mut bad = entries[active];
-        bad.state = OtaState::Invalid;
-        self.write_entry(active, &bad)?;
         let now = self.entries()?;
         Ok(self.selected(&now))
     }

@@ -23,9 +23,11 @@ impl<'k, F: NorFlash> Device<'k, F> {
     /// Checks, in order: the manifest's form and signature (against the
     /// configured and stored keys), that the running image is confirmed,
     /// the chip, the target slot (not the running one), the size, and the
-    /// security version. Writes nothing to flash. If an earlier install of
-    /// the same image into the same slot was interrupted, the session
-    /// resumes it: see [`Install::resume_offset`].
+    /// security version. If an earlier install of the same image into the
+    /// same slot was interrupted, the session resumes it (see
+    /// [`Install::resume_offset`]); the progress of an install of another
+    /// image is cleared (one record), since this one overwrites its sectors.
+    /// Writes nothing else to flash.
     pub fn begin<'d>(&'d mut self, blob: &[u8]) -> Result<Install<'d, 'k, F>, Error> {
         self.begin_inner(blob, None)
     }
@@ -195,6 +197,11 @@ impl<F: NorFlash> Install<'_, '_, F> {
             && p.offset <= self.size
             && p.offset.is_multiple_of(SECTOR_SIZE);
         if !same || p.offset == 0 {
+            // Another image's progress: this install is about to overwrite
+            // the sectors it vouches for, so forget it first.
+            self.device
+                .store
+                .append(&mut self.device.flash, Record::install_clear())?;
             return Ok(());
         }
         self.feed_from_flash(0, p.offset)?;

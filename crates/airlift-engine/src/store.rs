@@ -36,8 +36,8 @@ pub const SECTOR_SIZE: u32 = 4096;
 pub const RECORDS_PER_SECTOR: u16 = (SECTOR_SIZE as usize / RECORD_LEN) as u16;
 /// Trusted keys the data partition can hold.
 pub const MAX_STORED_KEYS: usize = 4;
-/// OTA slots whose image information the engine keeps (`ota_0` .. `ota_3`).
-pub const MAX_TRACKED_SLOTS: usize = 4;
+/// OTA slots whose image information the engine keeps: all of them.
+pub const MAX_TRACKED_SLOTS: usize = crate::layout::MAX_OTA_SLOTS;
 /// Longest version string kept.
 pub const MAX_VERSION_LEN: usize = 32;
 
