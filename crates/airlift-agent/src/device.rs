@@ -815,6 +815,21 @@ impl Runtime {
                             .config
                             .poll
                             .unwrap_or(Duration::from_secs(u64::from(answer.poll_seconds)));
+                        let withdrawn = notes.pending.as_ref().is_some_and(|p| {
+                            p.source == "server"
+                                && p.sha256 != running.sha256
+                                && answer
+                                    .update
+                                    .as_ref()
+                                    .is_none_or(|u| u.sha256.as_str() != p.sha256)
+                        });
+                        if withdrawn {
+                            // Cancelled or superseded: forget it (the engine's
+                            // progress record only resumes the same image).
+                            notes.pending = None;
+                            notes.save(dev.flash_mut(), nvs)?;
+                            self.log("the server withdrew the update in progress");
+                        }
                         if let Some(update) = answer.update
                             && update.sha256.as_str() != running.sha256
                         {

@@ -13,7 +13,8 @@ use crate::flash::FLASH_SIZE;
 /// `firmware` in `ota_0` selected by otadata (sequence 1, VALID), and in
 /// Airlift's data partition the trusted `keys` and what `ota_0` holds.
 /// The bootloader region (0x0..0x8000) is left erased: the agent simulates
-/// the bootloader.
+/// the bootloader. The table needs an `nvs` partition: the agent keeps its
+/// own notes there, as firmware keeps settings in NVS.
 pub fn flash_image(
     entries: &[PartitionEntry],
     firmware: &[u8],
@@ -33,6 +34,9 @@ pub fn flash_image(
     }
     let flash =
         sim::provision(entries, FLASH_SIZE, firmware, keys).map_err(AgentError::Provision)?;
+    if !entries.iter().any(|e| e.label_str() == "nvs") {
+        return Err(AgentError::NoNvs);
+    }
     Ok(flash.into_bytes())
 }
 
