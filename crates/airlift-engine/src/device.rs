@@ -499,8 +499,14 @@ impl<'k, F: NorFlash> Device<'k, F> {
     /// example `airlift flash create --trust`). Does nothing if it is there.
     /// At most [`crate::store::MAX_STORED_KEYS`] keys are kept.
     pub fn add_trusted_key(&mut self, key: &[u8; 32]) -> Result<(), Error> {
-        if self.store.state.keys().contains(key) {
+        let keys = self.store.state.keys();
+        if keys.contains(key) {
             return Ok(());
+        }
+        if keys.len() >= crate::store::MAX_STORED_KEYS {
+            return Err(Error::TooManyKeys {
+                max: crate::store::MAX_STORED_KEYS,
+            });
         }
         self.store.append(&mut self.flash, Record::key(key))
     }

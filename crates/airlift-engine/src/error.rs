@@ -106,6 +106,11 @@ pub enum Error {
     ShaMismatch,
     /// The install session already failed; start a new one.
     SessionFailed,
+    /// The data partition already holds the most keys it can.
+    TooManyKeys {
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -176,6 +181,10 @@ impl fmt::Display for Error {
             Error::ShaMismatch => {
                 f.write_str("image sha-256 differs from the one in the signed manifest")
             }
+            Error::TooManyKeys { max } => write!(
+                f,
+                "the device already stores {max} trusted keys, the most it can hold"
+            ),
             Error::SessionFailed => {
                 f.write_str("install session already failed: begin a new one")
             }

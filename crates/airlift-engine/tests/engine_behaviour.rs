@@ -597,3 +597,18 @@ fn otadata_written_by_esp_idf_without_rollback_counts_as_confirmed() {
     assert_eq!(boot(&mut flash, 3), run(OTA0, false, 1, 3));
     assert_eq!(slot_bytes(&flash, OTA1).unwrap(), new_image());
 }
+
+#[test]
+fn the_data_partition_stores_up_to_four_trusted_keys() {
+    let mut flash = fresh();
+    let mut dev = Device::open(&mut flash, config(3)).unwrap();
+    for n in 1..=3u8 {
+        dev.add_trusted_key(&[n; 32]).unwrap();
+    }
+    dev.add_trusted_key(&[1; 32]).unwrap();
+    assert_eq!(dev.stored_keys().len(), 4);
+    assert_eq!(
+        dev.add_trusted_key(&[9; 32]),
+        Err(Error::TooManyKeys { max: 4 })
+    );
+}
