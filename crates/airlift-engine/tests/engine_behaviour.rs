@@ -612,3 +612,71 @@ fn the_data_partition_stores_up_to_four_trusted_keys() {
         Err(Error::TooManyKeys { max: 4 })
     );
 }
+
+/// A flash that records every erase or program touching a watched region.
+struct Watch<'a> {
+    inner: &'a mut SimFlash,
+    watched: (u32, u32),
+    hits: Vec<(u32, u32)>,
+}
+
+impl embedded_storage::nor_flash::ErrorType for Watch<'_> {
+    type Error = airlift_engine::sim::flash::SimFlashError;
+}
+
+impl embedded_storage::nor_flash::ReadNorFlash for Watch<'_> {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.inner.read(offset, bytes)
+    }
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+}
+
+impl embedded_storage::nor_flash::NorFlash for Watch<'_> {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = 4096;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        if from < self.watched.1 && self.watched.0 < to {
+            self.hits.push((from, to));
+        }
+        self.inner.erase(from, to)
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        let end = offset + bytes.len() as u32;
+        if offset < self.watched.1 && self.watched.0 < end {
+            self.hits.push((offset, end));
+        }
+        self.inner.write(offset, bytes)
+    }
+}
+
+#[test]
+fn install_never_erases_or_programs_the_running_slot() {
+    let running = layout().slots[0];
+    for (image, chunk) in [
+        (new_image(), 1),
+        (new_image(), 4096),
+        (sim::test_image("2.0.0", 1, 200_000), 3000),
+    ] {
+        let mut flash = fresh();
+        let mut watch = Watch {
+            inner: &mut flash,
+            watched: (running.offset, running.end()),
+            hits: Vec::new(),
+        };
+        let blob = sign(&image);
+        {
+            let mut dev = Device::open(&mut watch, config(3)).unwrap();
+            dev.boot(Some(OTA0), 1).unwrap();
+            let mut s = dev.begin(&blob).unwrap();
+            for c in image.chunks(chunk) {
+                s.write(c).unwrap();
+            }
+            s.finish().unwrap();
+        }
+        assert_eq!(watch.hits, [], "chunk {chunk}");
+        assert_eq!(boot(&mut flash, 3), run(OTA1, false, 1, 3));
+    }
+}
