@@ -131,10 +131,15 @@ impl<'k, F: NorFlash> Device<'k, F> {
 
     /// Opens the device with a layout the caller already knows.
     pub fn with_layout(mut flash: F, layout: Layout, config: Config<'k>) -> Result<Self, Error> {
-        if !(32usize.is_multiple_of(F::WRITE_SIZE)
+        // Every read is of whole 4-byte words at 4-byte aligned offsets, every
+        // program a multiple of 32 bytes (otadata) or 256 (image), and
+        // ESP-IDF's structures are laid out in 4 KiB sectors.
+        if !(4usize.is_multiple_of(F::READ_SIZE)
+            && 32usize.is_multiple_of(F::WRITE_SIZE)
             && (SECTOR_SIZE as usize).is_multiple_of(F::ERASE_SIZE))
         {
             return Err(Error::UnsupportedFlashGeometry {
+                read_size: F::READ_SIZE,
                 write_size: F::WRITE_SIZE,
                 erase_size: F::ERASE_SIZE,
             });

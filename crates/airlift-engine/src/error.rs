@@ -17,8 +17,11 @@ pub enum Error {
     /// A flash operation failed (on a real device: a driver error; in the
     /// simulator: also a simulated power cut).
     Flash(NorFlashErrorKind),
-    /// The flash's erase or write size does not fit ESP-IDF's 4 KiB sectors.
+    /// The flash's read, write or erase size does not fit the engine's
+    /// 4-byte aligned reads, 32-byte programs and ESP-IDF's 4 KiB sectors.
     UnsupportedFlashGeometry {
+        /// `ReadNorFlash::READ_SIZE`.
+        read_size: usize,
         /// `NorFlash::WRITE_SIZE`.
         write_size: usize,
         /// `NorFlash::ERASE_SIZE`.
@@ -118,11 +121,12 @@ impl fmt::Display for Error {
         match self {
             Error::Flash(kind) => write!(f, "flash operation failed: {kind:?}"),
             Error::UnsupportedFlashGeometry {
+                read_size,
                 write_size,
                 erase_size,
             } => write!(
                 f,
-                "flash has write size {write_size} and erase size {erase_size}: expected a write size dividing 32 and an erase size dividing 4096"
+                "flash has read size {read_size}, write size {write_size} and erase size {erase_size}: expected a read size dividing 4, a write size dividing 32 and an erase size dividing 4096"
             ),
             Error::PartitionTable(e) => write!(f, "bad partition table: {e}"),
             Error::Otadata(e) => write!(f, "otadata: {e}"),

@@ -302,9 +302,12 @@ impl<F: NorFlash> Install<'_, '_, F> {
         let mut buf = [0u8; READ_BACK_LEN];
         while at < end {
             let n = ((end - at) as usize).min(READ_BACK_LEN);
+            // Drivers with READ_SIZE > 1 need whole words: the last read may
+            // take a few padding bytes of the slot, which are not fed.
+            let aligned = n.next_multiple_of(F::READ_SIZE).min(READ_BACK_LEN);
             self.device
                 .flash
-                .read(self.region.offset + at, &mut buf[..n])
+                .read(self.region.offset + at, &mut buf[..aligned])
                 .map_err(flash_err)?;
             self.verifier.update(&buf[..n])?;
             at += n as u32;
