@@ -13,10 +13,30 @@ use std::time::Duration;
 
 use agent_common::*;
 
+/// Waits until one of `patterns` occurs in the agent's log more often than
+/// in `before` (the log accumulates over restarts).
+fn wait_for_any(agent: &Agent, before: &str, patterns: &[&str]) {
+    let count = |text: &str| {
+        patterns
+            .iter()
+            .map(|p| text.matches(p).count())
+            .sum::<usize>()
+    };
+    let already = count(before);
+    wait_for(
+        &format!("one of {patterns:?}"),
+        || count(&agent.log_text()) > already,
+        || agent.log_text(),
+    );
+}
+
 #[test]
 fn sigkill_at_many_points_always_comes_back_on_a_complete_image_and_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
+    // About 2 MB/s, so that kills land inside the download.
+    let upstream = server.url.trim_start_matches("http://").to_owned();
+    let (proxy_url, _) = proxy(upstream, usize::MAX, Some(Duration::from_millis(2)));
     let v1 = image("1.0.0", 150_000);
     let v2 = image("2.0.0", 400_000);
     let (sha1, sha2) = (sha256_hex(&v1), sha256_hex(&v2));
@@ -31,11 +51,42 @@ fn sigkill_at_many_points_always_comes_back_on_a_complete_image_and_finishes() {
     let deployment = server.deploy(release, "tag:lab");
     // Every kill during the first boot of 2.0.0 is a failed boot attempt:
     // allow enough attempts that the kills themselves cannot roll it back.
-    let mut agent = Agent::with_server(&flash, &server.url, &token, &["--max-attempts", "20"]);
+    // The health check is long enough to be killed in.
+    let mut agent = Agent::start(
+        &flash,
+        &[
+            "--server",
+            &proxy_url,
+            "--token",
+            &token,
+            "--poll",
+            "0.2",
+            "--max-attempts",
+            "20",
+            "--health-check",
+            "1",
+        ],
+    );
+    let progress = [
+        "event downloading",
+        "event verifying",
+        "event installed",
+        "on trial",
+        "event confirmed",
+    ];
+    // (what to wait for, then how long before the kill)
+    let mut rounds: Vec<(&[&str], u64)> = Vec::new();
+    for delay in [0, 30, 60, 90, 120, 150, 180, 210] {
+        rounds.push((&progress[..], delay));
+    }
+    rounds.push((&progress[2..], 0));
+    for delay in [0, 50, 100] {
+        rounds.push((&progress[3..], delay));
+    }
     let mut seen = std::collections::BTreeSet::new();
-    for round in 0..16u64 {
-        // Spread over download, install, activation and first boot.
-        let delay = 40 + (round * 7919) % 900;
+    for (round, (patterns, delay)) in rounds.into_iter().enumerate() {
+        let before = agent.log_text();
+        wait_for_any(&mut agent, &before, patterns);
         std::thread::sleep(Duration::from_millis(delay));
         agent.kill();
         let report = inspect(&flash);
@@ -46,13 +97,20 @@ fn sigkill_at_many_points_always_comes_back_on_a_complete_image_and_finishes() {
             sha == sha1 || sha == sha2,
             "round {round}: selected slot holds neither image: {report:#}"
         );
-        seen.insert((
+        let phase = match (
             sha == sha2,
             report["engine"]["install"].is_null(),
             report["engine"]["trial_slot"].is_null(),
-        ));
+        ) {
+            (false, false, _) => "old image, partial install",
+            (false, true, _) => "old image",
+            (true, _, false) => "new image on trial",
+            (true, _, true) => "new image confirmed",
+        };
+        seen.insert(phase);
         agent.restart();
     }
+    println!("kills landed in: {seen:?}");
     let done = server.wait_for_state(deployment, "confirmed", 1);
     assert_eq!(done["status"], "finished");
     wait_for(
@@ -63,9 +121,10 @@ fn sigkill_at_many_points_always_comes_back_on_a_complete_image_and_finishes() {
         },
         || agent.log_text(),
     );
-    // The kills hit more than one phase (old image running with or without
-    // a partial install, new image on trial or confirmed).
-    assert!(seen.len() >= 2, "kills all landed in one phase: {seen:?}");
+    assert!(
+        seen.contains("old image, partial install") && seen.contains("new image on trial"),
+        "kills landed only in {seen:?}"
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -77,8 +136,12 @@ struct Seen {
 
 /// A proxy in front of the server that asks for `Connection: close`, records
 /// each request's `Range` header, and cuts the first artifact response
-/// after `cut_after` bytes.
-fn proxy(upstream: String, cut_after: usize) -> (String, Arc<Mutex<Vec<Seen>>>) {
+/// after `cut_after` bytes; `throttle` pauses after every 4 KiB.
+fn proxy(
+    upstream: String,
+    cut_after: usize,
+    throttle: Option<Duration>,
+) -> (String, Arc<Mutex<Vec<Seen>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -88,7 +151,9 @@ fn proxy(upstream: String, cut_after: usize) -> (String, Arc<Mutex<Vec<Seen>>>) 
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
             let (upstream, log, cut_done) = (upstream.clone(), log.clone(), cut_done.clone());
-            std::thread::spawn(move || relay(client, &upstream, &log, &cut_done, cut_after));
+            std::thread::spawn(move || {
+                relay(client, &upstream, &log, &cut_done, cut_after, throttle)
+            });
         }
     });
     (url, seen)
@@ -100,6 +165,7 @@ fn relay(
     log: &Mutex<Vec<Seen>>,
     cut_done: &AtomicBool,
     cut_after: usize,
+    throttle: Option<Duration>,
 ) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -143,7 +209,7 @@ fn relay(
         usize::MAX
     };
     let mut forwarded = 0usize;
-    let mut buf = vec![0u8; 8192];
+    let mut buf = vec![0u8; if throttle.is_some() { 4096 } else { 8192 }];
     while forwarded < limit {
         let n = match server.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -153,6 +219,9 @@ fn relay(
             break;
         }
         forwarded += n;
+        if let Some(pause) = throttle {
+            std::thread::sleep(pause);
+        }
     }
     let _ = client.shutdown(Shutdown::Both);
     log.lock().unwrap().push(Seen {
@@ -167,7 +236,7 @@ fn dropped_connection_mid_download_resumes_with_range_instead_of_starting_over()
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
     let upstream = server.url.trim_start_matches("http://").to_owned();
-    let (proxy_url, seen) = proxy(upstream, 50_000);
+    let (proxy_url, seen) = proxy(upstream, 50_000, None);
     let v1 = image("1.0.0", 60_000);
     let v2 = image("2.0.0", 200_000);
     let token = server.add_device("epsilon", "lab");
