@@ -15,7 +15,7 @@ use agent_common::*;
 
 /// Waits until one of `patterns` occurs in the agent's log more often than
 /// in `before` (the log accumulates over restarts).
-fn wait_for_any(agent: &Agent, before: &str, patterns: &[&str]) {
+fn wait_for_any(agent: &mut Agent, before: &str, patterns: &[&str]) {
     let count = |text: &str| {
         patterns
             .iter()
@@ -23,10 +23,18 @@ fn wait_for_any(agent: &Agent, before: &str, patterns: &[&str]) {
             .sum::<usize>()
     };
     let already = count(before);
+    let log = agent.log.clone();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let child = &mut agent.child;
     wait_for(
         &format!("one of {patterns:?}"),
-        || count(&agent.log_text()) > already,
-        || agent.log_text(),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the agent exited ({status}): {}", read());
+            }
+            count(&read()) > already
+        },
+        read,
     );
 }
 
