@@ -285,3 +285,51 @@ fn an_install_interrupted_after_its_last_checkpoint_finishes_without_new_bytes()
         }
     );
 }
+
+#[test]
+fn every_cut_point_of_an_install_whose_checkpoint_rotates_the_log_resumes_to_the_exact_image() {
+    let old = image(0, 0);
+    let new = big("5.0.0", 14_000);
+    let mut pre = Rig::new(ota_table(2, 0x10_0000, 0x2000), &old);
+    // Fill the current log sector so that the first checkpoint rotates it.
+    let tag = sim::tag_of(&old);
+    loop {
+        let mut dev = pre.device();
+        let p = dev.log_position();
+        if p.next_record == airlift_engine::store::RECORDS_PER_SECTOR - 1 {
+            break;
+        }
+        dev.set_slot_image(0, &tag).unwrap();
+    }
+    let blob = sign(&new, 0);
+    let (ops, failures) = cut_everywhere(
+        &pre,
+        |rig| {
+            let cfg = rig.config();
+            let mut dev = Device::open(&mut rig.flash, cfg)?;
+            dev.flash_mut().arm();
+            let mut s = dev.begin(&blob)?;
+            for c in new.chunks(1500) {
+                s.write(c)?;
+            }
+            Ok(())
+        },
+        |rig| {
+            let r = recover(rig, &[&old])?;
+            if !r.confirmed {
+                return Err(format!("{r:?}"));
+            }
+            if rig.status().stored_keys != 1 {
+                return Err("the stored key was lost".into());
+            }
+            rig.install(&new, 0).map_err(|e| e.to_string())?;
+            let r = recover(rig, &[&old, &new])?;
+            if r.image != new || r.confirmed || r.attempt != 1 {
+                return Err(format!("after the resumed install: {r:?}"));
+            }
+            Ok(())
+        },
+    );
+    assert!(ops > 8, "{ops}");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
