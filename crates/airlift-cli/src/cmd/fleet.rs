@@ -102,9 +102,30 @@ pub struct SimArgs {
     /// print both times and their ratio. Needs --deploy.
     #[arg(long, requires = "deploy")]
     pub baseline: bool,
+    /// After the fleet settled, keep it polling this many seconds and
+    /// report the check-ins answered (and, with --server-pid, the server's
+    /// CPU time per check-in).
+    #[arg(long)]
+    pub linger: Option<f64>,
+    /// Process id of a local server, to measure its CPU time (Linux /proc).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Every device checks in at once when it starts, instead of at a random
+    /// point of its first poll interval (benchmarks: the fleet starts like the
+    /// baseline's downloads).
+    #[arg(long)]
+    pub no_jitter: bool,
     /// Print the final summary as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// User plus system CPU seconds of process `pid` (Linux; 100 clock ticks per second).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
@@ -174,7 +195,7 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         drop_rate: args.drop_rate,
         power_cut_rate: args.power_cut_rate,
         retry_delay: Duration::from_secs(1),
-        jitter: true,
+        jitter: !args.no_jitter,
         http_limit: Some(Arc::new(tokio::sync::Semaphore::new(
             args.connections.max(1),
         ))),
@@ -203,6 +224,7 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
             eprintln!("airlift: deployed release {release} to tag:{tag} (deployment {id})");
             deployed = Some(sha);
         }
+        let cpu_at_start = args.server_pid.and_then(cpu_seconds);
         let fleet_tokens = tokens.clone();
         let mut fleet = spawn_fleet(names.into_iter().zip(fleet_tokens).collect(), base, &template, &http, &stats)?;
         let terminal = std::io::stderr().is_terminal();
@@ -227,6 +249,20 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => false,
         };
         let summary = stats.summary();
+        let server_cpu_update = args
+            .server_pid
+            .and_then(cpu_seconds)
+            .zip(cpu_at_start)
+            .map(|(end, start)| end - start);
+        let mut lingered = None;
+        if let (Some(linger), true) = (args.linger, settled || args.until_version.is_none()) {
+            let checkins = stats.checkins.load(std::sync::atomic::Ordering::Relaxed);
+            let cpu = args.server_pid.and_then(cpu_seconds);
+            tokio::time::sleep(secs(linger, "linger")?).await;
+            let answered = stats.checkins.load(std::sync::atomic::Ordering::Relaxed) - checkins;
+            let used = args.server_pid.and_then(cpu_seconds).zip(cpu).map(|(b, a)| b - a);
+            lingered = Some((linger, answered, used));
+        }
         fleet.abort_all();
         while fleet.join_next().await.is_some() {}
         if terminal {
@@ -256,6 +292,24 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
                 tokens.len(),
                 fleet_secs / took.max(1e-9)
             );
+        }
+        if let Some(cpu) = server_cpu_update {
+            println!(
+                "server CPU during the update: {cpu:.2} s for {} check-ins and {} events",
+                summary.checkins,
+                summary.events.values().sum::<u64>()
+            );
+        }
+        if let Some((linger, answered, used)) = lingered {
+            let rate = answered as f64 / linger;
+            match used {
+                Some(cpu) => println!(
+                    "steady polling: {answered} check-ins in {linger:.0} s ({rate:.0}/s); server CPU {cpu:.2} s = {:.1} us per check-in ({:.0}% of one core)",
+                    cpu * 1e6 / (answered.max(1) as f64),
+                    cpu * 100.0 / linger
+                ),
+                None => println!("steady polling: {answered} check-ins in {linger:.0} s ({rate:.0}/s)"),
+            }
         }
         let ok = settled || args.until_version.is_none();
         Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
