@@ -160,3 +160,127 @@ fn local_upload_needs_the_password_a_valid_image_and_a_trusted_signature() {
         sha256_hex(&v2_bytes)
     );
 }
+
+/// Serves `files` (path -> bytes) over plain HTTP/1.1 on 127.0.0.1; returns the base URL.
+fn static_server(files: Vec<(&'static str, Vec<u8>)>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let found = files.iter().find(|(p, _)| *p == path);
+            let (status, body) = match found {
+                Some((_, b)) => ("200 OK", b.clone()),
+                None => ("404 Not Found", b"not found".to_vec()),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(&body);
+        }
+    });
+    base
+}
+
+#[test]
+fn device_page_pulls_a_release_from_a_url_and_reboots_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    airlift(&["keys", "generate", d.join("release").to_str().unwrap()]);
+    let v1 = write(d, "v1.bin", &image("1.0.0", 30_000));
+    let v3_bytes = image("3.0.0", 40_000);
+    let v3 = write(d, "v3.bin", &v3_bytes);
+    let manifest = sign(d, &v3, "release", "v3.manifest");
+    let files = static_server(vec![
+        ("/fw/v3.bin", v3_bytes.clone()),
+        ("/fw/v3.manifest", manifest),
+    ]);
+    let flash = d.join("eta.flash");
+    create_flash(&flash, &v1, &d.join("release.pub"));
+    let agent = Agent::start(
+        &flash,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--password",
+            "pw",
+            "--health-check",
+            "0.05",
+        ],
+    );
+    let url = agent.page_url();
+    let http = Client::new();
+    let status = || -> Value {
+        http.get(format!("{url}/api/status"))
+            .basic_auth("x", Some("pw"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    wait_for(
+        "the first boot",
+        || status()["boots"] == 1,
+        || agent.log_text(),
+    );
+
+    let missing = http
+        .post(format!("{url}/api/pull"))
+        .basic_auth("x", Some("pw"))
+        .json(&serde_json::json!({"url": format!("{files}/fw/nope.bin"), "manifest_url": format!("{files}/fw/v3.manifest")}))
+        .send()
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 422);
+    let body: Value = missing.json().unwrap();
+    assert_eq!(body["error"]["code"], "download", "{body}");
+
+    let pulled = http
+        .post(format!("{url}/api/pull"))
+        .basic_auth("x", Some("pw"))
+        .json(&serde_json::json!({"url": format!("{files}/fw/v3.bin"), "manifest_url": format!("{files}/fw/v3.manifest")}))
+        .send()
+        .unwrap();
+    assert_eq!(pulled.status().as_u16(), 200);
+    wait_for(
+        "3.0.0 to run confirmed",
+        || {
+            let s = status();
+            s["running"]["version"] == "3.0.0" && s["running"]["confirmed"] == true
+        },
+        || agent.log_text(),
+    );
+    assert_eq!(
+        selected_image(&inspect(&flash))["sha256"],
+        sha256_hex(&v3_bytes)
+    );
+    let boots = status()["boots"].as_u64().unwrap();
+
+    let refused = http.post(format!("{url}/api/reboot")).send().unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let reboot = http
+        .post(format!("{url}/api/reboot"))
+        .basic_auth("x", Some("pw"))
+        .send()
+        .unwrap();
+    assert_eq!(reboot.status().as_u16(), 202);
+    wait_for(
+        "the reboot",
+        || status()["boots"].as_u64() == Some(boots + 1),
+        || agent.log_text(),
+    );
+    assert_eq!(
+        status()["running"]["version"],
+        "3.0.0",
+        "still on 3.0.0 after the reboot"
+    );
+}
