@@ -293,6 +293,9 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
                 fleet_secs / took.max(1e-9)
             );
         }
+        if let Some(cpu) = cpu_seconds(std::process::id()) {
+            println!("simulator CPU (all devices, enrolment and baseline included): {cpu:.2} s");
+        }
         if let Some(cpu) = server_cpu_update {
             println!(
                 "server CPU during the update: {cpu:.2} s for {} check-ins and {} events",
