@@ -209,8 +209,14 @@ impl<'k, F: NorFlash> Device<'k, F> {
             .resolve(boot_slot(entries, self.layout.app_count))
     }
 
+    /// The slot running now: as told to this handle's [`Device::boot`], else
+    /// as the boot guard recorded it at this boot (another handle may have
+    /// run it, and the bootloader may have fallen back from the selected
+    /// slot), else the slot otadata selects.
     pub(crate) fn running_slot(&self, entries: &[OtaSelectEntry; 2]) -> AppSlot {
-        self.running.unwrap_or_else(|| self.selected(entries))
+        self.running
+            .or(self.store.state.last_boot)
+            .unwrap_or_else(|| self.selected(entries))
     }
 
     /// The trial in progress: the stored trial whose otadata entry is the
@@ -451,7 +457,10 @@ impl<'k, F: NorFlash> Device<'k, F> {
             self.complete_confirm(&entries)?;
             return Ok(false);
         };
-        if self.running_slot(&entries) != AppSlot::Ota(trial.slot) {
+        // Only an image that booted (an attempt is recorded) and runs now
+        // can be confirmed: a handle opened right after `finish` must not
+        // make an image that never ran permanent.
+        if trial.attempts == 0 || self.running_slot(&entries) != AppSlot::Ota(trial.slot) {
             return Ok(false);
         }
         let security_version = self

@@ -2,7 +2,7 @@
 
 use airlift_format::image::ImageVerifier;
 use airlift_format::manifest::{ManifestError, SignedManifest, key_id};
-use airlift_format::otadata::{OtaState, plan_activation};
+use airlift_format::otadata::{BLANK_SEQ, OtaState, OtadataError, active_entry, plan_activation};
 use embedded_storage::nor_flash::NorFlash;
 
 use crate::device::{Activated, Device};
@@ -74,6 +74,16 @@ impl<'k, F: NorFlash> Device<'k, F> {
             return Err(Error::RunningImageUnconfirmed);
         }
         let running = self.running_slot(&entries);
+        // Activation, confirmation and a two-entry rollback each need a
+        // higher sequence number: refuse now rather than activate an image
+        // that could then be neither confirmed nor rolled back.
+        if let Some(active) = active_entry(&entries) {
+            let current = entries[active].seq;
+            let headroom = 4 * u32::from(self.layout.app_count.max(1));
+            if current.checked_add(headroom).is_none_or(|s| s == BLANK_SEQ) {
+                return Err(Error::Otadata(OtadataError::SequenceExhausted { current }));
+            }
+        }
         if let Some(chip) = self.device_chip_id(running)?
             && chip != m.chip_id
         {
@@ -208,7 +218,7 @@ impl<F: NorFlash> Install<'_, '_, F> {
         self.received = p.offset;
         self.programmed = p.offset;
         self.erased_to = p.offset;
-        self.next_checkpoint = p.offset + self.checkpoint_interval;
+        self.next_checkpoint = p.offset.saturating_add(self.checkpoint_interval);
         Ok(())
     }
 
@@ -287,7 +297,7 @@ impl<F: NorFlash> Install<'_, '_, F> {
                 self.device
                     .store
                     .append(&mut self.device.flash, Record::install(&progress))?;
-                self.next_checkpoint = self.programmed + self.checkpoint_interval;
+                self.next_checkpoint = self.programmed.saturating_add(self.checkpoint_interval);
             }
         }
         Ok(())

@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! record:  0 kind | 1..60 payload | 60..64 CRC-32 (IEEE) of bytes 0..60, little endian
-//! sector:  record 0 = header {magic "ALDS", sequence number}, records 1..64 = data
+//! sector:  records 0 and 1 = header {magic "ALDS", sequence number}, twice
+//!          records 2..64 = data
 //! ```
 //!
 //! The sector whose header has the highest sequence number is the *current*
@@ -32,8 +33,10 @@ use crate::layout::{AppSlot, Region};
 pub const RECORD_LEN: usize = 64;
 /// Bytes per sector (ESP-IDF's flash sector).
 pub const SECTOR_SIZE: u32 = 4096;
-/// Record slots per sector, the header included.
+/// Record slots per sector, the two header copies included.
 pub const RECORDS_PER_SECTOR: u16 = (SECTOR_SIZE as usize / RECORD_LEN) as u16;
+/// The first record slot after the two header copies.
+pub const FIRST_DATA_RECORD: u16 = 2;
 /// Trusted keys the data partition can hold.
 pub const MAX_STORED_KEYS: usize = 4;
 /// OTA slots whose image information the engine keeps: all of them.
@@ -54,6 +57,7 @@ const KIND_BOOT: u8 = 0x42;
 const KIND_CONFIRM: u8 = 0x43;
 const KIND_INSTALL: u8 = 0x50;
 const KIND_INSTALL_CLEAR: u8 = 0x58;
+const KIND_RUNNING: u8 = 0x52;
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib computes it).
 pub(crate) fn crc32(bytes: &[u8]) -> u32 {
@@ -245,6 +249,8 @@ pub(crate) struct State {
     pub(crate) trial: Option<Trial>,
     pub(crate) pending_confirm: Option<PendingConfirm>,
     pub(crate) install: Option<InstallProgress>,
+    /// The slot the last boot-guard run recorded as running.
+    pub(crate) last_boot: Option<AppSlot>,
 }
 
 impl State {
@@ -301,7 +307,14 @@ impl State {
                     attempts: b[7],
                 });
             }
-            KIND_BOOT => {
+            KIND_BOOT | KIND_RUNNING => {
+                if b[0] == KIND_RUNNING {
+                    self.last_boot = Some(AppSlot::from_code(b[1]));
+                    return;
+                }
+                if BootOutcome::from_code(b[6]) != BootOutcome::TrialNotBooted {
+                    self.last_boot = Some(AppSlot::from_code(b[5]));
+                }
                 let seq = le32(&b[1..5]);
                 if BootOutcome::from_code(b[6]) == BootOutcome::Trial
                     && let Some(t) = self.trial.as_mut()
@@ -485,6 +498,12 @@ impl Record {
         r.seal()
     }
 
+    fn running(slot: AppSlot) -> Record {
+        let mut r = Record::new(KIND_RUNNING);
+        r.0[1] = slot.code();
+        r.seal()
+    }
+
     pub(crate) fn install_clear() -> Record {
         Record::new(KIND_INSTALL_CLEAR).seal()
     }
@@ -525,8 +544,7 @@ impl Store {
             state: State::default(),
         };
         for i in 0..sectors {
-            let header = store.read(flash, i, 0)?;
-            if let Some(seq) = header.header_seq()
+            if let Some(seq) = store.sector_seq(flash, i)?
                 && store.current.is_none_or(|(_, best)| seq > best)
             {
                 store.current = Some((i, seq));
@@ -534,7 +552,7 @@ impl Store {
         }
         if let Some((sector, _)) = store.current {
             store.next = RECORDS_PER_SECTOR;
-            for slot in 1..RECORDS_PER_SECTOR {
+            for slot in FIRST_DATA_RECORD..RECORDS_PER_SECTOR {
                 let r = store.read(flash, sector, slot)?;
                 if r.is_blank() {
                     store.next = slot;
@@ -554,6 +572,15 @@ impl Store {
             current: self.current,
             next_record: self.next,
         }
+    }
+
+    /// The sector's sequence number, from either header copy.
+    fn sector_seq<F: NorFlash>(&self, flash: &mut F, sector: u32) -> Result<Option<u32>, Error> {
+        let first = self.read(flash, sector, 0)?.header_seq();
+        if first.is_some() {
+            return Ok(first);
+        }
+        Ok(self.read(flash, sector, 1)?.header_seq())
     }
 
     fn addr(&self, sector: u32, slot: u16) -> u32 {
@@ -617,7 +644,7 @@ impl Store {
         // The snapshot: everything the live state needs, then the header
         // that makes this sector current.
         let s = self.state;
-        let mut slot = 1u16;
+        let mut slot = FIRST_DATA_RECORD;
         let mut put = |this: &Self, flash: &mut F, r: Record| -> Result<(), Error> {
             this.write(flash, target, slot, &r)?;
             slot += 1;
@@ -643,7 +670,13 @@ impl Store {
         if let Some(p) = &s.install {
             put(self, flash, Record::install(p))?;
         }
+        if let Some(slot) = s.last_boot {
+            put(self, flash, Record::running(slot))?;
+        }
+        // Two copies of the header, so that damage to one record cannot
+        // demote the current sector (and with it the live state).
         self.write(flash, target, 0, &Record::header(seq))?;
+        self.write(flash, target, 1, &Record::header(seq))?;
         self.current = Some((target, seq));
         self.next = slot;
         Ok(())
@@ -662,10 +695,10 @@ impl Store {
         // sector is the oldest.
         for step in 1..=self.sectors {
             let sector = (current + step) % self.sectors;
-            if self.read(flash, sector, 0)?.header_seq().is_none() {
+            if self.sector_seq(flash, sector)?.is_none() {
                 continue;
             }
-            for slot in 1..RECORDS_PER_SECTOR {
+            for slot in FIRST_DATA_RECORD..RECORDS_PER_SECTOR {
                 let r = self.read(flash, sector, slot)?;
                 if r.is_blank() {
                     break;
