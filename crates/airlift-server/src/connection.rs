@@ -318,7 +318,30 @@ mod zero_copy {
 
     async fn send(stream: &mut TcpStream, plan: &Plan) -> io::Result<()> {
         let file = std::fs::File::open(&plan.file)?;
-        stream.write_all(plan.head.as_bytes()).await?;
+        // Corked (nginx's tcp_nopush): head and body leave in full-sized
+        // segments instead of whatever each partial sendfile wrote, which
+        // TCP_NODELAY would push out at once; uncorking sends the tail.
+        let _ = rustix::net::sockopt::set_tcp_cork(&*stream, true);
+        let result = send_corked(stream, plan, &file).await;
+        let _ = rustix::net::sockopt::set_tcp_cork(&*stream, false);
+        result
+    }
+
+    async fn send_corked(
+        stream: &mut TcpStream,
+        plan: &Plan,
+        file: &std::fs::File,
+    ) -> io::Result<()> {
+        let mut head = plan.head.as_bytes();
+        while !head.is_empty() {
+            let sent = stream
+                .async_io(Interest::WRITABLE, || {
+                    rustix::net::send(&*stream, head, rustix::net::SendFlags::empty())
+                        .map_err(io::Error::from)
+                })
+                .await?;
+            head = &head[sent..];
+        }
         let mut offset = plan.start;
         let end = plan.start + plan.len;
         while offset < end {
@@ -327,7 +350,7 @@ mod zero_copy {
                 .min(1 << 20);
             let sent = stream
                 .async_io(Interest::WRITABLE, || {
-                    rustix::fs::sendfile(&*stream, &file, Some(&mut offset), count)
+                    rustix::fs::sendfile(&*stream, file, Some(&mut offset), count)
                         .map_err(io::Error::from)
                 })
                 .await?;

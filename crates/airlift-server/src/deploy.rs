@@ -8,6 +8,14 @@
 //! ```
 //! Success for a device is `confirmed` only: the device reports it after
 //! booting the new image and passing its health check.
+//!
+//! Staged rollouts fit this model without a new state machine: every
+//! assignment row carries a `wave` (0 today). A staged deployment will create
+//! its rows with wave numbers (1% of the devices in wave 1, 10% in wave 2,
+//! ...), offer only the waves opened so far (one more condition in
+//! `open_offer`), open the next wave after a soak time, and set the
+//! deployment's state to `paused` when the failed and rolled-back counts of
+//! the open waves pass a threshold; cancel works as it does now.
 
 use airlift_protocol::EventKind;
 use serde::Serialize;
