@@ -290,3 +290,13 @@ impl Rig {
         panic!("never rolled back")
     }
 }
+
+#[test]
+fn the_largest_attempt_limit_counts_every_boot_without_overflowing() {
+    // 255 trial boots on a two-sector log: the counter survives many
+    // rotations (it is carried in every snapshot) and never wraps.
+    let mut rig = Rig::new(ota_table(2, 0x10_0000, 0x2000), &image(0, 0)).with_max_attempts(255);
+    assert_eq!(rig.update_and_fail(&image(1, 0), 0), 255);
+    let pos = rig.device().log_position();
+    assert!(pos.current.unwrap().1 > 4, "{pos:?}");
+}
