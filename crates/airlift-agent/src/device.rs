@@ -671,7 +671,6 @@ impl Runtime {
         reason: Option<Reason>,
         detail: &str,
     ) {
-        self.happen(&Happening::Event(kind, reason));
         self.log(&format!(
             "event {kind}{}{}",
             reason.map_or(String::new(), |r| format!(" ({r})")),
@@ -681,25 +680,28 @@ impl Runtime {
                 format!(": {detail}")
             }
         ));
-        let Some(url) = self.url("/api/v1/device/events") else {
-            return;
-        };
-        let event = Event {
-            deployment,
-            kind,
-            reason,
-            detail: (!detail.is_empty()).then(|| bounded(detail)),
-        };
-        let _permit = self.permit().await;
-        let sent = self
-            .authed(self.http.post(url))
-            .timeout(Duration::from_secs(10))
-            .json(&event)
-            .send()
-            .await;
-        if let Err(e) = sent {
-            self.log(&format!("could not report {kind}: {e}"));
+        if let Some(url) = self.url("/api/v1/device/events") {
+            let event = Event {
+                deployment,
+                kind,
+                reason,
+                detail: (!detail.is_empty()).then(|| bounded(detail)),
+            };
+            let _permit = self.permit().await;
+            let sent = self
+                .authed(self.http.post(url))
+                .timeout(Duration::from_secs(10))
+                .json(&event)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => self.log(&format!("server refused the {kind} event: {}", r.status())),
+                Err(e) => self.log(&format!("could not report {kind}: {e}")),
+            }
         }
+        // Observers hear of it once the server has (so counts never run ahead of it).
+        self.happen(&Happening::Event(kind, reason));
     }
 
     /// Ends an update attempt: records the result in the notes (the commit

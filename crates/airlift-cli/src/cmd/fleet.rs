@@ -285,33 +285,44 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
                 summary.checkins, summary.rollbacks, summary.retries, summary.power_cuts, summary.bytes, summary.crashed
             );
         }
+        // Measurements: stdout for text, stderr next to the JSON summary.
+        let json = args.json;
+        let note = |line: String| {
+            if json {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        };
         if let Some((took, bytes)) = baseline {
             let fleet_secs = summary.elapsed_seconds;
-            println!(
+            note(format!(
                 "baseline: {} plain downloads ({bytes} bytes) took {took:.2} s; the fleet update took {fleet_secs:.2} s: {:.2}x the plain transfer",
                 tokens.len(),
                 fleet_secs / took.max(1e-9)
-            );
+            ));
         }
         if let Some(cpu) = cpu_seconds(std::process::id()) {
-            println!("simulator CPU (all devices, enrolment and baseline included): {cpu:.2} s");
+            note(format!("simulator CPU (all devices, enrolment and baseline included): {cpu:.2} s"));
         }
         if let Some(cpu) = server_cpu_update {
-            println!(
+            note(format!(
                 "server CPU during the update: {cpu:.2} s for {} check-ins and {} events",
                 summary.checkins,
                 summary.events.values().sum::<u64>()
-            );
+            ));
         }
         if let Some((linger, answered, used)) = lingered {
             let rate = answered as f64 / linger;
             match used {
-                Some(cpu) => println!(
+                Some(cpu) => note(format!(
                     "steady polling: {answered} check-ins in {linger:.0} s ({rate:.0}/s); server CPU {cpu:.2} s = {:.1} us per check-in ({:.0}% of one core)",
                     cpu * 1e6 / (answered.max(1) as f64),
                     cpu * 100.0 / linger
-                ),
-                None => println!("steady polling: {answered} check-ins in {linger:.0} s ({rate:.0}/s)"),
+                )),
+                None => note(format!(
+                    "steady polling: {answered} check-ins in {linger:.0} s ({rate:.0}/s)"
+                )),
             }
         }
         let ok = settled || args.until_version.is_none();
