@@ -96,3 +96,100 @@ fn demo_updates_rolls_back_and_exits() {
     assert!(stdout.contains("2 of 2 devices rolled_back"), "{stdout}");
     assert!(stdout.contains("{\"1.1.0\": 2}"), "{stdout}");
 }
+
+#[test]
+fn fleet_sim_enrols_with_the_fleet_secret_and_tags_every_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(
+        &d.join("data"),
+        &[("AIRLIFT_ENROLLMENT_SECRET", "open-sesame")],
+    );
+    let v1 = d.join("v1.bin");
+    airlift(&[
+        "fleet",
+        "firmware",
+        v1.to_str().unwrap(),
+        "--version",
+        "1.0.0",
+    ]);
+    let output = Command::new(AIRLIFT)
+        .args([
+            "fleet",
+            "sim",
+            "--devices",
+            "5",
+            "--tag",
+            "field",
+            "--prefix",
+            "site",
+        ])
+        .arg("--firmware")
+        .arg(&v1)
+        .arg("--trust")
+        .arg(server.signing_pub())
+        .args(["--poll", "0.2", "--duration", "1.5", "--json"])
+        .args([
+            "--server",
+            &server.url,
+            "--enrollment-secret",
+            "open-sesame",
+        ])
+        .env_remove("AIRLIFT_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        summary["versions"],
+        serde_json::json!({"1.0.0": 5}),
+        "{summary:#}"
+    );
+    assert!(summary["checkins"].as_u64().unwrap() >= 5, "{summary:#}");
+    let devices = server.cli_json(&["device", "list"]);
+    let mut names: Vec<&str> = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "site-00001",
+            "site-00002",
+            "site-00003",
+            "site-00004",
+            "site-00005"
+        ]
+    );
+    for device in devices.as_array().unwrap() {
+        assert_eq!(device["tags"], serde_json::json!(["field"]));
+        assert_eq!(device["status"]["version"], "1.0.0", "{device:#}");
+    }
+
+    let refused = Command::new(AIRLIFT)
+        .args(["fleet", "sim", "--devices", "1", "--firmware"])
+        .arg(&v1)
+        .arg("--trust")
+        .arg(server.signing_pub())
+        .args([
+            "--server",
+            &server.url,
+            "--enrollment-secret",
+            "wrong",
+            "--duration",
+            "1",
+        ])
+        .env_remove("AIRLIFT_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("enrolment refused"), "{stderr}");
+}

@@ -177,3 +177,46 @@ fn flipped_byte_in_the_stored_artifact_is_refused_before_activation() {
         || agent.log_text(),
     );
 }
+
+#[test]
+fn hanging_release_is_reset_by_the_watchdog_and_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let v1 = image("1.0.0", 40_000);
+    let token = server.add_device("theta", "lab");
+    let flash = dir.path().join("theta.flash");
+    create_flash(
+        &flash,
+        &write(dir.path(), "v1.bin", &v1),
+        &server.signing_pub(),
+    );
+    let release = server.upload(&write(dir.path(), "v2.bin", &image("2.0.0", 40_000)));
+    let deployment = server.deploy(release, "tag:lab");
+    let agent = Agent::start(
+        &flash,
+        &[
+            "--server",
+            &server.url,
+            "--token",
+            &token,
+            "--poll",
+            "0.2",
+            "--watchdog",
+            "0.2",
+            "--behave",
+            "2.0.0=hang",
+        ],
+    );
+    let done = server.wait_for_state(deployment, "rolled_back", 1);
+    assert_eq!(done["assignments"][0]["reason"], "boot_failed");
+    assert_eq!(
+        agent
+            .log_text()
+            .matches("2.0.0 hangs: watchdog reset")
+            .count(),
+        3,
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(selected_image(&inspect(&flash))["sha256"], sha256_hex(&v1));
+}
