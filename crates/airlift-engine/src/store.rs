@@ -390,6 +390,18 @@ impl Record {
         self
     }
 
+    fn is_critical(&self) -> bool {
+        matches!(
+            self.0[0],
+            KIND_KEY
+                | KIND_MIN_SECURITY
+                | KIND_SLOT_IMAGE
+                | KIND_ACTIVATION
+                | KIND_TRIAL
+                | KIND_CONFIRM
+        )
+    }
+
     fn crc_ok(&self) -> bool {
         crc32(&self.0[..CRC_AT]) == le32(&self.0[CRC_AT..])
     }
@@ -608,8 +620,19 @@ impl Store {
     }
 
     /// Appends a record (rotating to a fresh sector first when needed) and
-    /// applies it to the live state once it is on flash.
+    /// applies it to the live state once it is on flash. Records the safety
+    /// of the device rests on (keys, minimum security version, image
+    /// information, trial, confirmation) are written twice, so that damage
+    /// to one record loses nothing; applying a record twice changes nothing.
     pub(crate) fn append<F: NorFlash>(&mut self, flash: &mut F, r: Record) -> Result<(), Error> {
+        self.append_one(flash, &r)?;
+        if r.is_critical() {
+            self.append_one(flash, &r)?;
+        }
+        Ok(())
+    }
+
+    fn append_one<F: NorFlash>(&mut self, flash: &mut F, r: &Record) -> Result<(), Error> {
         if self.current.is_none() || self.next >= RECORDS_PER_SECTOR {
             self.rotate(flash)?;
         }
@@ -620,8 +643,8 @@ impl Store {
         };
         let slot = self.next;
         self.next += 1;
-        self.write(flash, sector, slot, &r)?;
-        self.state.apply(&r);
+        self.write(flash, sector, slot, r)?;
+        self.state.apply(r);
         Ok(())
     }
 
@@ -646,8 +669,17 @@ impl Store {
         let s = self.state;
         let mut slot = FIRST_DATA_RECORD;
         let mut put = |this: &Self, flash: &mut F, r: Record| -> Result<(), Error> {
-            this.write(flash, target, slot, &r)?;
-            slot += 1;
+            for _ in 0..if r.is_critical() { 2 } else { 1 } {
+                // At most 4 keys, 16 slots and a few single records, twice:
+                // 48 records, always below the 62 a sector holds.
+                if slot >= RECORDS_PER_SECTOR {
+                    return Err(Error::DataPartitionTooSmall {
+                        size: this.region.size,
+                    });
+                }
+                this.write(flash, target, slot, &r)?;
+                slot += 1;
+            }
             Ok(())
         };
         for key in s.keys() {

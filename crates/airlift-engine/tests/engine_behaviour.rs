@@ -680,3 +680,27 @@ fn install_never_erases_or_programs_the_running_slot() {
         assert_eq!(boot(&mut flash, 3), run(OTA1, false, 1, 3));
     }
 }
+
+#[test]
+fn damage_to_one_copy_of_a_critical_record_loses_nothing() {
+    let mut flash = fresh();
+    install(&mut flash, &new_image()).unwrap();
+    // Flip a bit in the first activation record (kind 0x41) of the data partition.
+    let data = layout().data;
+    let records = data.offset as usize..data.end() as usize;
+    let at = records
+        .step_by(64)
+        .find(|&at| flash.bytes()[at] == 0x41)
+        .unwrap();
+    let byte = flash.bytes()[at + 10];
+    flash.load(at + 10, &[byte ^ 0x04]);
+    // The image is still on trial, and still rolls back.
+    assert_eq!(boot(&mut flash, 3), run(OTA1, false, 1, 3));
+    assert_eq!(boot(&mut flash, 3), run(OTA1, false, 2, 3));
+    assert_eq!(boot(&mut flash, 3), run(OTA1, false, 3, 3));
+    assert!(matches!(
+        boot(&mut flash, 3),
+        BootDecision::ResetRequired { .. }
+    ));
+    assert_eq!(boot(&mut flash, 3), run(OTA0, true, 0, 3));
+}
