@@ -23,6 +23,17 @@
 //! Within a sector records are only appended (program, never erase), at the
 //! first record slot that is entirely 0xFF. A torn record fails its CRC and is
 //! skipped; the next record goes after it.
+//!
+//! Against damage (a flipped bit in a record at rest) the header is written
+//! twice and so is every record the device's safety rests on: trusted keys,
+//! minimum security version, image information, activation (the trial and
+//! where it rolls back to) and confirmation. Boot-log records are written
+//! once; losing one costs at most one extra boot attempt.
+//!
+//! Record kinds: `H` header, `K` key, `S` minimum security version, `I`
+//! image information of a slot, `A` activation, `T` trial (snapshot), `B`
+//! boot, `C` confirmation, `P` install progress, `X` progress cleared, `R`
+//! running slot (snapshot).
 
 use embedded_storage::nor_flash::NorFlash;
 
