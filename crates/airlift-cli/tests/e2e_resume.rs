@@ -44,7 +44,7 @@ fn sigkill_at_many_points_always_comes_back_on_a_complete_image_and_finishes() {
     let server = Server::start(&dir.path().join("data"), &[]);
     // About 2 MB/s, so that kills land inside the download.
     let upstream = server.url.trim_start_matches("http://").to_owned();
-    let (proxy_url, _) = proxy(upstream, usize::MAX, Some(Duration::from_millis(2)));
+    let (proxy_url, requests) = proxy(upstream, usize::MAX, Some(Duration::from_millis(2)));
     let v1 = image("1.0.0", 150_000);
     let v2 = image("2.0.0", 400_000);
     let (sha1, sha2) = (sha256_hex(&v1), sha256_hex(&v2));
@@ -132,6 +132,27 @@ fn sigkill_at_many_points_always_comes_back_on_a_complete_image_and_finishes() {
     assert!(
         seen.contains("old image, partial install") && seen.contains("new image on trial"),
         "kills landed only in {seen:?}"
+    );
+    // After a power cut in the download the agent resumed from the engine's
+    // last install checkpoint (a whole number of sectors), not from zero.
+    let resumed: Vec<u64> = requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.request_line.starts_with("GET /api/v1/device/artifacts/"))
+        .filter_map(|r| {
+            r.range
+                .as_deref()?
+                .strip_prefix("bytes=")?
+                .strip_suffix('-')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(!resumed.is_empty(), "no download resumed with Range");
+    assert!(
+        resumed.iter().all(|&at| at > 0 && at % 4096 == 0),
+        "{resumed:?}"
     );
 }
 
