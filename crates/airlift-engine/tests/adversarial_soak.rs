@@ -221,3 +221,15 @@ fn random_history_with_power_cuts_on_a_factory_layout_keeps_every_invariant() {
     table.last_mut().unwrap().size = 0x2000;
     soak(table, BootloaderKind::Plain, 5, 0xA11F_0004);
 }
+
+#[test]
+fn random_history_with_power_cuts_on_eight_slots_and_a_two_sector_log_keeps_every_invariant() {
+    // Image information for eight slots makes every rotation's snapshot
+    // large, so the two-sector log rotates every few records.
+    soak(
+        ota_table(8, 0x4_0000, 0x2000),
+        BootloaderKind::Rollback,
+        3,
+        0xA11F_0005,
+    );
+}
