@@ -25,6 +25,8 @@ struct Run {
     bytes: f64,
     seconds: f64,
     errors: u64,
+    /// CPU seconds the server under test used during the run.
+    server_cpu: f64,
 }
 
 impl Run {
@@ -36,8 +38,50 @@ impl Run {
     }
 }
 
+/// CPU seconds (user + system) used so far by the processes `pids`.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(100.0)
+    });
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / ticks
+        })
+        .sum()
+}
+
+/// A process and its children (nginx's master and workers).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let parent = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse().ok());
+        if parent == Some(pid) {
+            pids.push(child);
+        }
+    }
+    pids
+}
+
 /// Runs wrk with a Lua script; the script's `done` prints one RESULT line.
-fn wrk(url: &str, connections: usize, seconds: u64, script: &Path) -> Run {
+/// `server` are the processes serving, whose CPU time is measured.
+fn wrk(url: &str, connections: usize, seconds: u64, script: &Path, server: &[u32]) -> Run {
+    let cpu_before = cpu_seconds(server);
     let output = Command::new("wrk")
         .args([
             "-t2",
@@ -66,6 +110,7 @@ fn wrk(url: &str, connections: usize, seconds: u64, script: &Path) -> Run {
         bytes: fields[1],
         seconds: fields[2] / 1e6,
         errors: fields[3] as u64,
+        server_cpu: cpu_seconds(server) - cpu_before,
     }
 }
 
@@ -282,6 +327,12 @@ fn main() {
     // counts, so a burst of load from elsewhere on the machine hits both alike.
     let best = |runs: &[Run], key: fn(&Run) -> f64| runs.iter().map(key).fold(0.0, f64::max);
     let errors = |runs: &[Run]| runs.iter().map(|r| r.errors).sum::<u64>();
+    // Server CPU seconds per unit of work over all rounds: unlike throughput,
+    // this barely moves when other processes take CPU from the load generator.
+    let cpu_per = |runs: &[Run], unit: fn(&Run) -> f64| {
+        runs.iter().map(|r| r.server_cpu).sum::<f64>() / runs.iter().map(unit).sum::<f64>()
+    };
+    let me = std::process::id();
 
     // `AIRLIFT_BENCH_ONLY=checkins|downloads` runs one of the two.
     let only = std::env::var("AIRLIFT_BENCH_ONLY").unwrap_or_default();
@@ -293,12 +344,13 @@ fn main() {
         let (mut bare, mut airlift) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let url = format!("http://{bare_address}/api/v1/device/checkin");
-            bare.push(wrk(&url, 64, seconds, &script));
+            bare.push(wrk(&url, 64, seconds, &script, &[me]));
             airlift.push(wrk(
                 &format!("{base}/api/v1/device/checkin"),
                 64,
                 seconds,
                 &script,
+                &[me],
             ));
         }
         let _ = bare_stop.send(());
@@ -313,6 +365,16 @@ fn main() {
             errors(&bare),
             CHECKIN_DEVICES,
         );
+        let (a, b) = (
+            cpu_per(&airlift, |r| r.requests),
+            cpu_per(&bare, |r| r.requests),
+        );
+        println!(
+            "            server CPU per check-in: airlift {:.1} us, bare axum {:.1} us   efficiency ratio {:.2}",
+            a * 1e6,
+            b * 1e6,
+            b / a,
+        );
     }
 
     // 2. Downloads vs nginx, 100 connections.
@@ -321,6 +383,7 @@ fn main() {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::write(root.join("v1.bin"), &image).unwrap();
         let (mut nginx, port) = start_nginx(dir.path(), &root);
+        let nginx_pids = process_tree(nginx.id());
         let script = download_script(dir.path(), &downloader);
         let url = format!(
             "{base}/api/v1/device/artifacts/{}",
@@ -333,8 +396,9 @@ fn main() {
                 100,
                 seconds,
                 &script,
+                &nginx_pids,
             ));
-            served.push(wrk(&url, 100, seconds, &script));
+            served.push(wrk(&url, 100, seconds, &script, &[me]));
         }
         stop_nginx(&mut nginx);
         let mib = 1024.0 * 1024.0;
@@ -350,6 +414,17 @@ fn main() {
             image.len(),
             errors(&served),
             errors(&baseline),
+        );
+        let gib = 1024.0 * mib;
+        let (a, b) = (
+            cpu_per(&served, |r| r.bytes) * gib,
+            cpu_per(&baseline, |r| r.bytes) * gib,
+        );
+        println!(
+            "            server CPU per GiB sent: airlift {:.0} ms, nginx {:.0} ms   efficiency ratio {:.2}",
+            a * 1e3,
+            b * 1e3,
+            b / a,
         );
     }
     let metrics = client

@@ -22,6 +22,10 @@ pub struct ArtifactError(#[from] object_store::Error);
 pub struct Artifacts {
     store: Arc<dyn ObjectStore>,
     cache: Mutex<Cache>,
+    /// The directory holding `artifacts/` when the store is the local file system.
+    local_root: Option<std::path::PathBuf>,
+    /// Open artifact files (with their sizes) for zero-copy downloads.
+    files: Mutex<HashMap<String, (Arc<std::fs::File>, u64)>>,
 }
 
 impl std::fmt::Debug for Artifacts {
@@ -111,7 +115,34 @@ impl Artifacts {
                 limit: cache_bytes,
                 ..Cache::default()
             }),
+            local_root: None,
+            files: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Declares that the store keeps its objects as files under `root`, so
+    /// downloads can be sent from the files directly.
+    pub fn with_local_root(mut self, root: std::path::PathBuf) -> Artifacts {
+        self.local_root = Some(root);
+        self
+    }
+
+    /// The artifact's open file and size, when the store is local. Files stay
+    /// open (artifacts are immutable); at most 64 are kept.
+    pub fn local_file(&self, sha256: &str) -> Option<(Arc<std::fs::File>, u64)> {
+        let root = self.local_root.as_ref()?;
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = files.get(sha256) {
+            return Some(found.clone());
+        }
+        let file = std::fs::File::open(root.join("artifacts").join(sha256)).ok()?;
+        let size = file.metadata().ok()?.len();
+        if files.len() >= 64 {
+            files.clear();
+        }
+        let entry = (Arc::new(file), size);
+        files.insert(sha256.to_owned(), entry.clone());
+        Some(entry)
     }
 
     /// Removes what interrupted uploads left under `tmp/`.
@@ -182,6 +213,10 @@ impl Artifacts {
                 cache.used -= bytes.len() as u64;
             }
         }
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sha256);
         match self.store.delete(&artifact_path(sha256)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(err) => Err(err.into()),

@@ -168,7 +168,7 @@ impl AsyncWrite for Prefixed {
 #[cfg(target_os = "linux")]
 mod zero_copy {
     use std::io;
-    use std::path::PathBuf;
+    use std::sync::Arc;
     use std::sync::atomic::Ordering;
 
     use bytes::{Buf, Bytes, BytesMut};
@@ -188,7 +188,7 @@ mod zero_copy {
     /// A download the zero-copy path will send.
     struct Plan {
         head: String,
-        file: PathBuf,
+        file: Arc<std::fs::File>,
         start: u64,
         len: u64,
         close: bool,
@@ -270,12 +270,7 @@ mod zero_copy {
         {
             return None;
         }
-        let file = state
-            .config
-            .data_dir
-            .join("artifacts")
-            .join(&request.sha256);
-        let size = std::fs::metadata(&file).ok()?.len();
+        let (file, size) = state.artifacts.local_file(&request.sha256)?;
         let etag = format!("\"{}\"", request.sha256);
         let range = match request.range.as_deref() {
             Some(_) => requested_range(
@@ -317,12 +312,11 @@ mod zero_copy {
     }
 
     async fn send(stream: &mut TcpStream, plan: &Plan) -> io::Result<()> {
-        let file = std::fs::File::open(&plan.file)?;
         // Corked (nginx's tcp_nopush): head and body leave in full-sized
         // segments instead of whatever each partial sendfile wrote, which
         // TCP_NODELAY would push out at once; uncorking sends the tail.
         let _ = rustix::net::sockopt::set_tcp_cork(&*stream, true);
-        let result = send_corked(stream, plan, &file).await;
+        let result = send_corked(stream, plan, &plan.file).await;
         let _ = rustix::net::sockopt::set_tcp_cork(&*stream, false);
         result
     }
@@ -345,9 +339,7 @@ mod zero_copy {
         let mut offset = plan.start;
         let end = plan.start + plan.len;
         while offset < end {
-            let count = usize::try_from(end - offset)
-                .unwrap_or(usize::MAX)
-                .min(1 << 20);
+            let count = usize::try_from(end - offset).unwrap_or(usize::MAX);
             let sent = stream
                 .async_io(Interest::WRITABLE, || {
                     rustix::fs::sendfile(&*stream, file, Some(&mut offset), count)

@@ -156,7 +156,8 @@ impl Server {
         let local = LocalFileSystem::new_with_prefix(&dir)
             .map_err(artifacts::ArtifactError::from)?
             .with_automatic_cleanup(true);
-        let artifacts = Artifacts::new(Arc::new(local), config.artifact_cache_bytes);
+        let artifacts = Artifacts::new(Arc::new(local), config.artifact_cache_bytes)
+            .with_local_root(dir.clone());
         let removed = artifacts.remove_leftovers().await?;
         if removed > 0 {
             tracing::info!(removed, "removed leftovers of interrupted uploads");
