@@ -137,3 +137,62 @@ fn print_config_shows_the_effective_configuration_with_secrets_redacted() {
     }
     assert!(!text.contains("s3cret"));
 }
+
+#[test]
+fn a_release_signed_offline_is_uploaded_with_its_manifest_and_keeps_its_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServeProcess::start(&dir.path().join("data"));
+    let file = dir.path().join("fw.bin");
+    std::fs::write(&file, image("2.0.0", 6000, 3)).unwrap();
+    let key = dir.path().join("release");
+    let run = |args: &[&str]| {
+        let output = Command::new(AIRLIFT).args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "airlift {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(&["keys", "generate", key.to_str().unwrap()]);
+    let manifest = dir.path().join("fw.manifest");
+    run(&[
+        "release",
+        "sign",
+        file.to_str().unwrap(),
+        "--key",
+        &format!("{}.key", key.display()),
+        "--version",
+        "2.0.0-signed",
+        "-o",
+        manifest.to_str().unwrap(),
+    ]);
+
+    let release = server.cli_json(&[
+        "release",
+        "upload",
+        file.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_eq!(release["signed_by_server"], false);
+    assert_eq!(release["version"], "2.0.0-signed");
+    let shown = server.cli_json(&["release", "show", &release["id"].to_string()]);
+    let blob = std::fs::read(&manifest).unwrap();
+    assert_eq!(
+        shown["manifest"],
+        airlift_format::manifest::base64_encode(&blob)
+    );
+
+    // A manifest signed for other bytes is refused.
+    let other = dir.path().join("other.bin");
+    std::fs::write(&other, image("2.0.1", 6000, 4)).unwrap();
+    let output = server.cli(&[
+        "release",
+        "upload",
+        other.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("manifest_mismatch"));
+}
