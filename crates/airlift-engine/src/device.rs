@@ -381,6 +381,19 @@ impl<'k, F: NorFlash> Device<'k, F> {
                 max_attempts,
             });
         }
+        if running == selected && self.esp_idf_trial(&entries).is_some() {
+            // Activated by ESP-IDF's own OTA code with app rollback (state
+            // NEW or PENDING_VERIFY): the rollback bootloader gives it this
+            // one boot; `confirm` marks it VALID as
+            // `esp_ota_mark_app_valid_cancel_rollback` would.
+            self.log_boot(seq, running, BootOutcome::Trial, 1, timestamp)?;
+            return Ok(BootDecision::Run {
+                slot: running,
+                confirmed: false,
+                attempt: 1,
+                max_attempts: 1,
+            });
+        }
         let outcome = if running == selected {
             BootOutcome::Confirmed
         } else {
@@ -393,6 +406,19 @@ impl<'k, F: NorFlash> Device<'k, F> {
             attempt: 0,
             max_attempts,
         })
+    }
+
+    /// The OTA slot of an active entry that ESP-IDF's own OTA code left on
+    /// trial (state NEW or PENDING_VERIFY), when Airlift has no trial of
+    /// its own for it.
+    pub(crate) fn esp_idf_trial(&self, entries: &[OtaSelectEntry; 2]) -> Option<u8> {
+        if self.current_trial(entries).is_some() {
+            return None;
+        }
+        let active = &entries[active_entry(entries)?];
+        matches!(active.state, OtaState::New | OtaState::PendingVerify)
+            .then(|| active.slot(self.layout.app_count))
+            .flatten()
     }
 
     /// Selects the slot that ran before `trial` was activated, in both
@@ -453,6 +479,13 @@ impl<'k, F: NorFlash> Device<'k, F> {
     /// running).
     pub fn confirm(&mut self) -> Result<bool, Error> {
         let entries = self.entries()?;
+        if let Some(slot) = self.esp_idf_trial(&entries)
+            && self.running_slot(&entries) == AppSlot::Ota(slot)
+        {
+            let plan = plan_activation(&entries, slot, self.layout.app_count, OtaState::Valid)?;
+            self.write_entry(plan.copy, &plan.entry)?;
+            return Ok(true);
+        }
         let Some(trial) = self.current_trial(&entries) else {
             self.complete_confirm(&entries)?;
             return Ok(false);

@@ -70,7 +70,7 @@ impl<'k, F: NorFlash> Device<'k, F> {
         self.verify_signature(&signed)?;
         let m = signed.manifest;
         let entries = self.entries()?;
-        if self.current_trial(&entries).is_some() {
+        if self.current_trial(&entries).is_some() || self.esp_idf_trial(&entries).is_some() {
             return Err(Error::RunningImageUnconfirmed);
         }
         let running = self.running_slot(&entries);

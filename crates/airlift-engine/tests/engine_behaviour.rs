@@ -704,3 +704,30 @@ fn damage_to_one_copy_of_a_critical_record_loses_nothing() {
     ));
     assert_eq!(boot(&mut flash, 3), run(OTA0, true, 0, 3));
 }
+
+#[test]
+fn an_image_esp_idf_left_pending_verify_is_confirmed_as_esp_idf_would() {
+    // ESP-IDF's OTA code with app rollback activates in state NEW; the
+    // rollback bootloader makes it PENDING_VERIFY at the first boot.
+    let mut flash = fresh();
+    let l = layout();
+    flash.load(l.slots[1].offset as usize, &new_image());
+    let at = l.otadata.offset as usize + otadata::SECTOR_SIZE as usize;
+    flash.load(at, &OtaSelectEntry::new(2, OtaState::New).encode());
+    let d = boot_with(&mut flash, 3, BootloaderKind::Rollback);
+    assert_eq!(d, run(OTA1, false, 1, 1));
+    let v3 = sim::test_image("3.0.0", 1, 7000);
+    assert_eq!(
+        install(&mut flash, &v3),
+        Err(Error::RunningImageUnconfirmed)
+    );
+    let mut dev = Device::open(&mut flash, config(3)).unwrap();
+    dev.boot(Some(OTA1), 1).unwrap();
+    assert!(dev.confirm().unwrap());
+    for _ in 0..3 {
+        assert_eq!(
+            boot_with(&mut flash, 3, BootloaderKind::Rollback),
+            run(OTA1, true, 0, 3)
+        );
+    }
+}
