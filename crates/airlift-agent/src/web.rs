@@ -4,7 +4,7 @@
 //! | route | what |
 //! |-------|------|
 //! | `GET /` | the page |
-//! | `GET /api/status` | [`Snapshot`]: running image, slots, otadata, boot counter, boot log, history |
+//! | `GET /api/status` | [`Snapshot`](crate::device::Snapshot): running image, slots, otadata, boot counter, boot log, history |
 //! | `POST /api/upload` | body: the `.bin`; header `X-Airlift-Manifest`: the signed manifest, base64 |
 //! | `POST /api/pull` | `{"url": ..., "manifest_url": ...}`: download both, install |
 //! | `POST /api/reboot` | reset the device |
