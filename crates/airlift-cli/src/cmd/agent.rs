@@ -57,6 +57,11 @@ fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
 
 /// Runs `airlift device run` until killed.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.server.is_some() && args.token.is_none() {
+        anyhow::bail!(
+            "--server needs the device's --token (airlift device add NAME prints it; or AIRLIFT_DEVICE_TOKEN)"
+        );
+    }
     let flash = FileFlash::open(&args.flash)
         .with_context(|| format!("cannot open flash file {}", args.flash.display()))?;
     let name = args.name.clone().unwrap_or_else(|| {
