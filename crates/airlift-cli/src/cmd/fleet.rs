@@ -302,6 +302,12 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
                 fleet_secs / took.max(1e-9)
             ));
         }
+        if let Some(peak) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:").map(str::trim).map(str::to_owned)))
+        {
+            note(format!("simulator peak memory: {peak} for {} devices", tokens.len()));
+        }
         if let Some(cpu) = cpu_seconds(std::process::id()) {
             note(format!("simulator CPU (all devices, enrolment and baseline included): {cpu:.2} s"));
         }
