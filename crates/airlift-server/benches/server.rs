@@ -27,6 +27,8 @@ struct Run {
     errors: u64,
     /// CPU seconds the server under test used during the run.
     server_cpu: f64,
+    /// Median and 99th percentile latency, microseconds.
+    latency: (f64, f64),
 }
 
 impl Run {
@@ -111,6 +113,7 @@ fn wrk(url: &str, connections: usize, seconds: u64, script: &Path, server: &[u32
         seconds: fields[2] / 1e6,
         errors: fields[3] as u64,
         server_cpu: cpu_seconds(server) - cpu_before,
+        latency: (fields[4], fields[5]),
     }
 }
 
@@ -118,7 +121,8 @@ const DONE: &str = r#"
 done = function(summary, latency, requests)
   local e = summary.errors
   local errors = e.connect + e.read + e.write + e.status + e.timeout
-  io.write(string.format("RESULT %d %d %d %d\n", summary.requests, summary.bytes, summary.duration, errors))
+  io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.requests, summary.bytes, summary.duration, errors,
+    latency:percentile(50.0), latency:percentile(99.0)))
 end
 "#;
 
@@ -333,6 +337,14 @@ fn main() {
         runs.iter().map(|r| r.server_cpu).sum::<f64>() / runs.iter().map(unit).sum::<f64>()
     };
     let me = std::process::id();
+    // Of the run with the best throughput.
+    let latency = |runs: &[Run]| {
+        let best = runs
+            .iter()
+            .max_by(|a, b| a.requests.total_cmp(&b.requests))
+            .map_or((0.0, 0.0), |r| r.latency);
+        format!("{:.2}/{:.2} ms", best.0 / 1e3, best.1 / 1e3)
+    };
 
     // `AIRLIFT_BENCH_ONLY=checkins|downloads` runs one of the two.
     let only = std::env::var("AIRLIFT_BENCH_ONLY").unwrap_or_default();
@@ -364,6 +376,11 @@ fn main() {
             errors(&airlift),
             errors(&bare),
             CHECKIN_DEVICES,
+        );
+        println!(
+            "            latency p50/p99: airlift {}, bare axum {}",
+            latency(&airlift),
+            latency(&bare)
         );
         let (a, b) = (
             cpu_per(&airlift, |r| r.requests),
@@ -414,6 +431,11 @@ fn main() {
             image.len(),
             errors(&served),
             errors(&baseline),
+        );
+        println!(
+            "            latency p50/p99: airlift {}, nginx {}",
+            latency(&served),
+            latency(&baseline)
         );
         let gib = 1024.0 * mib;
         let (a, b) = (
