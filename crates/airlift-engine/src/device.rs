@@ -14,6 +14,35 @@ use crate::store::{
     PendingConfirm, Record, SECTOR_SIZE, Store, Trial, Version,
 };
 
+/// Marks Airlift writes into an otadata entry's `seq_label`: 20 bytes that
+/// ESP-IDF leaves erased, never reads, and keeps out of the CRC. They make
+/// otadata itself say what Airlift needs to stay safe if its data partition
+/// is lost: `ALFT` (a trial; byte 4: the slot to roll back to) and `ALFV`
+/// (confirmed); bytes 5..9: a security version (the trial image's, or the
+/// device's minimum).
+pub(crate) const MARK_TRIAL: [u8; 4] = *b"ALFT";
+const MARK_VALID: [u8; 4] = *b"ALFV";
+
+pub(crate) fn marked(
+    mut entry: OtaSelectEntry,
+    mark: [u8; 4],
+    previous: Option<AppSlot>,
+    security_version: u32,
+) -> OtaSelectEntry {
+    entry.label = [0xFF; 20];
+    entry.label[..4].copy_from_slice(&mark);
+    entry.label[4] = previous.map_or(0xFF, AppSlot::code);
+    entry.label[5..9].copy_from_slice(&security_version.to_le_bytes());
+    entry
+}
+
+fn read_mark(entry: &OtaSelectEntry) -> Option<([u8; 4], u8, u32)> {
+    let l = &entry.label;
+    let mark = [l[0], l[1], l[2], l[3]];
+    (mark == MARK_TRIAL || mark == MARK_VALID)
+        .then(|| (mark, l[4], u32::from_le_bytes([l[5], l[6], l[7], l[8]])))
+}
+
 /// Boot attempts an unconfirmed image gets by default.
 pub const DEFAULT_MAX_ATTEMPTS: u8 = 3;
 /// Default distance between install progress records (for resuming).
@@ -221,13 +250,51 @@ impl<'k, F: NorFlash> Device<'k, F> {
 
     /// The trial in progress: the stored trial whose otadata entry is the
     /// active one and not yet VALID.
+    ///
+    /// If the data partition lost the trial (erased, damaged beyond both
+    /// copies), the trial mark Airlift wrote into the entry's label restores
+    /// it, with the slot to roll back to; only its attempt count restarts.
     pub(crate) fn current_trial(&self, entries: &[OtaSelectEntry; 2]) -> Option<Trial> {
         let active = &entries[active_entry(entries)?];
-        self.store
+        if active.state == OtaState::Valid {
+            return None;
+        }
+        let slot = active.slot(self.layout.app_count)?;
+        let stored = self
+            .store
             .state
             .trial
-            .filter(|t| t.seq == active.seq && active.state != OtaState::Valid)
-            .filter(|t| active.slot(self.layout.app_count) == Some(t.slot))
+            .filter(|t| t.seq == active.seq && t.slot == slot);
+        if stored.is_some() {
+            return stored;
+        }
+        let confirmed = self
+            .store
+            .state
+            .pending_confirm
+            .is_some_and(|c| c.trial_seq == active.seq);
+        match read_mark(active) {
+            Some((MARK_TRIAL, previous, _)) if !confirmed => Some(Trial {
+                seq: active.seq,
+                slot,
+                previous: AppSlot::from_code(previous),
+                attempts: 0,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The minimum security version: the stored one, or the one the
+    /// confirmed otadata entries carry if that is higher (a lost data
+    /// partition must not reopen the door to downgrades).
+    pub(crate) fn min_security_version(&self, entries: &[OtaSelectEntry; 2]) -> u32 {
+        entries
+            .iter()
+            .filter(|e| e.is_valid())
+            .filter_map(read_mark)
+            .filter(|(mark, _, _)| *mark == MARK_VALID)
+            .map(|(_, _, v)| v)
+            .fold(self.store.state.min_security_version, u32::max)
     }
 
     /// What the engine knows about the image in `slot`: the tag stored at
@@ -303,7 +370,9 @@ impl<'k, F: NorFlash> Device<'k, F> {
                 && let Some(slot) = e.slot(self.layout.app_count)
             {
                 let plan = plan_activation(entries, slot, self.layout.app_count, OtaState::Valid)?;
-                self.write_entry(plan.copy, &plan.entry)?;
+                let min = self.min_security_version(entries).max(pc.security_version);
+                let entry = marked(plan.entry, MARK_VALID, None, min);
+                self.write_entry(plan.copy, &entry)?;
             }
         }
         if pc.security_version > self.store.state.min_security_version {
@@ -332,6 +401,10 @@ impl<'k, F: NorFlash> Device<'k, F> {
         self.complete_confirm(&entries)?;
         let max_attempts = self.max_attempts();
         if let Some(trial) = self.current_trial(&entries) {
+            if self.store.state.trial != Some(trial) {
+                // Restored from otadata's mark: record it so attempts count.
+                self.store.append(&mut self.flash, Record::trial(&trial))?;
+            }
             let trial_slot = AppSlot::Ota(trial.slot);
             if running != trial_slot {
                 // The bootloader could not start the new image and fell back.
@@ -445,14 +518,17 @@ impl<'k, F: NorFlash> Device<'k, F> {
             return Ok(self.selected(entries));
         };
         let count = self.layout.app_count;
+        let min = self.min_security_version(entries);
         match trial.previous {
             AppSlot::Ota(p) if p < count && p != trial.slot => {
                 let first = plan_activation(entries, p, count, OtaState::Valid)?;
-                self.write_entry(first.copy, &first.entry)?;
+                let first_entry = marked(first.entry, MARK_VALID, None, min);
+                self.write_entry(first.copy, &first_entry)?;
                 let mut now = *entries;
-                now[first.copy] = first.entry;
+                now[first.copy] = first_entry;
                 let second = plan_activation(&now, p, count, OtaState::Valid)?;
-                self.write_entry(second.copy, &second.entry)?;
+                let second_entry = marked(second.entry, MARK_VALID, None, min);
+                self.write_entry(second.copy, &second_entry)?;
             }
             _ => {
                 let other = 1 - active;
@@ -483,7 +559,8 @@ impl<'k, F: NorFlash> Device<'k, F> {
             && self.running_slot(&entries) == AppSlot::Ota(slot)
         {
             let plan = plan_activation(&entries, slot, self.layout.app_count, OtaState::Valid)?;
-            self.write_entry(plan.copy, &plan.entry)?;
+            let min = self.min_security_version(&entries);
+            self.write_entry(plan.copy, &marked(plan.entry, MARK_VALID, None, min))?;
             return Ok(true);
         }
         let Some(trial) = self.current_trial(&entries) else {
@@ -496,12 +573,21 @@ impl<'k, F: NorFlash> Device<'k, F> {
         if trial.attempts == 0 || self.running_slot(&entries) != AppSlot::Ota(trial.slot) {
             return Ok(false);
         }
+        let active = active_entry(&entries).map(|i| entries[i]);
+        let marked_version = active
+            .as_ref()
+            .and_then(read_mark)
+            .filter(|(mark, _, _)| *mark == MARK_TRIAL)
+            .map_or(0, |(_, _, v)| v);
         let security_version = self
             .store
             .state
             .slot_tag(AppSlot::Ota(trial.slot))
-            .map_or(0, |t| t.security_version);
+            .map_or(0, |t| t.security_version)
+            .max(marked_version);
         let plan = plan_activation(&entries, trial.slot, self.layout.app_count, OtaState::Valid)?;
+        let min = self.min_security_version(&entries).max(security_version);
+        let plan_entry = marked(plan.entry, MARK_VALID, None, min);
         let pending = PendingConfirm {
             trial_seq: trial.seq,
             new_seq: plan.entry.seq,
@@ -511,7 +597,7 @@ impl<'k, F: NorFlash> Device<'k, F> {
         // minimum security version follow (and are redone at boot if cut).
         self.store
             .append(&mut self.flash, Record::confirm(&pending))?;
-        self.write_entry(plan.copy, &plan.entry)?;
+        self.write_entry(plan.copy, &plan_entry)?;
         if security_version > self.store.state.min_security_version {
             self.store
                 .append(&mut self.flash, Record::min_security(security_version))?;
@@ -529,7 +615,7 @@ impl<'k, F: NorFlash> Device<'k, F> {
             selected: self.selected(&entries),
             running: self.running_slot(&entries),
             trial: self.current_trial(&entries),
-            min_security_version: s.min_security_version,
+            min_security_version: self.min_security_version(&entries),
             stored_keys: s.key_count,
             max_attempts: self.max_attempts(),
             install: s.install,

@@ -107,7 +107,7 @@ impl<'k, F: NorFlash> Device<'k, F> {
                 slot_size: region.size,
             });
         }
-        let minimum = self.store.state.min_security_version;
+        let minimum = self.min_security_version(&entries);
         if m.security_version < minimum {
             return Err(Error::OlderSecurityVersion {
                 got: m.security_version,
@@ -407,7 +407,13 @@ impl<F: NorFlash> Install<'_, '_, F> {
             &mut device.flash,
             Record::activation(plan.entry.seq, self.slot, running, &self.tag),
         )?;
-        device.write_entry(plan.copy, &plan.entry)?;
+        let entry = crate::device::marked(
+            plan.entry,
+            crate::device::MARK_TRIAL,
+            Some(running),
+            self.tag.security_version,
+        );
+        device.write_entry(plan.copy, &entry)?;
         Ok(Activated {
             slot: self.slot,
             seq: plan.entry.seq,

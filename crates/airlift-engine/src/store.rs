@@ -462,7 +462,7 @@ impl Record {
         r.seal()
     }
 
-    fn trial(t: &Trial) -> Record {
+    pub(crate) fn trial(t: &Trial) -> Record {
         let mut r = Record::new(KIND_TRIAL);
         r.0[1..5].copy_from_slice(&t.seq.to_le_bytes());
         r.0[5] = t.slot;

@@ -131,15 +131,30 @@ fn otadata_written_by_the_engine_decodes_with_the_esp_idf_rule() {
     // Provisioned: copy 0 = {seq 1, VALID} selecting ota_0.
     install(&mut flash, &new_image()).unwrap();
     let e = otadata_entries(&mut flash);
-    assert_eq!(e[1], OtaSelectEntry::new(2, OtaState::Undefined));
-    assert_eq!(e[1].encode()[..4], [2, 0, 0, 0]);
+    // Sequence, state and CRC as ESP-IDF writes them; Airlift's mark in the
+    // label ESP-IDF ignores: a trial ("ALFT") that rolls back to ota_0, of
+    // an image with security version 1.
+    let raw = e[1].encode();
+    assert_eq!(raw[..4], [2, 0, 0, 0]);
+    assert_eq!(raw[4..13], *b"ALFT\x00\x01\x00\x00\x00");
+    assert_eq!(raw[13..24], [0xFF; 11]);
+    assert_eq!(
+        raw[24..],
+        OtaSelectEntry::new(2, OtaState::Undefined).encode()[24..]
+    );
     assert!(e[1].is_valid() && e[1].crc_ok());
     assert_eq!(active_entry(&e), Some(1));
     assert_eq!(boot_slot(&e, 2), otadata::BootTarget::Ota(1));
     boot(&mut flash, 3);
     assert!(confirm(&mut flash));
     let e = otadata_entries(&mut flash);
-    assert_eq!(e[0], OtaSelectEntry::new(4, OtaState::Valid));
+    let raw = e[0].encode();
+    assert_eq!(raw[..4], [4, 0, 0, 0]);
+    assert_eq!(raw[4..13], *b"ALFV\xFF\x01\x00\x00\x00");
+    assert_eq!(
+        raw[24..],
+        OtaSelectEntry::new(4, OtaState::Valid).encode()[24..]
+    );
     assert_eq!(active_entry(&e), Some(0));
     assert_eq!(boot_slot(&e, 2), otadata::BootTarget::Ota(1));
 }
@@ -730,4 +745,38 @@ fn an_image_esp_idf_left_pending_verify_is_confirmed_as_esp_idf_would() {
             run(OTA1, true, 0, 3)
         );
     }
+}
+
+#[test]
+fn a_wiped_data_partition_keeps_the_trial_and_the_minimum_security_version() {
+    // otadata's marks carry what safety needs when Airlift's own partition is lost.
+    let mut flash = fresh();
+    let v5 = sim::test_image("2.0.0", 5, 8000);
+    install(&mut flash, &v5).unwrap();
+    boot(&mut flash, 3);
+    assert!(confirm(&mut flash));
+    let v6 = sim::test_image("3.0.0", 6, 8000);
+    install(&mut flash, &v6).unwrap();
+    boot(&mut flash, 3);
+    let data = layout().data;
+    flash.load(data.offset as usize, &vec![0xFF; data.size as usize]);
+    // Still a trial: it gets its tries and rolls back to ota_1.
+    let mut tries = 0;
+    loop {
+        match boot(&mut flash, 3) {
+            BootDecision::Run {
+                confirmed: false, ..
+            } => tries += 1,
+            BootDecision::ResetRequired { to, .. } => {
+                assert_eq!(to, OTA1);
+                break;
+            }
+            other => panic!("the unconfirmed image ran as {other:?}"),
+        }
+        assert!(tries <= 3);
+    }
+    assert_eq!(tries, 3);
+    assert_eq!(boot(&mut flash, 3), run(OTA1, true, 0, 3));
+    let mut dev = Device::open(&mut flash, config(3)).unwrap();
+    assert_eq!(dev.status().unwrap().min_security_version, 5);
 }
