@@ -36,6 +36,10 @@
 //!   not hold the trial, then replaces the trial's entry with a second one,
 //!   so that both copies select the good image and losing either cannot
 //!   bring the rejected image back (the rejection is in the boot log).
+//!   Each entry Airlift writes also carries a mark in its `seq_label` (which
+//!   ESP-IDF never reads and the CRC does not cover): trial + rollback slot,
+//!   or confirmed + minimum security version, so that losing Airlift's own
+//!   partition neither ends a trial nor lowers the minimum.
 //! * **Airlift's data partition** (label `airlift`, type data, subtype 0x40)
 //!   is an append-only log of 64-byte CRC-protected records in a ring of
 //!   sectors ([`store`]): trusted keys, minimum security version, image
