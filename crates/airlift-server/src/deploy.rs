@@ -115,6 +115,25 @@ pub fn after_event(current: AssignmentState, event: EventKind) -> Option<Assignm
     (next.is_final() || next > current).then_some(next)
 }
 
+const EVENT_KINDS: [EventKind; 8] = [
+    EventKind::Downloading,
+    EventKind::Verifying,
+    EventKind::Installed,
+    EventKind::Rebooting,
+    EventKind::Booted,
+    EventKind::Confirmed,
+    EventKind::RolledBack,
+    EventKind::Failed,
+];
+
+/// [`after_event`] on stored names, for [`crate::store::EventStore::record_events`]:
+/// an unknown state or event kind changes nothing.
+pub fn next_state(current: &str, event: &str) -> Option<&'static str> {
+    let current = AssignmentState::parse(current)?;
+    let event = EVENT_KINDS.into_iter().find(|k| k.as_str() == event)?;
+    after_event(current, event).map(AssignmentState::as_str)
+}
+
 /// Why a device is not offered a release.
 pub fn skip_reason(device: &DeviceStatus, release: &Release) -> Option<&'static str> {
     if device.sha256.as_deref() == Some(release.sha256.as_str()) {
@@ -169,6 +188,22 @@ mod tests {
         check(Failed, EventKind::Confirmed, None);
         check(Cancelled, EventKind::Downloading, None);
         check(Skipped, EventKind::Confirmed, None);
+    }
+
+    #[test]
+    fn stored_names_follow_the_same_rules() {
+        assert_eq!(next_state("offered", "downloading"), Some("downloading"));
+        assert_eq!(next_state("booted", "confirmed"), Some("confirmed"));
+        assert_eq!(next_state("installed", "downloading"), None);
+        assert_eq!(next_state("confirmed", "failed"), None);
+        assert_eq!(next_state("offered", "exploded"), None, "unknown kind");
+        assert_eq!(next_state("done", "failed"), None, "unknown state");
+        for kind in EVENT_KINDS {
+            assert_eq!(
+                next_state("booted", kind.as_str()),
+                after_event(Booted, kind).map(AssignmentState::as_str)
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod config;
 mod connection;
 pub mod deploy;
 pub mod error;
+pub mod events;
 pub mod keys;
 pub mod metrics;
 pub mod store;
@@ -44,6 +45,7 @@ pub use error::ApiError;
 use artifacts::Artifacts;
 use auth::DeviceTokenCache;
 use cache::{OfferCache, StatusBuffer};
+use events::EventWriter;
 use metrics::Metrics;
 use store::Store;
 use store::sqlite::SqliteStore;
@@ -99,6 +101,8 @@ pub struct ServerState {
     pub offers: OfferCache,
     /// Check-in statuses not written yet.
     pub statuses: StatusBuffer,
+    /// Device events, committed in groups.
+    pub events: EventWriter,
 }
 
 impl ServerState {
@@ -163,15 +167,18 @@ impl Server {
             tracing::info!(removed, "removed leftovers of interrupted uploads");
         }
         let initial_admin_token = create_admin_token_if_none(&sqlite, &dir).await?;
+        let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+        let events = EventWriter::start(store.clone());
         let state = AppState(Arc::new(ServerState {
             config,
-            store: Arc::new(sqlite.clone()),
+            store,
             artifacts,
             signing_key,
             metrics: Metrics::default(),
             device_tokens: DeviceTokenCache::default(),
             offers: OfferCache::default(),
             statuses: StatusBuffer::default(),
+            events,
         }));
         Ok(Server {
             state,

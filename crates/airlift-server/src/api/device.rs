@@ -17,10 +17,10 @@ use bytes::Bytes;
 
 use crate::AppState;
 use crate::auth::{bearer, hash_token, new_token};
-use crate::deploy::{AssignmentState, after_event, skip_reason};
+use crate::deploy::{AssignmentState, skip_reason};
 use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use crate::metrics::Metrics;
-use crate::store::{DeviceStatus, NewEvent, Offer};
+use crate::store::{DeviceStatus, EventOutcome, NewEvent, Offer};
 
 /// The device a request is authenticated as (its bearer token).
 #[derive(Debug, Clone)]
@@ -154,47 +154,21 @@ pub(crate) async fn open_offer(
     Ok(offer)
 }
 
-/// Applies an event kind to the device's assignment of `deployment_id`;
-/// true when the state changed.
-async fn apply(
-    state: &AppState,
-    device_id: i64,
-    deployment_id: i64,
-    kind: airlift_protocol::EventKind,
-    reason: Option<&str>,
-) -> Result<bool, ApiError> {
-    // Compare-and-set, retried when a concurrent event moved the state first.
-    for _ in 0..4 {
-        let Some(assignment) = state.store.assignment(deployment_id, device_id).await? else {
-            return Err(ApiError::NotFound(format!(
-                "deployment {deployment_id} has no assignment for this device"
-            )));
-        };
-        let Some(current) = AssignmentState::parse(&assignment.state) else {
-            return Err(ApiError::internal(format!(
-                "stored state {:?}",
-                assignment.state
-            )));
-        };
-        let Some(next) = after_event(current, kind) else {
-            return Ok(false);
-        };
-        if state
-            .store
-            .transition(
-                deployment_id,
-                device_id,
-                current.as_str(),
-                next.as_str(),
-                reason,
-            )
-            .await?
-        {
+/// Records a device event (group-committed with others) and moves its
+/// assignment; true when the assignment's state changed.
+async fn record_event(state: &AppState, event: NewEvent) -> Result<bool, ApiError> {
+    let (device_id, deployment_id) = (event.device_id, event.deployment_id);
+    match state.events.record(event).await? {
+        EventOutcome::Stored => Ok(false),
+        EventOutcome::Changed => {
             state.offers.forget(device_id);
-            return Ok(true);
+            Ok(true)
         }
+        EventOutcome::NoAssignment => Err(ApiError::NotFound(format!(
+            "deployment {} has no assignment for this device",
+            deployment_id.unwrap_or_default()
+        ))),
     }
-    Ok(false)
 }
 
 /// A device reports its state; the answer says when to poll next and carries
@@ -229,19 +203,19 @@ pub async fn checkin(
             r.kind.is_final() && r.deployment == u64::try_from(offer.deployment_id).ok()
         });
         if let Some(result) = result {
-            let reason = result.reason.map(|r| r.as_str());
-            if apply(&state, device.id, offer.deployment_id, result.kind, reason).await? {
-                state
-                    .store
-                    .add_event(&NewEvent {
-                        device_id: device.id,
-                        deployment_id: Some(offer.deployment_id),
-                        kind: result.kind.as_str().to_owned(),
-                        reason: reason.map(str::to_owned),
-                        detail: Some("reported at check-in".into()),
-                    })
-                    .await?;
-            }
+            // Stored like the event it repeats, which keeps the event log
+            // complete when the original was lost.
+            record_event(
+                &state,
+                NewEvent {
+                    device_id: device.id,
+                    deployment_id: Some(offer.deployment_id),
+                    kind: result.kind.as_str().to_owned(),
+                    reason: result.reason.map(|r| r.as_str().to_owned()),
+                    detail: Some("reported at check-in".into()),
+                },
+            )
+            .await?;
         } else {
             update = offer_update(&state, device.id, &status, &offer).await?;
         }
@@ -310,21 +284,17 @@ pub async fn post_event(
         }
         None => None,
     };
-    let reason = event.reason.map(|r| r.as_str());
-    let accepted = match deployment_id {
-        Some(id) => apply(&state, device.id, id, event.kind, reason).await?,
-        None => false,
-    };
-    state
-        .store
-        .add_event(&NewEvent {
+    let accepted = record_event(
+        &state,
+        NewEvent {
             device_id: device.id,
             deployment_id,
             kind: event.kind.as_str().to_owned(),
-            reason: reason.map(str::to_owned),
+            reason: event.reason.map(|r| r.as_str().to_owned()),
             detail: event.detail.map(|d| d.to_string()),
-        })
-        .await?;
+        },
+    )
+    .await?;
     Ok(ApiJson(EventAck { accepted }))
 }
 

@@ -239,6 +239,23 @@ pub struct NewEvent {
     pub detail: Option<String>,
 }
 
+/// Decides an assignment's next state from its stored state and an event
+/// kind (both as stored names); `None` leaves it unchanged. The deployment
+/// rules ([`crate::deploy::next_state`]) pass it to [`EventStore::record_events`]
+/// so the store applies them inside its transaction.
+pub type NextState = fn(&str, &str) -> Option<&'static str>;
+
+/// What recording one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Stored; the assignment (if any) did not change.
+    Stored,
+    /// Stored, and the event moved its assignment to a new state.
+    Changed,
+    /// Not stored: the deployment has no assignment for the device.
+    NoAssignment,
+}
+
 /// One audit log record: an administrative action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct AuditRecord {
@@ -341,6 +358,15 @@ pub trait DeploymentStore: Send + Sync {
 pub trait EventStore: Send + Sync {
     /// Appends an event.
     async fn add_event(&self, event: &NewEvent) -> StoreResult<i64>;
+    /// Records device events in order, in one transaction: each event with a
+    /// deployment first moves the device's assignment as `next` decides, then
+    /// is appended (unless the assignment does not exist). Nothing is written
+    /// when the call fails.
+    async fn record_events(
+        &self,
+        events: &[NewEvent],
+        next: NextState,
+    ) -> StoreResult<Vec<EventOutcome>>;
     /// Events, newest first, optionally of one device, at most `limit`.
     async fn events(&self, device_id: Option<i64>, limit: i64) -> StoreResult<Vec<StoredEvent>>;
 }

@@ -14,8 +14,9 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     Assignment, AuditRecord, AuditStore, CredentialStore, Deployment, DeploymentStore, Device,
-    DeviceStatus, DeviceStore, EnrollmentSecret, EventStore, NewAssignment, NewEvent, NewRelease,
-    Offer, Release, ReleaseStore, StoreError, StoreResult, StoredEvent, Target,
+    DeviceStatus, DeviceStore, EnrollmentSecret, EventOutcome, EventStore, NewAssignment, NewEvent,
+    NewRelease, NextState, Offer, Release, ReleaseStore, StoreError, StoreResult, StoredEvent,
+    Target,
 };
 use crate::deploy::AssignmentState;
 use crate::now_ms;
@@ -617,6 +618,70 @@ impl EventStore for SqliteStore {
         .await
         .and_then(|row| row.try_get(0))
         .map_err(backend)
+    }
+
+    async fn record_events(
+        &self,
+        events: &[NewEvent],
+        next: NextState,
+    ) -> StoreResult<Vec<EventOutcome>> {
+        // IMMEDIATE: the transaction reads before it writes; a deferred one
+        // would fail with SQLITE_BUSY when another writer commits in between.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let now = now_ms();
+        let mut outcomes = Vec::with_capacity(events.len());
+        for e in events {
+            let mut outcome = EventOutcome::Stored;
+            if let Some(deployment_id) = e.deployment_id {
+                let current: Option<String> = sqlx::query_scalar(
+                    "SELECT state FROM assignments WHERE deployment_id = ? AND device_id = ?",
+                )
+                .bind(deployment_id)
+                .bind(e.device_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+                let Some(current) = current else {
+                    outcomes.push(EventOutcome::NoAssignment);
+                    continue;
+                };
+                if let Some(to) = next(&current, &e.kind) {
+                    sqlx::query(
+                        "UPDATE assignments SET state = ?, reason = coalesce(?, reason), \
+                         updated_at = ? WHERE deployment_id = ? AND device_id = ?",
+                    )
+                    .bind(to)
+                    .bind(&e.reason)
+                    .bind(now)
+                    .bind(deployment_id)
+                    .bind(e.device_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                    outcome = EventOutcome::Changed;
+                }
+            }
+            sqlx::query(
+                "INSERT INTO events (device_id, deployment_id, kind, reason, detail, at) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(e.device_id)
+            .bind(e.deployment_id)
+            .bind(&e.kind)
+            .bind(&e.reason)
+            .bind(&e.detail)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            outcomes.push(outcome);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(outcomes)
     }
 
     async fn events(&self, device_id: Option<i64>, limit: i64) -> StoreResult<Vec<StoredEvent>> {

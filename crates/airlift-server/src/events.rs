@@ -1,0 +1,224 @@
+//! Group commit for device events: what keeps an event off its own
+//! database transaction without ever acknowledging one that is not stored.
+//!
+//! Each request hands its event to one writer task and waits. The writer
+//! takes everything queued (up to [`MAX_BATCH`]), records it in one
+//! transaction ([`crate::store::EventStore::record_events`]) and answers each
+//! request only after that transaction committed; a failed batch fails every
+//! request in it, so the devices retry. Under load many events share one
+//! commit; alone, an event is committed at once (no timer, no added latency).
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::deploy::next_state;
+use crate::store::{EventOutcome, NewEvent, Store, StoreError, StoreResult};
+
+/// Most events committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+/// Events waiting for the writer, at most; further requests wait for room.
+const QUEUE: usize = 4 * MAX_BATCH;
+
+type Reply = oneshot::Sender<StoreResult<EventOutcome>>;
+
+/// The handle requests record events through.
+#[derive(Debug, Clone)]
+pub struct EventWriter {
+    queue: mpsc::Sender<(NewEvent, Reply)>,
+}
+
+impl EventWriter {
+    /// Starts the writer task on the current tokio runtime; it ends when
+    /// every handle is dropped, after answering what was queued.
+    pub fn start(store: Arc<dyn Store>) -> EventWriter {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        tokio::spawn(write_batches(store, receiver));
+        EventWriter { queue }
+    }
+
+    /// Records one event (moving its assignment as the deployment rules
+    /// say); returns once the transaction holding it committed.
+    pub async fn record(&self, event: NewEvent) -> StoreResult<EventOutcome> {
+        let stopped = || StoreError::Backend("the event writer stopped".into());
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((event, reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn write_batches(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(NewEvent, Reply)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (events, replies): (Vec<NewEvent>, Vec<Reply>) = batch.drain(..).unzip();
+        match store.record_events(&events, next_state).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    // The request may have gone (client hung up): the event is stored anyway.
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, events = events.len(), "cannot record device events");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Backend(err.to_string())));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{NewAssignment, NewRelease};
+
+    async fn fleet(devices: usize) -> (tempfile::TempDir, SqliteStore, i64, Vec<i64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let (release, _) = crate::store::ReleaseStore::insert_release(
+            &store,
+            NewRelease {
+                sha256: "aa".repeat(32),
+                size: 10,
+                chip_id: 0,
+                project: "p".into(),
+                version: "2".into(),
+                security_version: 0,
+                key_id: "00".repeat(8),
+                signed_by_server: true,
+                manifest: vec![1],
+            },
+        )
+        .await
+        .unwrap();
+        let mut ids = Vec::new();
+        for n in 0..devices {
+            let mut token = [0u8; 32];
+            token[..8].copy_from_slice(&u64::try_from(n).unwrap().to_le_bytes());
+            let device =
+                crate::store::DeviceStore::create_device(&store, &format!("d{n}"), &[], &token)
+                    .await
+                    .unwrap();
+            ids.push(device.id);
+        }
+        let assignments: Vec<NewAssignment> = ids
+            .iter()
+            .map(|&device_id| NewAssignment {
+                device_id,
+                state: "pending".into(),
+                reason: None,
+            })
+            .collect();
+        let deployment = crate::store::DeploymentStore::create_deployment(
+            &store,
+            release.id,
+            "all",
+            &assignments,
+        )
+        .await
+        .unwrap();
+        (dir, store, deployment.id, ids)
+    }
+
+    fn event(device_id: i64, deployment_id: Option<i64>, kind: &str) -> NewEvent {
+        NewEvent {
+            device_id,
+            deployment_id,
+            kind: kind.into(),
+            reason: None,
+            detail: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_events_are_all_stored_and_move_every_assignment_to_confirmed() {
+        let (_dir, store, deployment, devices) = fleet(150).await;
+        let writer = EventWriter::start(Arc::new(store.clone()));
+        let mut tasks = Vec::new();
+        for &device in &devices {
+            let writer = writer.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for kind in [
+                    "downloading",
+                    "verifying",
+                    "installed",
+                    "booted",
+                    "confirmed",
+                ] {
+                    let outcome = writer
+                        .record(event(device, Some(deployment), kind))
+                        .await
+                        .unwrap();
+                    outcomes.push(outcome);
+                }
+                outcomes
+            }));
+        }
+        use EventOutcome::{Changed, Stored};
+        for task in tasks {
+            assert_eq!(
+                task.await.unwrap(),
+                [Changed, Stored, Changed, Changed, Changed],
+                "verifying keeps the downloading state"
+            );
+        }
+        let assignments = crate::store::DeploymentStore::assignments(&store, deployment)
+            .await
+            .unwrap();
+        assert_eq!(assignments.len(), devices.len());
+        assert!(assignments.iter().all(|a| a.state == "confirmed"));
+        let stored = crate::store::EventStore::events(&store, None, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), devices.len() * 5);
+    }
+
+    #[tokio::test]
+    async fn an_event_for_someone_elses_deployment_is_refused_and_one_without_is_only_stored() {
+        let (_dir, store, deployment, devices) = fleet(1).await;
+        let writer = EventWriter::start(Arc::new(store.clone()));
+        let stranger = devices[0] + 1000;
+        assert_eq!(
+            writer
+                .record(event(stranger, Some(deployment), "failed"))
+                .await
+                .unwrap(),
+            EventOutcome::NoAssignment
+        );
+        assert_eq!(
+            writer
+                .record(event(devices[0], None, "booted"))
+                .await
+                .unwrap(),
+            EventOutcome::Stored
+        );
+        let stored = crate::store::EventStore::events(&store, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["booted"]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_event_is_not_acknowledged_when_its_transaction_fails() {
+        let (_dir, store, deployment, devices) = fleet(1).await;
+        let writer = EventWriter::start(Arc::new(store.clone()));
+        store.close().await;
+        let result = writer
+            .record(event(devices[0], Some(deployment), "confirmed"))
+            .await;
+        assert!(
+            matches!(result, Err(StoreError::Backend(_))),
+            "got {result:?}"
+        );
+    }
+}
