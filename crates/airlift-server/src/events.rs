@@ -209,6 +209,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn events_of_one_device_in_one_batch_apply_in_order() {
+        let (_dir, store, deployment, devices) = fleet(2).await;
+        let (a, b) = (devices[0], devices[1]);
+        let mut failed = event(b, Some(deployment), "failed");
+        failed.reason = Some("verification".into());
+        let batch = [
+            event(a, Some(deployment), "downloading"),
+            event(b, Some(deployment), "downloading"),
+            event(a, Some(deployment), "installed"),
+            event(a, Some(deployment), "booted"),
+            failed,
+            event(a, Some(deployment), "confirmed"),
+            event(b, Some(deployment), "confirmed"),
+            event(a + b + 1000, Some(deployment), "booted"),
+        ];
+        let outcomes = crate::store::EventStore::record_events(&store, &batch, next_state)
+            .await
+            .unwrap();
+        use EventOutcome::{Changed, NoAssignment, Stored};
+        assert_eq!(
+            outcomes,
+            [
+                Changed,
+                Changed,
+                Changed,
+                Changed,
+                Changed,
+                Changed,
+                Stored,
+                NoAssignment
+            ],
+            "nothing reopens a failed assignment"
+        );
+        let assignments = crate::store::DeploymentStore::assignments(&store, deployment)
+            .await
+            .unwrap();
+        let found: Vec<(&str, Option<&str>)> = assignments
+            .iter()
+            .map(|x| (x.state.as_str(), x.reason.as_deref()))
+            .collect();
+        assert_eq!(
+            found,
+            [("confirmed", None), ("failed", Some("verification"))]
+        );
+        let stored = crate::store::EventStore::events(&store, None, 100)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 7, "the stranger's event is not stored");
+        assert_eq!(stored[0].kind, "confirmed");
+        assert_eq!(stored[6].kind, "downloading");
+    }
+
+    #[tokio::test]
     async fn an_event_is_not_acknowledged_when_its_transaction_fails() {
         let (_dir, store, deployment, devices) = fleet(1).await;
         let writer = EventWriter::start(Arc::new(store.clone()));

@@ -1,6 +1,7 @@
 //! The SQLite backend: one file `airlift.db` in the data directory, WAL mode,
 //! forward-only migrations embedded in the binary.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use super::{
     Assignment, AuditRecord, AuditStore, CredentialStore, Deployment, DeploymentStore, Device,
@@ -632,53 +633,92 @@ impl EventStore for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)?;
+        // Three statements per batch, not three per event: every statement
+        // is a round trip to the connection's worker thread. The SQL built
+        // here holds only placeholders (AssertSqlSafe); values are bound.
         let now = now_ms();
+        let keys: Vec<(i64, i64)> = events
+            .iter()
+            .filter_map(|e| Some((e.deployment_id?, e.device_id)))
+            .collect();
+        let mut states: HashMap<(i64, i64), String> = HashMap::new();
+        if !keys.is_empty() {
+            let sql = format!(
+                "SELECT deployment_id, device_id, state FROM assignments \
+                 WHERE (deployment_id, device_id) IN (VALUES {})",
+                vec!["(?, ?)"; keys.len()].join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (deployment_id, device_id) in &keys {
+                query = query.bind(deployment_id).bind(device_id);
+            }
+            for row in query.fetch_all(&mut *tx).await.map_err(backend)? {
+                let key = (
+                    row.try_get(0).map_err(backend)?,
+                    row.try_get(1).map_err(backend)?,
+                );
+                states.insert(key, row.try_get(2).map_err(backend)?);
+            }
+        }
+        // Events apply in order; the last state and first-non-null reason win.
+        let mut changed: HashMap<(i64, i64), (&'static str, Option<&str>)> = HashMap::new();
+        let mut stored = Vec::with_capacity(events.len());
         let mut outcomes = Vec::with_capacity(events.len());
         for e in events {
             let mut outcome = EventOutcome::Stored;
             if let Some(deployment_id) = e.deployment_id {
-                let current: Option<String> = sqlx::query_scalar(
-                    "SELECT state FROM assignments WHERE deployment_id = ? AND device_id = ?",
-                )
-                .bind(deployment_id)
-                .bind(e.device_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-                let Some(current) = current else {
+                let key = (deployment_id, e.device_id);
+                let Some(current) = states.get_mut(&key) else {
                     outcomes.push(EventOutcome::NoAssignment);
                     continue;
                 };
-                if let Some(to) = next(&current, &e.kind) {
-                    sqlx::query(
-                        "UPDATE assignments SET state = ?, reason = coalesce(?, reason), \
-                         updated_at = ? WHERE deployment_id = ? AND device_id = ?",
-                    )
-                    .bind(to)
-                    .bind(&e.reason)
-                    .bind(now)
-                    .bind(deployment_id)
-                    .bind(e.device_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
+                if let Some(to) = next(current, &e.kind) {
+                    to.clone_into(current);
+                    let entry = changed.entry(key).or_insert((to, None));
+                    entry.0 = to;
+                    if e.reason.is_some() {
+                        entry.1 = e.reason.as_deref();
+                    }
                     outcome = EventOutcome::Changed;
                 }
             }
-            sqlx::query(
-                "INSERT INTO events (device_id, deployment_id, kind, reason, detail, at) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(e.device_id)
-            .bind(e.deployment_id)
-            .bind(&e.kind)
-            .bind(&e.reason)
-            .bind(&e.detail)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+            stored.push(e);
             outcomes.push(outcome);
+        }
+        if !changed.is_empty() {
+            let sql = format!(
+                "UPDATE assignments SET state = v.column3, \
+                 reason = coalesce(v.column4, assignments.reason), updated_at = ? \
+                 FROM (VALUES {}) AS v \
+                 WHERE assignments.deployment_id = v.column1 AND assignments.device_id = v.column2",
+                vec!["(?, ?, ?, ?)"; changed.len()].join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
+            for ((deployment_id, device_id), (to, reason)) in &changed {
+                query = query
+                    .bind(deployment_id)
+                    .bind(device_id)
+                    .bind(*to)
+                    .bind(*reason);
+            }
+            query.execute(&mut *tx).await.map_err(backend)?;
+        }
+        if !stored.is_empty() {
+            let sql = format!(
+                "INSERT INTO events (device_id, deployment_id, kind, reason, detail, at) VALUES {}",
+                vec!["(?, ?, ?, ?, ?, ?)"; stored.len()].join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for e in stored {
+                query = query
+                    .bind(e.device_id)
+                    .bind(e.deployment_id)
+                    .bind(&e.kind)
+                    .bind(&e.reason)
+                    .bind(&e.detail)
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await.map_err(backend)?;
         }
         tx.commit().await.map_err(backend)?;
         Ok(outcomes)
