@@ -977,20 +977,20 @@ impl Runtime {
         running: &RunningInfo,
         update: &Update,
     ) -> Result<Option<Next>, AgentError> {
+        self.begin_pending(
+            dev,
+            nvs,
+            notes,
+            Some(update.deployment),
+            &update.sha256,
+            &update.version,
+            "server",
+        )?;
         let mut blob = [0u8; airlift_format::manifest::MAX_SIGNED_LEN + 8];
         let manifest = match base64_decode(update.manifest.as_bytes(), &mut blob) {
             Ok(n) => blob[..n].to_vec(),
             Err(e) => {
                 let detail = format!("manifest is not base64: {e}");
-                self.begin_pending(
-                    dev,
-                    nvs,
-                    notes,
-                    Some(update.deployment),
-                    &update.sha256,
-                    &update.version,
-                    "server",
-                )?;
                 self.finish(
                     dev,
                     nvs,
@@ -1007,15 +1007,6 @@ impl Runtime {
             url: self.url(&update.url).unwrap_or_default(),
             sha256: update.sha256.to_string(),
         };
-        self.begin_pending(
-            dev,
-            nvs,
-            notes,
-            Some(update.deployment),
-            &update.sha256,
-            &update.version,
-            "server",
-        )?;
         self.refresh(dev, running, "downloading", None);
         match self
             .install(dev, &manifest, source, Some(update.deployment))
