@@ -13,6 +13,8 @@ use airlift_format::image::{ImageInfo, ImageVerifier};
 use airlift_format::otadata::{self, ENTRY_LEN, OtaSelectEntry, boot_slot};
 use embedded_storage::nor_flash::{NorFlashError, ReadNorFlash};
 
+use crate::flash::AgentFlash;
+
 /// What one simulated boot found.
 #[derive(Debug, Clone, Copy)]
 pub struct Boot {
@@ -85,8 +87,41 @@ pub fn read_slot<F: ReadNorFlash>(flash: &mut F, region: Region) -> Result<SlotC
     })
 }
 
+/// [`read_slot`], computed once per distinct slot content when the flash
+/// shares sectors between simulated devices: the verdict is a function of
+/// the slot's bytes, and 10,000 devices booting the same release would
+/// otherwise hash the same megabyte 10,000 times. The engine's own checks
+/// (an install's SHA-256 and signature) are never shared this way.
+pub fn read_slot_shared<F: AgentFlash>(
+    flash: &mut F,
+    region: Region,
+) -> Result<SlotContent, Error> {
+    let Some((key, pool)) = flash.shared_content(region.offset, region.size) else {
+        return read_slot(flash, region);
+    };
+    if let Some(known) = pool.verdicts().get::<SlotContent>(&key) {
+        return Ok((*known).clone());
+    }
+    let content = read_slot(flash, region)?;
+    pool.verdicts().put(key, content.clone());
+    Ok(content)
+}
+
+/// One boot of a device: [`run_bootloader`] with [`read_slot_shared`].
+pub fn boot_device<F: AgentFlash>(flash: &mut F, layout: &Layout) -> Result<Boot, Error> {
+    run_bootloader_with(flash, layout, read_slot_shared)
+}
+
 /// One boot: which slot the bootloader starts.
 pub fn run_bootloader<F: ReadNorFlash>(flash: &mut F, layout: &Layout) -> Result<Boot, Error> {
+    run_bootloader_with(flash, layout, read_slot)
+}
+
+fn run_bootloader_with<F: ReadNorFlash>(
+    flash: &mut F,
+    layout: &Layout,
+    mut read: impl FnMut(&mut F, Region) -> Result<SlotContent, Error>,
+) -> Result<Boot, Error> {
     let entries = read_otadata(flash, layout)?;
     let selected = layout.resolve(boot_slot(&entries, layout.app_count));
     let start: i32 = match selected {
@@ -105,7 +140,7 @@ pub fn run_bootloader<F: ReadNorFlash>(flash: &mut F, layout: &Layout) -> Result
         let Some(region) = layout.slot(slot) else {
             continue;
         };
-        if let SlotContent::Image(info) = read_slot(flash, region)?
+        if let SlotContent::Image(info) = read(flash, region)?
             && info.is_valid()
         {
             return Ok(Boot {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use embedded_storage::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
@@ -74,6 +74,13 @@ pub trait AgentFlash: NorFlash + Send + 'static {
     /// Whether power was cut (every operation fails until a reset).
     fn is_dead(&self) -> bool {
         false
+    }
+    /// The identity of the bytes in `offset..offset + len` and the pool
+    /// that keeps verdicts on such bytes, for flashes that share sectors
+    /// between simulated devices ([`CowFlash::content_key`]).
+    fn shared_content(&mut self, offset: u32, len: u32) -> Option<(ContentKey, Arc<SectorPool>)> {
+        let _ = (offset, len);
+        None
     }
 }
 
@@ -183,9 +190,145 @@ impl NorFlash for FileFlash {
 
 impl AgentFlash for FileFlash {}
 
+/// Sectors that the simulated devices of one fleet share.
+///
+/// A fleet's devices mostly write the same bytes to the same places (the
+/// same release into the same slot): when a device has finished writing a
+/// sector that holds exactly the bytes another device already holds at that
+/// offset, it keeps a reference to that sector instead of its own copy, so
+/// 10,000 devices that installed a 1 MB release hold one copy of it, not
+/// 10,000. Sharing is invisible to the device: a shared sector is copied
+/// again the moment its holder writes to it (copy-on-write).
+///
+/// The pool also memoises [`SlotVerdicts`]: the simulated bootloader's
+/// verdict on a slot is a function of the slot's bytes, so devices whose
+/// slot is made of the same shared sectors get it computed once.
+#[derive(Debug)]
+pub struct SectorPool {
+    erased: Arc<Block>,
+    by_offset: Mutex<HashMap<u32, Vec<Weak<Block>>>>,
+    verdicts: SlotVerdicts,
+}
+
+/// One flash sector's bytes.
+type Block = [u8; SECTOR];
+
+/// How many different contents the pool remembers per sector offset (a
+/// fleet in the middle of a rollout holds two or three releases).
+const CANDIDATES: usize = 8;
+
+impl SectorPool {
+    /// An empty pool.
+    pub fn new() -> SectorPool {
+        SectorPool {
+            erased: Arc::new([0xFF; SECTOR]),
+            by_offset: Mutex::new(HashMap::new()),
+            verdicts: SlotVerdicts::default(),
+        }
+    }
+
+    /// The bootloader verdicts memoised for this pool's devices.
+    pub fn verdicts(&self) -> &SlotVerdicts {
+        &self.verdicts
+    }
+
+    /// A sector equal to `sector` (at sector `index`) that other devices
+    /// hold already, or `sector` itself, which others may share from now.
+    fn intern(&self, index: u32, sector: Arc<Block>) -> Arc<Block> {
+        if *sector == *self.erased {
+            return self.erased.clone();
+        }
+        let Ok(mut map) = self.by_offset.lock() else {
+            return sector;
+        };
+        let candidates = map.entry(index).or_default();
+        candidates.retain(|w| w.strong_count() > 0);
+        if let Some(found) = candidates
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|c| Arc::ptr_eq(c, &sector) || **c == *sector)
+        {
+            return found;
+        }
+        if candidates.len() >= CANDIDATES {
+            candidates.remove(0);
+        }
+        candidates.push(Arc::downgrade(&sector));
+        sector
+    }
+}
+
+impl Default for SectorPool {
+    fn default() -> SectorPool {
+        SectorPool::new()
+    }
+}
+
+/// The simulated bootloader's verdicts on slots, keyed by the identity of
+/// the sectors the slot is made of (see [`CowFlash::content_key`]).
+#[derive(Debug, Default)]
+pub struct SlotVerdicts {
+    entries: Mutex<Vec<(ContentKey, Arc<dyn std::any::Any + Send + Sync>)>>,
+}
+
+/// How many slot contents [`SlotVerdicts`] remembers.
+const VERDICTS: usize = 16;
+
+impl SlotVerdicts {
+    /// The verdict recorded for `key`, if any.
+    pub fn get<T: std::any::Any + Send + Sync>(&self, key: &ContentKey) -> Option<Arc<T>> {
+        let entries = self.entries.lock().ok()?;
+        entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.clone().downcast::<T>().ok())
+    }
+
+    /// Records `verdict` for `key` (forgetting the oldest beyond a few).
+    pub fn put<T: std::any::Any + Send + Sync>(&self, key: ContentKey, verdict: T) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= VERDICTS {
+                entries.remove(0);
+            }
+            entries.push((key, Arc::new(verdict)));
+        }
+    }
+}
+
+/// The identity of a region's bytes: for each sector, the base image's
+/// sector or the sector a flash holds. The key holds those sectors, so
+/// they cannot change (a flash that writes one copies it first) nor be
+/// freed and their addresses reused while the key exists: equal keys mean
+/// equal bytes.
+#[derive(Debug, Clone)]
+pub struct ContentKey {
+    offset: u32,
+    sectors: Vec<Option<Arc<Block>>>,
+}
+
+impl PartialEq for ContentKey {
+    fn eq(&self, other: &ContentKey) -> bool {
+        self.offset == other.offset
+            && self.sectors.len() == other.sectors.len()
+            && self
+                .sectors
+                .iter()
+                .zip(&other.sectors)
+                .all(|(a, b)| match (a, b) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                })
+    }
+}
+
+impl Eq for ContentKey {}
+
 /// An in-memory flash that keeps only the sectors written since it was made
 /// from a shared base image: 10,000 devices share one 4 MiB base and each
-/// holds only its otadata, data-partition and downloaded sectors.
+/// holds only its otadata, data-partition and downloaded sectors; with a
+/// [`SectorPool`], sectors that several devices wrote with the same bytes
+/// (a release) are held once.
 ///
 /// Can cut power after a number of mutating operations (the fleet
 /// simulator's `--power-cut-rate`): the cut operation does nothing, and
@@ -193,25 +336,78 @@ impl AgentFlash for FileFlash {}
 #[derive(Debug, Clone)]
 pub struct CowFlash {
     base: Arc<[u8]>,
-    sectors: HashMap<u32, Box<[u8]>>,
+    /// Sectors written since `base`; one held by anybody else (another
+    /// device, a [`ContentKey`]) is copied before it is written.
+    sectors: HashMap<u32, Arc<Block>>,
+    pool: Arc<SectorPool>,
+    /// The sector being written (an install programs sequentially): offered
+    /// to the pool once the device writes elsewhere.
+    open: Option<u32>,
     cut_in: Option<u64>,
     dead: bool,
 }
 
 impl CowFlash {
-    /// A flash that reads as `base` until written.
+    /// A flash that reads as `base` until written, sharing nothing with
+    /// other devices.
     pub fn new(base: Arc<[u8]>) -> CowFlash {
+        CowFlash::with_pool(base, Arc::new(SectorPool::new()))
+    }
+
+    /// A flash that reads as `base` until written and shares finished
+    /// sectors through `pool` with every other flash made with it.
+    pub fn with_pool(base: Arc<[u8]>, pool: Arc<SectorPool>) -> CowFlash {
         CowFlash {
             base,
             sectors: HashMap::new(),
+            pool,
+            open: None,
             cut_in: None,
             dead: false,
         }
     }
 
-    /// Bytes held privately by this device (written sectors).
+    /// Bytes held by this device alone (sectors it wrote that nobody else
+    /// holds).
     pub fn private_bytes(&self) -> usize {
-        self.sectors.len() * SECTOR
+        self.sectors
+            .values()
+            .filter(|s| Arc::strong_count(s) == 1)
+            .count()
+            * SECTOR
+    }
+
+    /// The pool this flash shares sectors through.
+    pub fn pool(&self) -> &Arc<SectorPool> {
+        &self.pool
+    }
+
+    /// The identity of the bytes in `offset..offset + len`, or `None`
+    /// unless both are whole sectors. Two flashes of the same pool and
+    /// base with equal keys hold equal bytes there.
+    pub fn content_key(&mut self, offset: u32, len: u32) -> Option<ContentKey> {
+        if !(offset as usize).is_multiple_of(SECTOR)
+            || !(len as usize).is_multiple_of(SECTOR)
+            || offset as usize + len as usize > self.base.len()
+        {
+            return None;
+        }
+        self.share_open();
+        let first = offset / SECTOR as u32;
+        let sectors = (first..first + len / SECTOR as u32)
+            .map(|index| self.sectors.get(&index).cloned())
+            .collect();
+        Some(ContentKey { offset, sectors })
+    }
+
+    /// Offers the sector being written to the pool (the device moved on).
+    fn share_open(&mut self) {
+        let Some(index) = self.open.take() else {
+            return;
+        };
+        if let Some(sector) = self.sectors.get_mut(&index) {
+            *sector = self.pool.intern(index, sector.clone());
+        }
     }
 
     fn begin_op(&mut self) -> Result<(), FlashError> {
@@ -232,12 +428,20 @@ impl CowFlash {
         }
     }
 
-    fn sector_mut(&mut self, index: u32) -> &mut [u8] {
+    fn sector_mut(&mut self, index: u32) -> &mut Block {
+        if self.open != Some(index) {
+            self.share_open();
+            self.open = Some(index);
+        }
         let base = &self.base;
-        self.sectors.entry(index).or_insert_with(|| {
+        let sector = self.sectors.entry(index).or_insert_with(|| {
             let at = index as usize * SECTOR;
-            base[at..at + SECTOR].into()
-        })
+            let mut block = [0u8; SECTOR];
+            block.copy_from_slice(&base[at..at + SECTOR]);
+            Arc::new(block)
+        });
+        // Copies the sector if anybody else holds it.
+        Arc::make_mut(sector)
     }
 }
 
@@ -283,8 +487,11 @@ impl NorFlash for CowFlash {
         let start = check(self.base.len(), from, len, SECTOR)?;
         self.begin_op()?;
         for index in start / SECTOR..(start + len) / SECTOR {
-            self.sectors
-                .insert(index as u32, vec![0xFF; SECTOR].into_boxed_slice());
+            let index = index as u32;
+            if self.open == Some(index) {
+                self.open = None;
+            }
+            self.sectors.insert(index, self.pool.erased.clone());
         }
         Ok(())
     }
@@ -324,6 +531,14 @@ impl AgentFlash for CowFlash {
     fn is_dead(&self) -> bool {
         self.dead
     }
+
+    fn shared_content(&mut self, offset: u32, len: u32) -> Option<(ContentKey, Arc<SectorPool>)> {
+        if self.dead {
+            return None;
+        }
+        let key = self.content_key(offset, len)?;
+        Some((key, self.pool.clone()))
+    }
 }
 
 #[cfg(test)]
@@ -359,6 +574,102 @@ mod tests {
                 all
             }[..]
         );
+    }
+
+    fn install(flash: &mut CowFlash, image: &[u8], at: u32) {
+        flash.erase(at, at + 4 * SECTOR as u32).unwrap();
+        for (i, chunk) in image.chunks(1024).enumerate() {
+            flash.write(at + (i * 1024) as u32, chunk).unwrap();
+        }
+        // Something else written afterwards (the engine's progress record).
+        flash.write(0, &[0; 4]).unwrap();
+    }
+
+    fn read_all(flash: &mut CowFlash) -> Vec<u8> {
+        let mut all = vec![0u8; flash.capacity()];
+        flash.read(0, &mut all).unwrap();
+        all
+    }
+
+    #[test]
+    fn devices_that_write_the_same_image_hold_it_once_and_stay_independent() {
+        let base: Arc<[u8]> = vec![0xABu8; 16 * SECTOR].into();
+        let pool = Arc::new(SectorPool::new());
+        let image: Vec<u8> = (0..3 * SECTOR + 512).map(|i| (i * 7 % 251) as u8).collect();
+        let mut a = CowFlash::with_pool(base.clone(), pool.clone());
+        let mut b = CowFlash::with_pool(base.clone(), pool.clone());
+        install(&mut a, &image, 4 * SECTOR as u32);
+        install(&mut b, &image, 4 * SECTOR as u32);
+        // The image's four sectors are shared; sector 0 is each device's own.
+        assert_eq!(a.private_bytes(), SECTOR);
+        assert_eq!(b.private_bytes(), SECTOR);
+        let (a_bytes, b_bytes) = (read_all(&mut a), read_all(&mut b));
+        assert_eq!(a_bytes, b_bytes);
+        assert_eq!(&a_bytes[4 * SECTOR..4 * SECTOR + image.len()], &image[..]);
+        assert!(
+            a_bytes[4 * SECTOR + image.len()..8 * SECTOR]
+                .iter()
+                .all(|b| *b == 0xFF)
+        );
+        // A write to a shared sector changes that device only.
+        a.write(5 * SECTOR as u32, &[0, 0, 0, 0]).unwrap();
+        assert_eq!(read_all(&mut b), b_bytes);
+        let changed = read_all(&mut a);
+        assert_eq!(&changed[5 * SECTOR..5 * SECTOR + 4], &[0, 0, 0, 0]);
+        assert_ne!(b_bytes[5 * SECTOR..5 * SECTOR + 4], [0, 0, 0, 0]);
+        // An erase of a shared sector does not touch the other device either.
+        b.erase(4 * SECTOR as u32, 5 * SECTOR as u32).unwrap();
+        assert_eq!(&read_all(&mut a)[4 * SECTOR..5 * SECTOR], &image[..SECTOR]);
+    }
+
+    #[test]
+    fn content_keys_are_equal_exactly_when_the_bytes_are_shared_and_equal() {
+        let base: Arc<[u8]> = vec![0xABu8; 16 * SECTOR].into();
+        let pool = Arc::new(SectorPool::new());
+        let image: Vec<u8> = (0..2 * SECTOR).map(|i| (i % 253) as u8).collect();
+        let slot = (4 * SECTOR as u32, 4 * SECTOR as u32);
+        let mut a = CowFlash::with_pool(base.clone(), pool.clone());
+        let mut b = CowFlash::with_pool(base.clone(), pool.clone());
+        let mut fresh = CowFlash::with_pool(base.clone(), pool.clone());
+        // Untouched slots read as the base: same key.
+        let untouched = fresh.content_key(slot.0, slot.1).unwrap();
+        assert_eq!(a.content_key(slot.0, slot.1).unwrap(), untouched);
+        install(&mut a, &image, slot.0);
+        install(&mut b, &image, slot.0);
+        let key_a = a.content_key(slot.0, slot.1).unwrap();
+        assert_eq!(key_a, b.content_key(slot.0, slot.1).unwrap());
+        assert_ne!(key_a, untouched);
+        // One flipped bit: a different key, and the old key still means the old bytes.
+        b.write(slot.0 + 8, &[0x00, 0xFF, 0xFF, 0xFF]).unwrap();
+        let key_b = b.content_key(slot.0, slot.1).unwrap();
+        assert_ne!(key_a, key_b);
+        assert_eq!(key_a, a.content_key(slot.0, slot.1).unwrap());
+        // A device not in the pool never shares, so never matches.
+        let mut alone = CowFlash::new(base.clone());
+        install(&mut alone, &image, slot.0);
+        assert_ne!(alone.content_key(slot.0, slot.1).unwrap(), key_a);
+        assert_eq!(alone.content_key(3, SECTOR as u32), None);
+    }
+
+    #[test]
+    fn verdicts_are_found_by_content_key() {
+        let base: Arc<[u8]> = vec![0xABu8; 8 * SECTOR].into();
+        let pool = Arc::new(SectorPool::new());
+        let mut a = CowFlash::with_pool(base.clone(), pool.clone());
+        let mut b = CowFlash::with_pool(base, pool.clone());
+        let key = a.content_key(0, 2 * SECTOR as u32).unwrap();
+        pool.verdicts().put(key, String::from("valid"));
+        let same = b.content_key(0, 2 * SECTOR as u32).unwrap();
+        assert_eq!(
+            pool.verdicts()
+                .get::<String>(&same)
+                .as_deref()
+                .map(String::as_str),
+            Some("valid")
+        );
+        b.write(0, &[0; 4]).unwrap();
+        let other = b.content_key(0, 2 * SECTOR as u32).unwrap();
+        assert_eq!(pool.verdicts().get::<String>(&other), None);
     }
 
     #[test]
