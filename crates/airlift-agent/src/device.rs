@@ -24,7 +24,7 @@ use airlift_protocol::{
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::boot::run_bootloader;
+use crate::boot::boot_device;
 use crate::flash::AgentFlash;
 use crate::notes::{HistoryEntry, Notes, Outcome, Pending};
 use crate::provision::read_table;
@@ -116,6 +116,12 @@ pub struct AgentConfig {
     pub jitter: bool,
     /// Shared limit of concurrent HTTP requests (a fleet behind one NAT).
     pub http_limit: Option<Arc<tokio::sync::Semaphore>>,
+    /// The client for image downloads, when they should not share
+    /// connections with check-ins and events (`None`: the agent's client).
+    /// An ESP32's `esp_https_ota` opens its own connection for the image,
+    /// and the server sends a connection that carries only downloads
+    /// straight from the file (zero-copy).
+    pub downloads: Option<reqwest::Client>,
 }
 
 impl Default for AgentConfig {
@@ -137,6 +143,7 @@ impl Default for AgentConfig {
             seed: 1,
             jitter: false,
             http_limit: None,
+            downloads: None,
         }
     }
 }
@@ -472,7 +479,7 @@ impl<F: AgentFlash> Agent<F> {
             rt,
         } = self;
         rt.boots += 1;
-        let boot = run_bootloader(&mut *flash, layout)?;
+        let boot = boot_device(&mut *flash, layout)?;
         let Some((slot, info)) = boot.booted else {
             return Err(AgentError::Bricked);
         };
@@ -1171,7 +1178,8 @@ impl Runtime {
                 let mut r = Ok(());
                 while install.resume_offset() < install.size() {
                     let from = install.resume_offset();
-                    let mut request = self.authed(self.http.get(&url));
+                    let client = self.config.downloads.as_ref().unwrap_or(&self.http);
+                    let mut request = self.authed(client.get(&url));
                     if from > 0 {
                         request = request
                             .header("Range", format!("bytes={from}-"))

@@ -1,7 +1,9 @@
 //! The fleet simulator: thousands of devices in one process, each the same
 //! [`Agent`] loop as `airlift device run` over a [`CowFlash`] that shares
 //! one provisioned base image (a device holds only the sectors it wrote:
-//! otadata, the data partition, its notes and the downloaded image).
+//! otadata, the data partition, its notes and the downloaded image), and,
+//! through one [`SectorPool`], the sectors of a release that every device
+//! wrote alike.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,7 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::AgentError;
 use crate::device::{Agent, AgentConfig, Happening, enroll};
-use crate::flash::CowFlash;
+use crate::flash::{CowFlash, SectorPool};
 
 /// How simulated devices get their tokens.
 #[derive(Debug, Clone)]
@@ -133,6 +135,9 @@ pub struct Stats {
     /// Devices that stopped with an error (bricked, broken flash).
     pub crashed: AtomicU64,
     started: Instant,
+    /// Nanoseconds from `started` to the latest final event (confirmed,
+    /// rolled back, failed).
+    last_final: AtomicU64,
 }
 
 fn event_index(kind: EventKind) -> usize {
@@ -199,6 +204,7 @@ impl Stats {
             checkins: AtomicU64::new(0),
             crashed: AtomicU64::new(0),
             started: Instant::now(),
+            last_final: AtomicU64::new(0),
         }
     }
 
@@ -237,6 +243,14 @@ impl Stats {
                     }
                     _ => {}
                 }
+                if matches!(
+                    kind,
+                    EventKind::Confirmed | EventKind::RolledBack | EventKind::Failed
+                ) {
+                    let nanos =
+                        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    self.last_final.fetch_max(nanos, Ordering::Relaxed);
+                }
             }
             Happening::Bytes(n) => {
                 self.bytes.fetch_add(*n, Ordering::Relaxed);
@@ -264,6 +278,12 @@ impl Stats {
             .zip(&self.phases)
             .filter(|(v, p)| *v == version && p.load(Ordering::Relaxed) == Phase::Running as u8)
             .count()
+    }
+
+    /// Time from the start (when the counters were made) to the latest
+    /// final event (confirmed, rolled back or failed) the server acknowledged.
+    pub fn last_final(&self) -> Duration {
+        Duration::from_nanos(self.last_final.load(Ordering::Relaxed))
     }
 
     /// Counts of final events (confirmed, rolled back, failed).
@@ -358,6 +378,7 @@ pub fn spawn_fleet(
     stats: &Arc<Stats>,
 ) -> Result<JoinSet<()>, AgentError> {
     let mut set = JoinSet::new();
+    let pool = Arc::new(SectorPool::new());
     for (i, (name, token)) in devices.into_iter().enumerate() {
         let config = AgentConfig {
             name,
@@ -366,8 +387,12 @@ pub fn spawn_fleet(
             ..template.clone()
         };
         let stats_for_device = stats.clone();
-        let agent = Agent::new(CowFlash::new(base.clone()), config, http.clone())?
-            .observe(Arc::new(move |_, what| stats_for_device.record(i, what)));
+        let agent = Agent::new(
+            CowFlash::with_pool(base.clone(), pool.clone()),
+            config,
+            http.clone(),
+        )?
+        .observe(Arc::new(move |_, what| stats_for_device.record(i, what)));
         let stats = stats.clone();
         set.spawn(async move {
             if agent.run().await.is_err() {
@@ -379,7 +404,8 @@ pub fn spawn_fleet(
 }
 
 /// Runs until `done(stats)` holds or `timeout` passes, calling `progress`
-/// every `every`. Returns whether `done` held.
+/// every `every` (`done` is checked far more often, so the end is seen
+/// within milliseconds). Returns whether `done` held.
 pub async fn watch(
     stats: &Stats,
     every: Duration,
@@ -388,6 +414,7 @@ pub async fn watch(
     mut progress: impl FnMut(&Summary),
 ) -> bool {
     let start = Instant::now();
+    let mut shown = start;
     loop {
         if done(stats) {
             return true;
@@ -395,8 +422,11 @@ pub async fn watch(
         if timeout.is_some_and(|t| start.elapsed() >= t) {
             return false;
         }
-        tokio::time::sleep(every).await;
-        progress(&stats.summary());
+        tokio::time::sleep(Duration::from_millis(10).min(every)).await;
+        if shown.elapsed() >= every {
+            shown = Instant::now();
+            progress(&stats.summary());
+        }
     }
 }
 

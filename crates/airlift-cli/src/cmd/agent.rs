@@ -87,6 +87,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let http = http_client()?;
+        // Downloads on their own connections, as esp_https_ota does.
+        let config = AgentConfig {
+            downloads: Some(http_client()?),
+            ..config
+        };
         let log_name = name.clone();
         let mut agent = Agent::new(flash, config, http)
             .with_context(|| format!("{} is not a usable flash image", args.flash.display()))?

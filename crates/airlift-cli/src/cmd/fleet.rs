@@ -226,14 +226,21 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         }
         let cpu_at_start = args.server_pid.and_then(cpu_seconds);
         let fleet_tokens = tokens.clone();
+        // Downloads on their own connections, as esp_https_ota does.
+        let template = AgentConfig {
+            downloads: Some(http_client()?),
+            ..template
+        };
         let mut fleet = spawn_fleet(names.into_iter().zip(fleet_tokens).collect(), base, &template, &http, &stats)?;
         let terminal = std::io::stderr().is_terminal();
         let until = args.until_version.clone();
         let devices = args.devices as u64;
         let done = move |s: &Stats| match &until {
             Some(v) => {
-                let (_, rolled_back, failed) = s.finals();
-                s.confirmed_on(v) as u64 + rolled_back + failed >= devices
+                let (confirmed, rolled_back, failed) = s.finals();
+                // The event counts first: cheap, and checked every few ms.
+                confirmed + rolled_back + failed >= devices
+                    && s.confirmed_on(v) as u64 + rolled_back + failed >= devices
             }
             None => false,
         };
@@ -270,9 +277,11 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         }
         let mut baseline = None;
         if let (true, true, Some(sha)) = (args.baseline, settled, &deployed) {
+            let cpu = args.server_pid.and_then(cpu_seconds);
             let (took, bytes) =
-                plain_downloads(&http, &args.server, &tokens, sha, args.connections).await?;
-            baseline = Some((took.as_secs_f64(), bytes));
+                plain_downloads(&http_client()?, &args.server, &tokens, sha, args.connections).await?;
+            let used = args.server_pid.and_then(cpu_seconds).zip(cpu).map(|(b, a)| b - a);
+            baseline = Some((took.as_secs_f64(), bytes, used));
         }
         if args.json {
             println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -294,13 +303,20 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
                 println!("{line}");
             }
         };
-        if let Some((took, bytes)) = baseline {
-            let fleet_secs = summary.elapsed_seconds;
+        if let Some((took, bytes, server_cpu)) = baseline {
+            // From the deployment to the last device's final report.
+            let fleet_secs = stats.last_final().as_secs_f64();
             note(format!(
                 "baseline: {} plain downloads ({bytes} bytes) took {took:.2} s; the fleet update took {fleet_secs:.2} s: {:.2}x the plain transfer",
                 tokens.len(),
                 fleet_secs / took.max(1e-9)
             ));
+            if let (Some(plain), Some(update)) = (server_cpu, server_cpu_update) {
+                note(format!(
+                    "server CPU: {update:.2} s for the update vs {plain:.2} s for the plain downloads ({:.2}x)",
+                    update / plain.max(1e-9)
+                ));
+            }
         }
         if let Some(peak) = std::fs::read_to_string("/proc/self/status")
             .ok()
