@@ -3,19 +3,23 @@
 //!
 //! | route | what |
 //! |-------|------|
-//! | `GET /` | the page |
+//! | `GET /` | the page (no password needed: it asks for it) |
 //! | `GET /api/status` | [`Snapshot`](crate::device::Snapshot): running image, slots, otadata, boot counter, boot log, history |
 //! | `POST /api/upload` | body: the `.bin`; header `X-Airlift-Manifest`: the signed manifest, base64 |
 //! | `POST /api/pull` | `{"url": ..., "manifest_url": ...}`: download both, install |
 //! | `POST /api/reboot` | reset the device |
 //!
-//! Everything needs the password: HTTP Basic (any user name) or
-//! `Authorization: Bearer <password>`. Errors are
-//! `{"error": {"code": "...", "message": "..."}}` like the server's.
+//! The page itself is the same static file on every device and is served to
+//! anyone: it asks for the password and sends it with every API call. The
+//! API needs the password: HTTP Basic (any user name) or
+//! `Authorization: Bearer <password>` (what the page sends, so a wrong
+//! password gets a Bearer challenge and the browser shows no login dialog of
+//! its own). Errors are `{"error": {"code": "...", "message": "..."}}` like
+//! the server's.
 
 use std::sync::Arc;
 
-use airlift_format::manifest::{MAX_SIGNED_LEN, base64_decode};
+use airlift_format::manifest::{KeyFileError, MAX_SIGNED_LEN, base64_decode};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -62,28 +66,35 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn auth(State(web): State<Web>, request: Request, next: Next) -> Response {
-    let given = request
+    let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .map(|t| t.trim().to_owned())
-                .or_else(|| decode_basic(v))
-        });
-    if given.is_some_and(|g| same(g.as_bytes(), web.password.as_bytes())) {
-        return next.run(request).await;
+        .and_then(|v| v.to_str().ok());
+    let bearer = authorization.and_then(|v| v.strip_prefix("Bearer "));
+    let given = bearer
+        .map(|t| t.trim().to_owned())
+        .or_else(|| authorization.and_then(decode_basic));
+    match given {
+        Some(g) if same(g.as_bytes(), web.password.as_bytes()) => next.run(request).await,
+        given => {
+            let message = if given.is_some() {
+                "wrong password for this device page"
+            } else {
+                "this device page needs its password (HTTP Basic with any user name, or Bearer)"
+            };
+            let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+            let challenge = if bearer.is_some() {
+                "Bearer realm=\"airlift device\""
+            } else {
+                "Basic realm=\"airlift device\""
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+            response
+        }
     }
-    let mut response = error(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "this device page needs its password (HTTP Basic, any user name)",
-    );
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"airlift device\""),
-    );
-    response
 }
 
 async fn index() -> Response {
@@ -146,6 +157,17 @@ async fn upload(State(web): State<Web>, headers: HeaderMap, body: Bytes) -> Resp
     let mut blob = vec![0u8; MAX_SIGNED_LEN + 8];
     let manifest = match base64_decode(text.trim().as_bytes(), &mut blob) {
         Ok(n) => blob[..n].to_vec(),
+        // Someone picked the image (or another big file) as the manifest.
+        Err(KeyFileError::WrongLength { got }) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "signature",
+                &format!(
+                    "X-Airlift-Manifest holds {got} bytes but a signed manifest is at most \
+                     {MAX_SIGNED_LEN}: send the manifest `airlift release sign` wrote, not the image"
+                ),
+            );
+        }
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -203,13 +225,14 @@ pub fn router(control: Control, password: &str) -> Router {
         password: password.into(),
     };
     Router::new()
-        .route("/", get(index))
         .route("/api/status", get(status))
         .route("/api/upload", post(upload))
         .route("/api/pull", post(pull))
         .route("/api/reboot", post(reboot))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
         .layer(middleware::from_fn_with_state(web.clone(), auth))
+        // Routes added after the layer are not behind it: the page holds no secret.
+        .route("/", get(index))
         .with_state(web)
 }
 
