@@ -10,51 +10,117 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::deploy::AssignmentState;
 use crate::store::{DeviceStatus, Offer};
 
-/// Each device's unfinished assignment (or its absence), as last read.
+/// Each device's unfinished assignment (or its absence), as last read or
+/// as last changed by this server.
+///
+/// Changes are made in place (a deployment created, an assignment moved by
+/// an event) so the check-ins and downloads of a rollout find their offer
+/// here instead of in the database. Reads from the database race with
+/// changes: a read is cached only if nothing changed the device's entry
+/// since the read began (its [`Ticket`]).
 #[derive(Debug, Default)]
 pub struct OfferCache {
     generation: AtomicU64,
-    offers: RwLock<HashMap<i64, Option<Arc<Offer>>>>,
+    entries: RwLock<HashMap<i64, Entry>>,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// Changes made to this device's entry.
+    epoch: u64,
+    /// `None`: not known (read the database).
+    offer: Option<Option<Arc<Offer>>>,
+}
+
+/// What [`OfferCache::put`] checks: that nothing changed the device's
+/// entry (or the whole cache) since the ticket was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    generation: u64,
+    epoch: u64,
 }
 
 impl OfferCache {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<i64, Entry>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<i64, Entry>> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The cached offer of a device: `None` when not cached.
     pub fn get(&self, device_id: i64) -> Option<Option<Arc<Offer>>> {
-        self.offers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&device_id)
-            .cloned()
+        self.read().get(&device_id).and_then(|e| e.offer.clone())
     }
 
-    /// The generation to pass to [`OfferCache::put`]; read it before querying the database.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Caches what the database said, unless something changed since `generation`
-    /// (the answer might be stale then).
-    pub fn put(&self, device_id: i64, offer: Option<Arc<Offer>>, generation: u64) {
-        let mut offers = self.offers.write().unwrap_or_else(|p| p.into_inner());
-        if self.generation.load(Ordering::Acquire) == generation {
-            offers.insert(device_id, offer);
+    /// The ticket to pass to [`OfferCache::put`]; take it before querying
+    /// the database.
+    pub fn ticket(&self, device_id: i64) -> Ticket {
+        let entries = self.read();
+        Ticket {
+            generation: self.generation.load(Ordering::Acquire),
+            epoch: entries.get(&device_id).map_or(0, |e| e.epoch),
         }
+    }
+
+    /// Caches what the database said, unless the device's entry changed
+    /// since `ticket` was taken (the answer might be stale then).
+    pub fn put(&self, device_id: i64, offer: Option<Arc<Offer>>, ticket: Ticket) {
+        let mut entries = self.write();
+        if self.generation.load(Ordering::Acquire) != ticket.generation {
+            return;
+        }
+        let entry = entries.entry(device_id).or_default();
+        if entry.epoch == ticket.epoch && entry.offer.is_none() {
+            entry.offer = Some(offer);
+        }
+    }
+
+    /// Sets a device's offer (this server changed it and knows the result).
+    pub fn set(&self, device_id: i64, offer: Option<Arc<Offer>>) {
+        let mut entries = self.write();
+        let entry = entries.entry(device_id).or_default();
+        entry.epoch += 1;
+        entry.offer = Some(offer);
+    }
+
+    /// Records that a device's assignment in `deployment_id` moved to
+    /// `state`: the cached offer follows while the assignment stays open;
+    /// when it is over, the device's entry is forgotten (an older open
+    /// assignment may be the device's offer now: the database knows).
+    pub fn moved(&self, device_id: i64, deployment_id: i64, state: AssignmentState) {
+        let mut entries = self.write();
+        let entry = entries.entry(device_id).or_default();
+        entry.epoch += 1;
+        let follows = match &entry.offer {
+            Some(Some(offer)) if offer.deployment_id == deployment_id && state.is_open() => {
+                Some(Arc::new(Offer {
+                    state: state.as_str().to_owned(),
+                    ..Offer::clone(offer)
+                }))
+            }
+            _ => None,
+        };
+        entry.offer = follows.map(Some);
     }
 
     /// Forgets one device's offer (its assignment changed).
     pub fn forget(&self, device_id: i64) {
-        let mut offers = self.offers.write().unwrap_or_else(|p| p.into_inner());
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        offers.remove(&device_id);
+        let mut entries = self.write();
+        let entry = entries.entry(device_id).or_default();
+        entry.epoch += 1;
+        entry.offer = None;
     }
 
-    /// Forgets everything (a deployment was created or cancelled).
+    /// Forgets everything (a deployment was cancelled).
     pub fn clear(&self) {
-        let mut offers = self.offers.write().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.write();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        offers.clear();
+        entries.clear();
     }
 }
 
@@ -108,17 +174,67 @@ mod tests {
     #[test]
     fn an_answer_read_before_a_change_is_not_cached() {
         let cache = OfferCache::default();
-        let before = cache.generation();
-        cache.forget(7);
+        let before = cache.ticket(1);
+        cache.forget(1);
         cache.put(1, offer(1), before);
         assert!(cache.get(1).is_none(), "stale answer dropped");
-        let now = cache.generation();
+        let now = cache.ticket(1);
         cache.put(1, offer(1), now);
         assert_eq!(cache.get(1).unwrap().unwrap().deployment_id, 1);
-        cache.put(2, None, now);
+        let ticket = cache.ticket(2);
+        cache.put(2, None, ticket);
         assert_eq!(cache.get(2), Some(None), "no offer is cached too");
         cache.clear();
         assert!(cache.get(1).is_none() && cache.get(2).is_none());
+        cache.put(3, offer(3), ticket);
+        assert!(
+            cache.get(3).is_none(),
+            "a ticket from before a clear is stale"
+        );
+    }
+
+    #[test]
+    fn a_change_to_one_device_does_not_void_reads_of_others() {
+        let cache = OfferCache::default();
+        let ticket = cache.ticket(1);
+        cache.forget(2);
+        cache.set(3, offer(3));
+        cache.put(1, offer(1), ticket);
+        assert_eq!(cache.get(1).unwrap().unwrap().deployment_id, 1);
+    }
+
+    #[test]
+    fn a_read_never_overwrites_what_the_server_set() {
+        let cache = OfferCache::default();
+        let ticket = cache.ticket(1);
+        cache.set(1, offer(9));
+        cache.put(1, None, ticket);
+        assert_eq!(cache.get(1).unwrap().unwrap().deployment_id, 9);
+        // Even with a fresh ticket: a known entry is not replaced by a read.
+        let fresh = cache.ticket(1);
+        cache.put(1, None, fresh);
+        assert_eq!(cache.get(1).unwrap().unwrap().deployment_id, 9);
+    }
+
+    #[test]
+    fn an_open_assignment_is_followed_in_place_and_a_finished_one_forgotten() {
+        let cache = OfferCache::default();
+        cache.set(1, offer(5));
+        cache.moved(1, 5, AssignmentState::Downloading);
+        let cached = cache.get(1).unwrap().unwrap();
+        assert_eq!(
+            (cached.deployment_id, cached.state.as_str()),
+            (5, "downloading")
+        );
+        // Another deployment's move says nothing about this offer.
+        cache.moved(1, 4, AssignmentState::Installed);
+        assert!(cache.get(1).is_none());
+        cache.set(1, offer(5));
+        cache.moved(1, 5, AssignmentState::Confirmed);
+        assert!(
+            cache.get(1).is_none(),
+            "finished: the database decides what is open"
+        );
     }
 
     #[test]

@@ -92,6 +92,12 @@ impl AssignmentState {
         )
     }
 
+    /// Whether the assignment is the device's open offer (not over and not
+    /// skipped): what [`crate::store::DeploymentStore::open_offer`] finds.
+    pub fn is_open(self) -> bool {
+        !self.is_final()
+    }
+
     /// Whether the device should be given the update when it checks in.
     pub fn offers_update(self) -> bool {
         matches!(self, Self::Pending | Self::Offered | Self::Downloading)

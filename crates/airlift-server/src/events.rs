@@ -1,9 +1,10 @@
-//! Group commit for device events: what keeps an event off its own
-//! database transaction without ever acknowledging one that is not stored.
+//! Group commit for device events and assignment moves: what keeps a
+//! device request off its own database transaction without ever
+//! acknowledging a write that is not stored.
 //!
-//! Each request hands its event to one writer task and waits. The writer
+//! Each request hands its write to one writer task and waits. The writer
 //! takes everything queued (up to [`MAX_BATCH`]), records it in one
-//! transaction ([`crate::store::EventStore::record_events`]) and answers each
+//! transaction ([`crate::store::EventStore::record_writes`]) and answers each
 //! request only after that transaction committed; a failed batch fails every
 //! request in it, so the devices retry. Under load many events share one
 //! commit; alone, an event is committed at once (no timer, no added latency).
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::deploy::next_state;
-use crate::store::{EventOutcome, NewEvent, Store, StoreError, StoreResult};
+use crate::store::{EventOutcome, NewEvent, Store, StoreError, StoreResult, Write};
 
 /// Most events committed in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -26,7 +27,7 @@ type Reply = oneshot::Sender<StoreResult<EventOutcome>>;
 /// The handle requests record events through.
 #[derive(Debug, Clone)]
 pub struct EventWriter {
-    queue: mpsc::Sender<(NewEvent, Reply)>,
+    queue: mpsc::Sender<(Write, Reply)>,
 }
 
 impl EventWriter {
@@ -41,21 +42,45 @@ impl EventWriter {
     /// Records one event (moving its assignment as the deployment rules
     /// say); returns once the transaction holding it committed.
     pub async fn record(&self, event: NewEvent) -> StoreResult<EventOutcome> {
+        self.write(Write::Event(event)).await
+    }
+
+    /// Moves an assignment from `from` to `to` if it is in `from`
+    /// (`Changed` then); returns once the transaction committed.
+    pub async fn transition(
+        &self,
+        deployment_id: i64,
+        device_id: i64,
+        from: &'static str,
+        to: &'static str,
+        reason: Option<&'static str>,
+    ) -> StoreResult<EventOutcome> {
+        self.write(Write::Transition {
+            deployment_id,
+            device_id,
+            from,
+            to,
+            reason,
+        })
+        .await
+    }
+
+    async fn write(&self, write: Write) -> StoreResult<EventOutcome> {
         let stopped = || StoreError::Backend("the event writer stopped".into());
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((event, reply))
+            .send((write, reply))
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
 
-async fn write_batches(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(NewEvent, Reply)>) {
+async fn write_batches(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(Write, Reply)>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (events, replies): (Vec<NewEvent>, Vec<Reply>) = batch.drain(..).unzip();
-        match store.record_events(&events, next_state).await {
+        let (events, replies): (Vec<Write>, Vec<Reply>) = batch.drain(..).unzip();
+        match store.record_writes(&events, next_state).await {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     // The request may have gone (client hung up): the event is stored anyway.
@@ -165,7 +190,13 @@ mod tests {
         for task in tasks {
             assert_eq!(
                 task.await.unwrap(),
-                [Changed, Stored, Changed, Changed, Changed],
+                [
+                    Changed("downloading"),
+                    Stored,
+                    Changed("installed"),
+                    Changed("booted"),
+                    Changed("confirmed")
+                ],
                 "verifying keeps the downloading state"
             );
         }
@@ -224,19 +255,20 @@ mod tests {
             event(b, Some(deployment), "confirmed"),
             event(a + b + 1000, Some(deployment), "booted"),
         ];
-        let outcomes = crate::store::EventStore::record_events(&store, &batch, next_state)
+        let batch: Vec<Write> = batch.into_iter().map(Write::Event).collect();
+        let outcomes = crate::store::EventStore::record_writes(&store, &batch, next_state)
             .await
             .unwrap();
         use EventOutcome::{Changed, NoAssignment, Stored};
         assert_eq!(
             outcomes,
             [
-                Changed,
-                Changed,
-                Changed,
-                Changed,
-                Changed,
-                Changed,
+                Changed("downloading"),
+                Changed("downloading"),
+                Changed("installed"),
+                Changed("booted"),
+                Changed("failed"),
+                Changed("confirmed"),
                 Stored,
                 NoAssignment
             ],
@@ -259,6 +291,62 @@ mod tests {
         assert_eq!(stored.len(), 7, "the stranger's event is not stored");
         assert_eq!(stored[0].kind, "confirmed");
         assert_eq!(stored[6].kind, "downloading");
+    }
+
+    #[tokio::test]
+    async fn a_transition_moves_only_from_the_expected_state_and_in_order_with_events() {
+        let (_dir, store, deployment, devices) = fleet(2).await;
+        let (a, b) = (devices[0], devices[1]);
+        let batch = [
+            Write::Transition {
+                deployment_id: deployment,
+                device_id: a,
+                from: "pending",
+                to: "offered",
+                reason: None,
+            },
+            Write::Event(event(b, Some(deployment), "downloading")),
+            // b is downloading now: a pending -> skipped move does not apply.
+            Write::Transition {
+                deployment_id: deployment,
+                device_id: b,
+                from: "pending",
+                to: "skipped",
+                reason: Some("chip"),
+            },
+            Write::Transition {
+                deployment_id: deployment + 1,
+                device_id: a,
+                from: "pending",
+                to: "offered",
+                reason: None,
+            },
+        ];
+        let outcomes = crate::store::EventStore::record_writes(&store, &batch, next_state)
+            .await
+            .unwrap();
+        use EventOutcome::{Changed, NoAssignment, Stored};
+        assert_eq!(
+            outcomes,
+            [
+                Changed("offered"),
+                Changed("downloading"),
+                Stored,
+                NoAssignment
+            ]
+        );
+        let assignments = crate::store::DeploymentStore::assignments(&store, deployment)
+            .await
+            .unwrap();
+        let found: Vec<(&str, Option<&str>)> = assignments
+            .iter()
+            .map(|x| (x.state.as_str(), x.reason.as_deref()))
+            .collect();
+        assert_eq!(found, [("offered", None), ("downloading", None)]);
+        let stored = crate::store::EventStore::events(&store, None, 100)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 1, "transitions are not device events");
     }
 
     #[tokio::test]

@@ -723,3 +723,84 @@ async fn zero_copy_and_hyper_downloads_answer_the_same_bytes_and_headers() {
         .unwrap();
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn offers_stay_right_while_deployments_and_events_change_them_between_check_ins() {
+    let server = TestServer::start().await;
+    let v1_bytes = image("v1", 0, 21);
+    let v1 = server.release(&v1_bytes).await;
+    let v2 = server.release(&image("v2", 0, 22)).await;
+    let token = server.device("dev-1", &["lab"]).await;
+    let offered = |answer: &Value| answer["update"]["version"].as_str().map(str::to_owned);
+    // Nothing assigned: that answer is cached, then a deployment changes it.
+    assert_eq!(
+        offered(&server.checkin(&token, &Running::factory()).await),
+        None
+    );
+    let first = server.deploy(&v1, "tag:lab").await;
+    assert_eq!(
+        offered(&server.checkin(&token, &Running::factory()).await).as_deref(),
+        Some("v1")
+    );
+    let event =
+        |deployment: &Value, kind: &str| json!({"deployment": deployment["id"], "kind": kind});
+    let sent = server.event(&token, event(&first, "downloading")).await;
+    assert_eq!(sent.status(), StatusCode::OK);
+    // Still downloading: offered again (a resumed download), and downloadable.
+    assert_eq!(
+        offered(&server.checkin(&token, &Running::factory()).await).as_deref(),
+        Some("v1")
+    );
+    let url = format!(
+        "/api/v1/device/artifacts/{}",
+        v1["sha256"].as_str().unwrap()
+    );
+    assert_eq!(
+        download(&server, &token, &url, &[]).await.status(),
+        StatusCode::OK
+    );
+    // A newer deployment supersedes it mid-download.
+    let second = server.deploy(&v2, "tag:lab").await;
+    assert_eq!(
+        offered(&server.checkin(&token, &Running::factory()).await).as_deref(),
+        Some("v2")
+    );
+    let (_, counts) = state_of(&server, &first).await;
+    assert_eq!(counts["cancelled"], 1);
+    // A late event of the superseded deployment changes nothing.
+    let late = server.event(&token, event(&first, "installed")).await;
+    assert_eq!(late.status(), StatusCode::OK);
+    assert_eq!(
+        offered(&server.checkin(&token, &Running::factory()).await).as_deref(),
+        Some("v2")
+    );
+    for kind in ["downloading", "installed", "booted", "confirmed"] {
+        let sent = server.event(&token, event(&second, kind)).await;
+        assert_eq!(sent.status(), StatusCode::OK, "{kind}");
+    }
+    assert_eq!(
+        offered(&server.checkin(&token, &Running::factory()).await),
+        None
+    );
+
+    // A deployment that skips the device (it already runs v1) leaves its
+    // open offer (a third deployment of v2, still pending) as it was.
+    let third = server.deploy(&v2, "tag:lab").await;
+    let running_v1 = Running {
+        version: "v1".into(),
+        sha256: sha256_hex(&v1_bytes),
+        ..Running::factory()
+    };
+    assert_eq!(
+        offered(&server.checkin(&token, &running_v1).await).as_deref(),
+        Some("v2")
+    );
+    let skipping = server.deploy(&v1, "tag:lab").await;
+    assert_eq!(skipping["counts"]["skipped"], 1);
+    assert_eq!(
+        offered(&server.checkin(&token, &running_v1).await).as_deref(),
+        Some("v2")
+    );
+    let (_, counts) = state_of(&server, &third).await;
+    assert_eq!(counts["offered"], 1);
+}

@@ -1,6 +1,7 @@
 //! Admin API handlers: releases, devices, deployments, events, audit, enrolment secrets.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use airlift_format::image::{ImageInfo, ImageVerifier};
 use airlift_format::manifest::{
@@ -23,7 +24,7 @@ use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::metrics::Metrics;
 use crate::store::{
     Assignment, AuditRecord, Deployment, Device, EnrollmentSecret, NewAssignment, NewRelease,
-    Release, StoredEvent, Target,
+    Offer, Release, StoredEvent, Target,
 };
 
 /// Header carrying an offline-signed manifest (standard base64) with an upload.
@@ -614,7 +615,20 @@ pub async fn create_deployment(
         .store
         .create_deployment(release.id, &target.to_string(), &assignments)
         .await?;
-    state.offers.clear();
+    // The new deployment is each pending device's open offer now (the
+    // newest; older unfinished ones were superseded); skipped devices keep
+    // theirs. Setting them here spares a rollout's first check-ins a read.
+    for a in assignments
+        .iter()
+        .filter(|a| a.state == AssignmentState::Pending.as_str())
+    {
+        let offer = Offer {
+            deployment_id: deployment.id,
+            state: a.state.clone(),
+            release: release.clone(),
+        };
+        state.offers.set(a.device_id, Some(Arc::new(offer)));
+    }
     let detail = deployment_detail(&state, deployment.id).await?;
     let audit = serde_json::json!({"release": release.id, "target": target.to_string(),
         "devices": assignments.len()});

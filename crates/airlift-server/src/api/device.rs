@@ -148,9 +148,9 @@ pub(crate) async fn open_offer(
     if let Some(cached) = state.offers.get(device_id) {
         return Ok(cached);
     }
-    let generation = state.offers.generation();
+    let ticket = state.offers.ticket(device_id);
     let offer = state.store.open_offer(device_id).await?.map(Arc::new);
-    state.offers.put(device_id, offer.clone(), generation);
+    state.offers.put(device_id, offer.clone(), ticket);
     Ok(offer)
 }
 
@@ -160,14 +160,22 @@ async fn record_event(state: &AppState, event: NewEvent) -> Result<bool, ApiErro
     let (device_id, deployment_id) = (event.device_id, event.deployment_id);
     match state.events.record(event).await? {
         EventOutcome::Stored => Ok(false),
-        EventOutcome::Changed => {
-            state.offers.forget(device_id);
+        EventOutcome::Changed(to) => {
+            moved(state, device_id, deployment_id, to);
             Ok(true)
         }
         EventOutcome::NoAssignment => Err(ApiError::NotFound(format!(
             "deployment {} has no assignment for this device",
             deployment_id.unwrap_or_default()
         ))),
+    }
+}
+
+/// Keeps the offer cache in step with an assignment that moved.
+fn moved(state: &AppState, device_id: i64, deployment_id: Option<i64>, to: &str) {
+    match (deployment_id, AssignmentState::parse(to)) {
+        (Some(deployment_id), Some(to)) => state.offers.moved(device_id, deployment_id, to),
+        _ => state.offers.forget(device_id),
     }
 }
 
@@ -243,25 +251,39 @@ async fn offer_update(
     }
     let not_started = matches!(current, AssignmentState::Pending | AssignmentState::Offered);
     if let Some(reason) = skip_reason(status, &offer.release).filter(|_| not_started) {
-        state
-            .store
+        let outcome = state
+            .events
             .transition(
                 offer.deployment_id,
                 device_id,
                 current.as_str(),
-                "skipped",
+                AssignmentState::Skipped.as_str(),
                 Some(reason),
             )
             .await?;
-        state.offers.forget(device_id);
+        match outcome {
+            EventOutcome::Changed(to) => moved(state, device_id, Some(offer.deployment_id), to),
+            _ => state.offers.forget(device_id),
+        }
         return Ok(None);
     }
     if current == AssignmentState::Pending {
-        state
-            .store
-            .transition(offer.deployment_id, device_id, "pending", "offered", None)
+        // Group-committed with the fleet's events: a rollout's first
+        // check-ins would otherwise each be a transaction of their own.
+        let outcome = state
+            .events
+            .transition(
+                offer.deployment_id,
+                device_id,
+                AssignmentState::Pending.as_str(),
+                AssignmentState::Offered.as_str(),
+                None,
+            )
             .await?;
-        state.offers.forget(device_id);
+        match outcome {
+            EventOutcome::Changed(to) => moved(state, device_id, Some(offer.deployment_id), to),
+            _ => state.offers.forget(device_id),
+        }
     }
     Ok(Some(update_for(state, offer)?))
 }

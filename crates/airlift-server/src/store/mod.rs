@@ -241,18 +241,39 @@ pub struct NewEvent {
 
 /// Decides an assignment's next state from its stored state and an event
 /// kind (both as stored names); `None` leaves it unchanged. The deployment
-/// rules ([`crate::deploy::next_state`]) pass it to [`EventStore::record_events`]
+/// rules ([`crate::deploy::next_state`]) pass it to [`EventStore::record_writes`]
 /// so the store applies them inside its transaction.
 pub type NextState = fn(&str, &str) -> Option<&'static str>;
 
-/// What recording one event did.
+/// A write that [`EventStore::record_writes`] group-commits.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// A device event (it may move its assignment).
+    Event(NewEvent),
+    /// A compare-and-set of an assignment's state (the server's own move,
+    /// such as `pending` to `offered` when a check-in carries the offer).
+    Transition {
+        /// The deployment.
+        deployment_id: i64,
+        /// The device.
+        device_id: i64,
+        /// The state the assignment must be in.
+        from: &'static str,
+        /// The state it moves to.
+        to: &'static str,
+        /// Why (stored with the assignment), if anything.
+        reason: Option<&'static str>,
+    },
+}
+
+/// What one write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventOutcome {
-    /// Stored; the assignment (if any) did not change.
+    /// Done (an event stored); the assignment (if any) did not change.
     Stored,
-    /// Stored, and the event moved its assignment to a new state.
-    Changed,
-    /// Not stored: the deployment has no assignment for the device.
+    /// Done, and the assignment moved to this state.
+    Changed(&'static str),
+    /// Not done: the deployment has no assignment for the device.
     NoAssignment,
 }
 
@@ -358,13 +379,14 @@ pub trait DeploymentStore: Send + Sync {
 pub trait EventStore: Send + Sync {
     /// Appends an event.
     async fn add_event(&self, event: &NewEvent) -> StoreResult<i64>;
-    /// Records device events in order, in one transaction: each event with a
+    /// Records writes in order, in one transaction: each event with a
     /// deployment first moves the device's assignment as `next` decides, then
-    /// is appended (unless the assignment does not exist). Nothing is written
-    /// when the call fails.
-    async fn record_events(
+    /// is appended (unless the assignment does not exist); a transition
+    /// moves its assignment if it is in the expected state. Nothing is
+    /// written when the call fails.
+    async fn record_writes(
         &self,
-        events: &[NewEvent],
+        writes: &[Write],
         next: NextState,
     ) -> StoreResult<Vec<EventOutcome>>;
     /// Events, newest first, optionally of one device, at most `limit`.

@@ -17,7 +17,7 @@ use super::{
     Assignment, AuditRecord, AuditStore, CredentialStore, Deployment, DeploymentStore, Device,
     DeviceStatus, DeviceStore, EnrollmentSecret, EventOutcome, EventStore, NewAssignment, NewEvent,
     NewRelease, NextState, Offer, Release, ReleaseStore, StoreError, StoreResult, StoredEvent,
-    Target,
+    Target, Write,
 };
 use crate::deploy::AssignmentState;
 use crate::now_ms;
@@ -410,31 +410,43 @@ impl DeploymentStore for SqliteStore {
         .await
         .and_then(|row| row.try_get(0))
         .map_err(backend)?;
-        for a in assignments {
-            if a.state == AssignmentState::Pending.as_str() {
-                sqlx::query(
+        // A few statements per 500 devices, not two per device: a deployment
+        // to 10,000 devices is one short transaction. The SQL built here
+        // holds only placeholders (AssertSqlSafe); values are bound.
+        for chunk in assignments.chunks(500) {
+            let pending: Vec<i64> = chunk
+                .iter()
+                .filter(|a| a.state == AssignmentState::Pending.as_str())
+                .map(|a| a.device_id)
+                .collect();
+            if !pending.is_empty() {
+                let sql = format!(
                     "UPDATE assignments SET state = 'cancelled', reason = 'superseded', \
-                     updated_at = ? WHERE device_id = ? AND state IN \
+                     updated_at = ? WHERE device_id IN ({}) AND state IN \
                      ('pending', 'offered', 'downloading', 'installed', 'booted')",
-                )
-                .bind(now)
-                .bind(a.device_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
+                    vec!["?"; pending.len()].join(", ")
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
+                for device_id in &pending {
+                    query = query.bind(device_id);
+                }
+                query.execute(&mut *tx).await.map_err(backend)?;
             }
-            sqlx::query(
+            let sql = format!(
                 "INSERT INTO assignments (deployment_id, device_id, wave, state, reason, \
-                 updated_at) VALUES (?, ?, 0, ?, ?, ?)",
-            )
-            .bind(id)
-            .bind(a.device_id)
-            .bind(&a.state)
-            .bind(&a.reason)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+                 updated_at) VALUES {}",
+                vec!["(?, ?, 0, ?, ?, ?)"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for a in chunk {
+                query = query
+                    .bind(id)
+                    .bind(a.device_id)
+                    .bind(&a.state)
+                    .bind(&a.reason)
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await.map_err(backend)?;
         }
         tx.commit().await.map_err(backend)?;
         self.deployment(id).await
@@ -621,9 +633,9 @@ impl EventStore for SqliteStore {
         .map_err(backend)
     }
 
-    async fn record_events(
+    async fn record_writes(
         &self,
-        events: &[NewEvent],
+        writes: &[Write],
         next: NextState,
     ) -> StoreResult<Vec<EventOutcome>> {
         // IMMEDIATE: the transaction reads before it writes; a deferred one
@@ -633,13 +645,20 @@ impl EventStore for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)?;
-        // Three statements per batch, not three per event: every statement
+        // Three statements per batch, not three per write: every statement
         // is a round trip to the connection's worker thread. The SQL built
         // here holds only placeholders (AssertSqlSafe); values are bound.
         let now = now_ms();
-        let keys: Vec<(i64, i64)> = events
+        let keys: Vec<(i64, i64)> = writes
             .iter()
-            .filter_map(|e| Some((e.deployment_id?, e.device_id)))
+            .filter_map(|w| match w {
+                Write::Event(e) => Some((e.deployment_id?, e.device_id)),
+                Write::Transition {
+                    deployment_id,
+                    device_id,
+                    ..
+                } => Some((*deployment_id, *device_id)),
+            })
             .collect();
         let mut states: HashMap<(i64, i64), String> = HashMap::new();
         if !keys.is_empty() {
@@ -660,30 +679,54 @@ impl EventStore for SqliteStore {
                 states.insert(key, row.try_get(2).map_err(backend)?);
             }
         }
-        // Events apply in order; the last state and first-non-null reason win.
+        // Writes apply in order; the last state and the last reason win.
         let mut changed: HashMap<(i64, i64), (&'static str, Option<&str>)> = HashMap::new();
-        let mut stored = Vec::with_capacity(events.len());
-        let mut outcomes = Vec::with_capacity(events.len());
-        for e in events {
-            let mut outcome = EventOutcome::Stored;
-            if let Some(deployment_id) = e.deployment_id {
-                let key = (deployment_id, e.device_id);
-                let Some(current) = states.get_mut(&key) else {
-                    outcomes.push(EventOutcome::NoAssignment);
-                    continue;
-                };
-                if let Some(to) = next(current, &e.kind) {
-                    to.clone_into(current);
-                    let entry = changed.entry(key).or_insert((to, None));
-                    entry.0 = to;
-                    if e.reason.is_some() {
-                        entry.1 = e.reason.as_deref();
-                    }
-                    outcome = EventOutcome::Changed;
+        let mut stored = Vec::with_capacity(writes.len());
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for w in writes {
+            let (key, to, reason) = match w {
+                Write::Event(e) => {
+                    let Some(deployment_id) = e.deployment_id else {
+                        stored.push(e);
+                        outcomes.push(EventOutcome::Stored);
+                        continue;
+                    };
+                    let key = (deployment_id, e.device_id);
+                    let Some(current) = states.get(&key) else {
+                        outcomes.push(EventOutcome::NoAssignment);
+                        continue;
+                    };
+                    stored.push(e);
+                    (key, next(current, &e.kind), e.reason.as_deref())
                 }
+                Write::Transition {
+                    deployment_id,
+                    device_id,
+                    from,
+                    to,
+                    reason,
+                } => {
+                    let key = (*deployment_id, *device_id);
+                    let Some(current) = states.get(&key) else {
+                        outcomes.push(EventOutcome::NoAssignment);
+                        continue;
+                    };
+                    (key, (current == from).then_some(*to), *reason)
+                }
+            };
+            let Some(to) = to else {
+                outcomes.push(EventOutcome::Stored);
+                continue;
+            };
+            if let Some(current) = states.get_mut(&key) {
+                to.clone_into(current);
             }
-            stored.push(e);
-            outcomes.push(outcome);
+            let entry = changed.entry(key).or_insert((to, None));
+            entry.0 = to;
+            if reason.is_some() {
+                entry.1 = reason;
+            }
+            outcomes.push(EventOutcome::Changed(to));
         }
         if !changed.is_empty() {
             let sql = format!(
