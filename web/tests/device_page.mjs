@@ -8,6 +8,8 @@
 // Exits non-zero with what the page showed and its console when a check fails.
 
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { basename } from "node:path";
 
 import { chromium } from "playwright-core";
 
@@ -102,6 +104,29 @@ async function upload(page, image, manifest) {
   await page.getByRole("button", { name: "Upload and install" }).click();
 }
 
+/** Drops files on `selector` as a user dragging them from a file manager does. */
+async function dropFiles(page, selector, paths) {
+  const files = paths.map((p) => ({ name: basename(p), bytes: [...readFileSync(p)] }));
+  await page.locator(selector).evaluate((target, files) => {
+    const data = new DataTransfer();
+    for (const f of files) data.items.add(new File([new Uint8Array(f.bytes)], f.name));
+    for (const type of ["dragenter", "dragover", "drop"]) {
+      target.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+    }
+  }, files);
+}
+
+/** Records every text #message shows, to check what the user saw in passing. */
+async function recordMessages(page) {
+  await page.evaluate(() => {
+    window.messages = [];
+    const message = document.getElementById("message");
+    new MutationObserver(() => window.messages.push(message.textContent))
+      .observe(message, { childList: true, characterData: true, subtree: true });
+  });
+  return () => page.evaluate(() => window.messages);
+}
+
 /** Number of boots the page shows, after it changed from `before` (when given). */
 async function waitBoots(page, before) {
   const value = await waitField(page, "running", "boots", new RegExp(`^(?!${before ?? -1}$)\\d+$`));
@@ -115,6 +140,7 @@ const scenarios = {
     assert.equal(await page.locator("#login").isVisible(), true, "the password form is shown");
     assert.equal(await page.locator("#device").isVisible(), false, "no status without the password");
     assert.equal(await textOf(page, "#running"), "", "no firmware details without the password");
+    assert.equal(await apiStatusCode(page, "/favicon.ico", "GET"), 404, "an unknown path is not a password challenge");
     for (const [path, method] of [["/api/status", "GET"], ["/api/reboot", "POST"], ["/api/upload", "POST"]]) {
       assert.equal(await apiStatusCode(page, path, method), 401, `${method} ${path} without the password`);
       assert.equal(await apiStatusCode(page, path, method, "guess"), 401, `${method} ${path} with a wrong password`);
@@ -200,8 +226,14 @@ const scenarios = {
   // A good signed image installs, the device reboots into it and confirms it.
   async install(page) {
     await openUnlocked(page);
-    await upload(page, config.files.good, config.files.good_manifest);
+    // Both files dropped at once, manifest first: the page sorts them out.
+    await dropFiles(page, "#upload", [config.files.good_manifest, config.files.good]);
+    await waitText(page, "#message", /^ready to install v2\.bin with v2\.manifest$/, "the dropped files");
+    const messages = await recordMessages(page);
+    await page.getByRole("button", { name: "Upload and install" }).click();
     await waitText(page, "#message", new RegExp(`installed ${config.new}: rebooting into it`), "the install");
+    const seen = await messages();
+    assert.ok(seen.includes("uploaded: the device is writing and verifying the image…"), `the page told the upload finished: ${JSON.stringify(seen)}`);
     await waitField(page, "running", "version", config.new);
     assert.equal(await field(page, "running", "slot"), "ota_1");
     await waitField(page, "running", "confirmed", "yes");
@@ -215,6 +247,25 @@ const scenarios = {
     const bootlog = (await cells(page, "bootlog")).slice(1).map((r) => r.slice(1).join(" "));
     assert.deepEqual(bootlog, [`ota_1 trial #1 ${config.new}`, `ota_0 confirmed ${config.old}`]);
     assert.equal(await textOf(page, "#message").then((m) => m.startsWith("the device does not answer")), false);
+  },
+
+  // Pull and install from URLs: a missing file is refused with the reason, a good pair installs.
+  async pull(page) {
+    await openUnlocked(page);
+    const pull = async (image, manifest) => {
+      await page.getByLabel("Image URL").fill(image);
+      await page.getByLabel("Manifest URL").fill(manifest);
+      await page.getByRole("button", { name: "Pull and install" }).click();
+    };
+    await pull(`${config.files_url}/fw/missing.bin`, `${config.files_url}/fw/v2.manifest`);
+    await waitText(page, "#message", /^refused, nothing installed: download: .*missing\.bin answered 404/, "the missing image to be refused");
+    assert.equal(await field(page, "running", "version"), config.old);
+    await pull(`${config.files_url}/fw/v2.bin`, `${config.files_url}/fw/v2.manifest`);
+    await waitText(page, "#message", new RegExp(`^installed ${config.new}: rebooting into it$`), "the pull");
+    await waitField(page, "running", "version", config.new);
+    await waitField(page, "running", "confirmed", "yes");
+    await waitText(page, "#history", new RegExp(`${config.new}\\s+pull\\s+confirmed`), "the pull in the history");
+    assert.equal(await field(page, "running", "sha256"), config.new_sha256);
   },
 
   // The Reboot button resets the device, which comes back on the same firmware.

@@ -230,8 +230,10 @@ pub fn router(control: Control, password: &str) -> Router {
         .route("/api/pull", post(pull))
         .route("/api/reboot", post(reboot))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
-        .layer(middleware::from_fn_with_state(web.clone(), auth))
-        // Routes added after the layer are not behind it: the page holds no secret.
+        // route_layer: an unknown path (a browser's /favicon.ico) is a plain 404,
+        // not a password challenge. Routes added after it are not behind it:
+        // the page holds no secret.
+        .route_layer(middleware::from_fn_with_state(web.clone(), auth))
         .route("/", get(index))
         .with_state(web)
 }
