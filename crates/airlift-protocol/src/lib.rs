@@ -15,7 +15,7 @@
 //! | `POST /api/v1/device/enroll` | [`EnrollRequest`] | [`EnrollAnswer`] (no token needed: the fleet enrolment secret is in the body) |
 //! | `POST /api/v1/device/checkin` | [`CheckIn`] | [`CheckInAnswer`] |
 //! | `GET /api/v1/device/artifacts/{sha256}` | - | the image bytes; `Range`, `If-Range` and `ETag` (the SHA-256) supported |
-//! | `POST /api/v1/device/events` | [`Event`] | [`EventAck`] |
+//! | `POST /api/v1/device/events` | [`Event`], or an [`EventBatch`] (a JSON array) | [`EventAck`], or an [`EventBatchAck`] |
 //!
 //! A check-in, as JSON:
 //!
@@ -288,6 +288,22 @@ impl core::fmt::Display for Reason {
 pub struct EventAck {
     /// Whether the event changed the state of its deployment (false for duplicates and late events).
     pub accepted: bool,
+}
+
+/// Most events one request carries.
+pub const EVENTS_MAX: usize = 8;
+
+/// Several events in one request, in the order they happened: what a device
+/// sends when it has more than one to report at once (verifying, installed
+/// and rebooting just before it resets), saving a round trip each. The
+/// events endpoint takes a JSON array of [`Event`]s for it.
+pub type EventBatch = heapless::Vec<Event, EVENTS_MAX>;
+
+/// The server's answer to an [`EventBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBatchAck {
+    /// For each event, in order: whether it changed its deployment's state.
+    pub accepted: heapless::Vec<bool, EVENTS_MAX>,
 }
 
 /// Enrolment: a device without a token asks for one with the fleet's enrolment secret.

@@ -5,8 +5,8 @@
 use core::fmt::Debug;
 
 use airlift_protocol::{
-    CheckIn, CheckInAnswer, EngineState, EnrollAnswer, EnrollRequest, Event, EventAck, EventKind,
-    LastResult, Reason, RunningImage, Update,
+    CheckIn, CheckInAnswer, EngineState, EnrollAnswer, EnrollRequest, Event, EventAck, EventBatch,
+    EventBatchAck, EventKind, LastResult, Reason, RunningImage, Update,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -106,6 +106,20 @@ fn every_message_round_trips_through_serde_json_and_serde_json_core() {
         detail: None,
     });
     round_trip(EventAck { accepted: true });
+    let mut batch = EventBatch::new();
+    batch.push(event()).unwrap();
+    batch
+        .push(Event {
+            deployment: Some(7),
+            kind: EventKind::Rebooting,
+            reason: None,
+            detail: None,
+        })
+        .unwrap();
+    round_trip(batch);
+    let mut accepted = heapless::Vec::new();
+    accepted.extend_from_slice(&[true, false]).unwrap();
+    round_trip(EventBatchAck { accepted });
     round_trip(enroll());
     round_trip(EnrollAnswer {
         name: s("esp-0a1b2c"),

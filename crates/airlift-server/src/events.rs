@@ -65,6 +65,28 @@ impl EventWriter {
         .await
     }
 
+    /// Records events in order (queued together, so they usually share
+    /// one transaction); returns each one's outcome once committed.
+    pub async fn record_all(&self, events: Vec<NewEvent>) -> Vec<StoreResult<EventOutcome>> {
+        let stopped = || StoreError::Backend("the event writer stopped".into());
+        let mut answers = Vec::with_capacity(events.len());
+        for event in events {
+            let (reply, answer) = oneshot::channel();
+            match self.queue.send((Write::Event(event), reply)).await {
+                Ok(()) => answers.push(Some(answer)),
+                Err(_) => answers.push(None),
+            }
+        }
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outcomes.push(match answer {
+                Some(a) => a.await.unwrap_or_else(|_| Err(stopped())),
+                None => Err(stopped()),
+            });
+        }
+        outcomes
+    }
+
     async fn write(&self, write: Write) -> StoreResult<EventOutcome> {
         let stopped = || StoreError::Backend("the event writer stopped".into());
         let (reply, answer) = oneshot::channel();

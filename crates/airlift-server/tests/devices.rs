@@ -804,3 +804,60 @@ async fn offers_stay_right_while_deployments_and_events_change_them_between_chec
     let (_, counts) = state_of(&server, &third).await;
     assert_eq!(counts["offered"], 1);
 }
+
+#[tokio::test]
+async fn several_events_in_one_request_apply_in_order_and_bad_batches_are_refused() {
+    let server = TestServer::start().await;
+    let release = server.release(&image("v2", 0, 31)).await;
+    let token = server.device("dev-1", &[]).await;
+    let deployment = server.deploy(&release, "all").await;
+    assert!(!server.checkin(&token, &Running::factory()).await["update"].is_null());
+    let id = deployment["id"].clone();
+    let batch = json!([
+        {"deployment": id, "kind": "downloading"},
+        {"deployment": id, "kind": "verifying"},
+        {"deployment": id, "kind": "installed", "detail": "activated ota_1"},
+        {"deployment": id, "kind": "rebooting"}
+    ]);
+    let response = server.event(&token, batch).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let ack: Value = response.json().await.unwrap();
+    assert_eq!(ack, json!({"accepted": [true, false, true, false]}));
+    let (_, counts) = state_of(&server, &deployment).await;
+    assert_eq!(counts["installed"], 1);
+
+    let check = |body: Value, status: StatusCode, says: &'static str| {
+        let token = token.clone();
+        let server = &server;
+        async move {
+            let response = server.event(&token, body).await;
+            assert_eq!(response.status(), status);
+            let body: Value = response.json().await.unwrap();
+            let message = body["error"]["message"].as_str().unwrap().to_owned();
+            assert!(message.contains(says), "{message:?} should say {says:?}");
+        }
+    };
+    let nine: Vec<Value> = (0..9).map(|_| json!({"kind": "booted"})).collect();
+    check(json!(nine), StatusCode::BAD_REQUEST, "at most 8 events").await;
+    check(
+        json!([{"kind": "exploded"}]),
+        StatusCode::BAD_REQUEST,
+        "unknown variant",
+    )
+    .await;
+    check(
+        json!({"kind": "exploded"}),
+        StatusCode::BAD_REQUEST,
+        "unknown variant",
+    )
+    .await;
+    check(
+        json!([{"deployment": id, "kind": "booted"}, {"deployment": 999, "kind": "confirmed"}]),
+        StatusCode::NOT_FOUND,
+        "deployment 999",
+    )
+    .await;
+    // The events before the refused one were recorded.
+    let (_, counts) = state_of(&server, &deployment).await;
+    assert_eq!(counts["booted"], 1);
+}

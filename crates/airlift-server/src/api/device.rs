@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use airlift_format::manifest::base64_encode;
 use airlift_protocol::{
-    CheckIn, CheckInAnswer, EnrollAnswer, EnrollRequest, Event, EventAck, Update,
+    CheckIn, CheckInAnswer, EVENTS_MAX, EnrollAnswer, EnrollRequest, Event, EventAck, EventBatch,
+    EventBatchAck, Update,
 };
 use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
@@ -158,7 +159,18 @@ pub(crate) async fn open_offer(
 /// assignment; true when the assignment's state changed.
 async fn record_event(state: &AppState, event: NewEvent) -> Result<bool, ApiError> {
     let (device_id, deployment_id) = (event.device_id, event.deployment_id);
-    match state.events.record(event).await? {
+    let outcome = state.events.record(event).await?;
+    outcome_of(state, device_id, deployment_id, outcome)
+}
+
+/// What a recorded event means for the answer and the offer cache.
+fn outcome_of(
+    state: &AppState,
+    device_id: i64,
+    deployment_id: Option<i64>,
+    outcome: EventOutcome,
+) -> Result<bool, ApiError> {
+    match outcome {
         EventOutcome::Stored => Ok(false),
         EventOutcome::Changed(to) => {
             moved(state, device_id, deployment_id, to);
@@ -288,36 +300,64 @@ async fn offer_update(
     Ok(Some(update_for(state, offer)?))
 }
 
-/// A device reports progress or the result of an update.
+/// A device reports progress or the result of an update: one event, or a
+/// JSON array of up to 8 in the order they happened (group-committed in
+/// one transaction). An event naming a deployment that has no assignment
+/// for the device is refused (404); in an array, the events before it are
+/// recorded.
 #[utoipa::path(post, path = "/api/v1/device/events", tag = "device", security(("device_token" = [])),
-    request_body(content = Object, description = "airlift_protocol::Event"),
-    responses((status = 200, description = "airlift_protocol::EventAck", body = Object),
+    request_body(content = Object, description = "airlift_protocol::Event, or an array of them (airlift_protocol::EventBatch)"),
+    responses((status = 200, description = "airlift_protocol::EventAck, or airlift_protocol::EventBatchAck for an array", body = Object),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, description = "the deployment is not this device's", body = ErrorBody)))]
 pub async fn post_event(
     State(state): State<AppState>,
     device: DeviceAuth,
-    ApiJson(event): ApiJson<Event>,
-) -> Result<ApiJson<EventAck>, ApiError> {
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let bad = |e: serde_json::Error| ApiError::bad_request("bad_json", format!("bad event: {e}"));
+    if body.is_array() {
+        let events: EventBatch = serde_json::from_value(body).map_err(|e| {
+            ApiError::bad_request(
+                "bad_json",
+                format!("bad event batch (at most {EVENTS_MAX} events): {e}"),
+            )
+        })?;
+        let mut news = Vec::with_capacity(events.len());
+        for event in events {
+            Metrics::inc(&state.metrics.events);
+            news.push(new_event(device.id, event)?);
+        }
+        let deployments: Vec<Option<i64>> = news.iter().map(|e| e.deployment_id).collect();
+        // Queued together: they share one commit and apply in order.
+        let outcomes = state.events.record_all(news).await;
+        let mut accepted = heapless::Vec::new();
+        for (deployment_id, outcome) in deployments.into_iter().zip(outcomes) {
+            let changed = outcome_of(&state, device.id, deployment_id, outcome?)?;
+            let _ = accepted.push(changed);
+        }
+        return Ok(ApiJson(EventBatchAck { accepted }).into_response());
+    }
+    let event: Event = serde_json::from_value(body).map_err(bad)?;
     Metrics::inc(&state.metrics.events);
+    let accepted = record_event(&state, new_event(device.id, event)?).await?;
+    Ok(ApiJson(EventAck { accepted }).into_response())
+}
+
+fn new_event(device_id: i64, event: Event) -> Result<NewEvent, ApiError> {
     let deployment_id = match event.deployment {
         Some(id) => {
             Some(i64::try_from(id).map_err(|_| ApiError::NotFound(format!("no deployment {id}")))?)
         }
         None => None,
     };
-    let accepted = record_event(
-        &state,
-        NewEvent {
-            device_id: device.id,
-            deployment_id,
-            kind: event.kind.as_str().to_owned(),
-            reason: event.reason.map(|r| r.as_str().to_owned()),
-            detail: event.detail.map(|d| d.to_string()),
-        },
-    )
-    .await?;
-    Ok(ApiJson(EventAck { accepted }))
+    Ok(NewEvent {
+        device_id,
+        deployment_id,
+        kind: event.kind.as_str().to_owned(),
+        reason: event.reason.map(|r| r.as_str().to_owned()),
+        detail: event.detail.map(|d| d.to_string()),
+    })
 }
 
 /// A parsed `Range: bytes=...` header: one range, or none (serve everything).
