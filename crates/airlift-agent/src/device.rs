@@ -337,6 +337,8 @@ pub struct Agent<F: AgentFlash> {
 struct Runtime {
     config: AgentConfig,
     http: reqwest::Client,
+    /// Events waiting to go out with the next one (RAM: lost at a reset).
+    outbox: Mutex<Vec<Event>>,
     observer: Option<Observer>,
     commands: Option<mpsc::Receiver<Command>>,
     snapshot: Option<Arc<Mutex<Snapshot>>>,
@@ -416,6 +418,7 @@ impl<F: AgentFlash> Agent<F> {
             rt: Runtime {
                 config,
                 http,
+                outbox: Mutex::new(Vec::new()),
                 observer: None,
                 commands: None,
                 snapshot: None,
@@ -479,6 +482,9 @@ impl<F: AgentFlash> Agent<F> {
             rt,
         } = self;
         rt.boots += 1;
+        if let Ok(mut outbox) = rt.outbox.lock() {
+            outbox.clear();
+        }
         let boot = boot_device(&mut *flash, layout)?;
         let Some((slot, info)) = boot.booted else {
             return Err(AgentError::Bricked);
@@ -669,9 +675,23 @@ impl Runtime {
         }
     }
 
-    /// Reports an event (best effort: the last result is repeated at every
-    /// check-in, so a lost event loses no result).
+    /// Reports an event, with any deferred ones before it in the same
+    /// request (best effort: the last result is repeated at every check-in,
+    /// so a lost event loses no result).
     async fn event(
+        &self,
+        deployment: Option<u64>,
+        kind: EventKind,
+        reason: Option<Reason>,
+        detail: &str,
+    ) {
+        self.defer_event(deployment, kind, reason, detail);
+        self.send_events().await;
+    }
+
+    /// Queues an event to go out with the next one: events that happen back
+    /// to back (verifying, installed, rebooting) share one request.
+    fn defer_event(
         &self,
         deployment: Option<u64>,
         kind: EventKind,
@@ -687,28 +707,49 @@ impl Runtime {
                 format!(": {detail}")
             }
         ));
+        let event = Event {
+            deployment,
+            kind,
+            reason,
+            detail: (!detail.is_empty()).then(|| bounded(detail)),
+        };
+        if let Ok(mut outbox) = self.outbox.lock() {
+            outbox.push(event);
+        }
+    }
+
+    /// Sends the queued events: one as an object, several as an array.
+    async fn send_events(&self) {
+        let events = match self.outbox.lock() {
+            Ok(mut outbox) => std::mem::take(&mut *outbox),
+            Err(_) => return,
+        };
         if let Some(url) = self.url("/api/v1/device/events") {
-            let event = Event {
-                deployment,
-                kind,
-                reason,
-                detail: (!detail.is_empty()).then(|| bounded(detail)),
-            };
-            let _permit = self.permit().await;
-            let sent = self
-                .authed(self.http.post(url))
-                .timeout(Duration::from_secs(10))
-                .json(&event)
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => self.log(&format!("server refused the {kind} event: {}", r.status())),
-                Err(e) => self.log(&format!("could not report {kind}: {e}")),
+            for chunk in events.chunks(airlift_protocol::EVENTS_MAX) {
+                let request = self
+                    .authed(self.http.post(&url))
+                    .timeout(Duration::from_secs(10));
+                let request = match chunk {
+                    [one] => request.json(one),
+                    many => request.json(many),
+                };
+                let _permit = self.permit().await;
+                let kinds = chunk
+                    .iter()
+                    .map(|e| e.kind.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                match request.send().await {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => self.log(&format!("server refused the {kinds} event: {}", r.status())),
+                    Err(e) => self.log(&format!("could not report {kinds}: {e}")),
+                }
             }
         }
-        // Observers hear of it once the server has (so counts never run ahead of it).
-        self.happen(&Happening::Event(kind, reason));
+        // Observers hear of them once the server has (so counts never run ahead of it).
+        for e in &events {
+            self.happen(&Happening::Event(e.kind, e.reason));
+        }
     }
 
     /// Ends an update attempt: records the result in the notes (the commit
@@ -1211,16 +1252,17 @@ impl Runtime {
             }
         };
         written?;
-        self.event(deployment, EventKind::Verifying, None, "").await;
+        // Verification takes microseconds once the bytes are in: its event
+        // goes out with the result (installed and rebooting, or failed).
+        self.defer_event(deployment, EventKind::Verifying, None, "");
         match install.finish() {
             Ok(a) => {
-                self.event(
+                self.defer_event(
                     deployment,
                     EventKind::Installed,
                     None,
                     &format!("activated ota_{} (otadata seq {})", a.slot, a.seq),
-                )
-                .await;
+                );
                 self.event(deployment, EventKind::Rebooting, None, "").await;
                 Ok(())
             }
