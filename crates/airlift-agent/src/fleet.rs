@@ -461,15 +461,18 @@ pub async fn deploy(
     Ok((id, sha.to_owned()))
 }
 
-/// The baseline of the fleet benchmark: every device downloads the
+/// The baselines of the fleet benchmark: every device downloads the
 /// artifact `sha256` once, plainly (at most `parallel` at a time), and
-/// nothing else. Returns the time taken and the bytes moved.
+/// nothing else; with `hash`, it also computes the SHA-256 of what it
+/// received (the least any device must do before accepting an image) and
+/// checks it. Returns the time taken and the bytes moved.
 pub async fn plain_downloads(
     http: &reqwest::Client,
     server: &str,
     tokens: &[String],
     sha256: &str,
     parallel: usize,
+    hash: bool,
 ) -> Result<(Duration, u64), AgentError> {
     let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let url = format!(
@@ -480,6 +483,7 @@ pub async fn plain_downloads(
     let mut set = JoinSet::new();
     for token in tokens {
         let (http, url, token, limit) = (http.clone(), url.clone(), token.clone(), limit.clone());
+        let expected = sha256.to_owned();
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
             let mut response = http
@@ -495,12 +499,24 @@ pub async fn plain_downloads(
                 )));
             }
             let mut n = 0u64;
+            let mut digest = hash.then(<sha2::Sha256 as sha2::Digest>::new);
             while let Some(chunk) = response
                 .chunk()
                 .await
                 .map_err(|e| AgentError::Http(format!("download: {e}")))?
             {
                 n += chunk.len() as u64;
+                if let Some(d) = digest.as_mut() {
+                    sha2::Digest::update(d, &chunk);
+                }
+            }
+            if let Some(d) = digest {
+                let got = crate::hex(&sha2::Digest::finalize(d));
+                if got != expected {
+                    return Err(AgentError::Http(format!(
+                        "download has SHA-256 {got}, expected {expected}"
+                    )));
+                }
             }
             Ok::<_, AgentError>(n)
         });

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use airlift_agent::boot::run_bootloader;
 use airlift_agent::device::{Behaviour, Behaviours};
-use airlift_agent::flash::{CowFlash, SECTOR};
+use airlift_agent::flash::{CowFlash, SECTOR, SectorPool};
 use airlift_agent::provision::flash_image;
 use airlift_agent::report::report;
 use airlift_engine::sim::{sign_image, test_image};
@@ -78,6 +78,35 @@ fn a_device_that_updated_holds_only_the_new_image_and_a_few_sectors_privately() 
         run_bootloader(&mut other, &l).unwrap().booted.unwrap().0,
         AppSlot::Ota(0)
     );
+}
+
+#[test]
+fn devices_of_one_pool_that_installed_the_same_release_hold_it_once() {
+    let v1 = test_image("1.0.0", 0, 40_000);
+    let v2 = test_image("2.0.0", 0, 300_000);
+    let shared = base(&v1);
+    let pool = Arc::new(SectorPool::new());
+    let mut flashes: Vec<CowFlash> = (0..3)
+        .map(|_| CowFlash::with_pool(shared.clone(), pool.clone()))
+        .collect();
+    for flash in &mut flashes {
+        update(flash, &v2);
+    }
+    for flash in &mut flashes {
+        let private = flash.private_bytes();
+        println!(
+            "private bytes after the update: {private} (image {})",
+            v2.len()
+        );
+        // otadata, data-partition records: a few sectors, not the image.
+        assert!(private <= 8 * SECTOR, "{private}");
+        let l = layout(flash);
+        let (slot, info) = run_bootloader(flash, &l).unwrap().booted.unwrap();
+        assert_eq!(
+            (slot, info.app_desc.unwrap().version().to_owned()),
+            (AppSlot::Ota(1), "2.0.0".to_owned())
+        );
+    }
 }
 
 #[test]
