@@ -339,6 +339,9 @@ struct Runtime {
     http: reqwest::Client,
     /// Events waiting to go out with the next one (RAM: lost at a reset).
     outbox: Mutex<Vec<Event>>,
+    /// A device-page command that arrived while the firmware was busy,
+    /// for the main loop (RAM: lost at a reset).
+    deferred: Option<Command>,
     observer: Option<Observer>,
     commands: Option<mpsc::Receiver<Command>>,
     snapshot: Option<Arc<Mutex<Snapshot>>>,
@@ -419,6 +422,7 @@ impl<F: AgentFlash> Agent<F> {
                 config,
                 http,
                 outbox: Mutex::new(Vec::new()),
+                deferred: None,
                 observer: None,
                 commands: None,
                 snapshot: None,
@@ -485,6 +489,7 @@ impl<F: AgentFlash> Agent<F> {
         if let Ok(mut outbox) = rt.outbox.lock() {
             outbox.clear();
         }
+        rt.deferred = None;
         let boot = boot_device(&mut *flash, layout)?;
         let Some((slot, info)) = boot.booted else {
             return Err(AgentError::Bricked);
@@ -544,7 +549,9 @@ impl<F: AgentFlash> Agent<F> {
             .await;
             match rt.config.behaviours.of(&running.version) {
                 Behaviour::Crash => {
-                    tokio::time::sleep(rt.config.crash_after).await;
+                    if rt.busy(rt.config.crash_after).await {
+                        return Ok(Next::Reset);
+                    }
                     rt.log(&format!(
                         "{} crashed before confirming: reset",
                         running.version
@@ -552,12 +559,16 @@ impl<F: AgentFlash> Agent<F> {
                     return Ok(Next::Reset);
                 }
                 Behaviour::Hang => {
-                    tokio::time::sleep(rt.config.watchdog).await;
+                    if rt.busy(rt.config.watchdog).await {
+                        return Ok(Next::Reset);
+                    }
                     rt.log(&format!("{} hangs: watchdog reset", running.version));
                     return Ok(Next::Reset);
                 }
                 Behaviour::Healthy => {
-                    tokio::time::sleep(rt.config.health_check).await;
+                    if rt.busy(rt.config.health_check).await {
+                        return Ok(Next::Reset);
+                    }
                     dev.confirm()?;
                     running.confirmed = true;
                     let detail = format!("{} passed its health check", running.version);
@@ -614,6 +625,33 @@ impl Runtime {
 
     fn chance(&mut self, p: f64) -> bool {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    /// The firmware is busy in its own code for `time` (a health check, a
+    /// crash on the way, a hang until the watchdog). The device page's web
+    /// server still answers: a reboot asked meanwhile resets at once (true);
+    /// an upload or a pull waits for the main loop.
+    async fn busy(&mut self, time: Duration) -> bool {
+        let until = tokio::time::Instant::now() + time;
+        loop {
+            let Some(rx) = self.commands.as_mut().filter(|_| self.deferred.is_none()) else {
+                tokio::time::sleep_until(until).await;
+                return false;
+            };
+            let command = tokio::select! {
+                () = tokio::time::sleep_until(until) => return false,
+                c = rx.recv() => c,
+            };
+            match command {
+                Some(Command::Reboot) => {
+                    self.log("reboot requested from the device page");
+                    return true;
+                }
+                Some(other) => self.deferred = Some(other),
+                // The page is gone: nothing can ask any more.
+                None => self.commands = None,
+            }
+        }
     }
 
     async fn permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
@@ -841,6 +879,7 @@ impl Runtime {
         }
         loop {
             let command = match self.commands.as_mut() {
+                _ if self.deferred.is_some() => self.deferred.take(),
                 Some(rx) => tokio::select! {
                     () = tokio::time::sleep(wait) => None,
                     c = rx.recv() => c,

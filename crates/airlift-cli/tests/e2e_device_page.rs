@@ -284,3 +284,79 @@ fn device_page_pulls_a_release_from_a_url_and_reboots_on_request() {
         "still on 3.0.0 after the reboot"
     );
 }
+
+#[test]
+fn a_reboot_asked_while_the_new_image_hangs_on_trial_resets_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    airlift(&["keys", "generate", d.join("release").to_str().unwrap()]);
+    let v1 = write(d, "v1.bin", &image("1.0.0", 30_000));
+    let v2_bytes = image("2.0.0", 30_000);
+    let v2 = write(d, "v2.bin", &v2_bytes);
+    let manifest = sign(d, &v2, "release", "v2.manifest");
+    let flash = d.join("hang.flash");
+    create_flash(&flash, &v1, &d.join("release.pub"));
+    // The watchdog would take ten minutes: only the reboot can reset it.
+    let agent = Agent::start(
+        &flash,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--password",
+            "pw",
+            "--health-check",
+            "0.05",
+            "--behave",
+            "2.0.0=hang",
+            "--watchdog",
+            "600",
+        ],
+    );
+    let url = agent.page_url();
+    let http = Client::new();
+    let status = || -> Value {
+        http.get(format!("{url}/api/status"))
+            .basic_auth("x", Some("pw"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    wait_for(
+        "1.0.0 to run confirmed",
+        || status()["running"]["confirmed"] == true,
+        || agent.log_text(),
+    );
+    let (code, body) = upload(&http, &url, Some("pw"), &v2_bytes, &manifest);
+    assert_eq!(code, 200, "{body}");
+    wait_for(
+        "2.0.0 to hang on trial",
+        || {
+            let s = status();
+            s["running"]["version"] == "2.0.0" && s["running"]["confirmed"] == false
+        },
+        || agent.log_text(),
+    );
+    let boots = status()["boots"].as_u64().unwrap();
+    let reboot = http
+        .post(format!("{url}/api/reboot"))
+        .basic_auth("x", Some("pw"))
+        .send()
+        .unwrap();
+    assert_eq!(reboot.status().as_u16(), 202);
+    wait_for(
+        "the reboot during the hang",
+        || status()["boots"].as_u64() == Some(boots + 1),
+        || agent.log_text(),
+    );
+    let s = status();
+    assert_eq!(s["running"]["version"], "2.0.0", "{s}");
+    assert_eq!(s["running"]["attempt"], 2, "the second trial boot: {s}");
+    assert!(
+        agent
+            .log_text()
+            .contains("reboot requested from the device page"),
+        "{}",
+        agent.log_text()
+    );
+}
