@@ -89,23 +89,25 @@ impl OfferCache {
     }
 
     /// Records that a device's assignment in `deployment_id` moved to
-    /// `state`: the cached offer follows while the assignment stays open;
-    /// when it is over, the device's entry is forgotten (an older open
-    /// assignment may be the device's offer now: the database knows).
+    /// `state`. When that assignment is the cached offer, the cache follows:
+    /// the new state while it stays open, no offer once it is over (a
+    /// device has at most one open assignment: creating a pending one
+    /// supersedes the others). Otherwise the entry is forgotten.
     pub fn moved(&self, device_id: i64, deployment_id: i64, state: AssignmentState) {
         let mut entries = self.write();
         let entry = entries.entry(device_id).or_default();
         entry.epoch += 1;
-        let follows = match &entry.offer {
-            Some(Some(offer)) if offer.deployment_id == deployment_id && state.is_open() => {
-                Some(Arc::new(Offer {
-                    state: state.as_str().to_owned(),
-                    ..Offer::clone(offer)
+        entry.offer = match &entry.offer {
+            Some(Some(offer)) if offer.deployment_id == deployment_id => {
+                Some(state.is_open().then(|| {
+                    Arc::new(Offer {
+                        state: state.as_str().to_owned(),
+                        ..Offer::clone(offer)
+                    })
                 }))
             }
             _ => None,
         };
-        entry.offer = follows.map(Some);
     }
 
     /// Forgets one device's offer (its assignment changed).
@@ -217,7 +219,7 @@ mod tests {
     }
 
     #[test]
-    fn an_open_assignment_is_followed_in_place_and_a_finished_one_forgotten() {
+    fn the_cached_assignment_is_followed_in_place_until_it_is_over() {
         let cache = OfferCache::default();
         cache.set(1, offer(5));
         cache.moved(1, 5, AssignmentState::Downloading);
@@ -226,15 +228,12 @@ mod tests {
             (cached.deployment_id, cached.state.as_str()),
             (5, "downloading")
         );
-        // Another deployment's move says nothing about this offer.
+        // A move of another deployment's assignment: the entry is unknown now.
         cache.moved(1, 4, AssignmentState::Installed);
         assert!(cache.get(1).is_none());
         cache.set(1, offer(5));
         cache.moved(1, 5, AssignmentState::Confirmed);
-        assert!(
-            cache.get(1).is_none(),
-            "finished: the database decides what is open"
-        );
+        assert_eq!(cache.get(1), Some(None), "finished: no open offer left");
     }
 
     #[test]

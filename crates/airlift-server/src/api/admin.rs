@@ -417,10 +417,15 @@ pub async fn create_device(
 ) -> Result<(StatusCode, Extension<AuditNote>, ApiJson<NewDeviceAnswer>), ApiError> {
     check_name_and_tags(&request.name, &request.tags)?;
     let token = new_token("al_dev_").map_err(ApiError::internal)?;
+    let hash = hash_token(&token);
     let device = state
         .store
-        .create_device(&request.name, &request.tags, &hash_token(&token))
+        .create_device(&request.name, &request.tags, &hash)
         .await?;
+    // Its first check-in then needs no database read to know who it is.
+    state
+        .device_tokens
+        .insert(hash, (device.id, device.name.clone()));
     let detail = serde_json::json!({"name": device.name, "tags": device.tags});
     Ok((
         StatusCode::CREATED,

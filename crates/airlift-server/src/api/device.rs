@@ -93,10 +93,15 @@ pub async fn enroll(
     tags.dedup();
     super::admin::check_name_and_tags(&request.name, &tags)?;
     let token = new_token("al_dev_").map_err(ApiError::internal)?;
+    let hash = hash_token(&token);
     let device = state
         .store
-        .create_device(&request.name, &tags, &hash_token(&token))
+        .create_device(&request.name, &tags, &hash)
         .await?;
+    // Its first check-in then needs no database read to know who it is.
+    state
+        .device_tokens
+        .insert(hash, (device.id, device.name.clone()));
     state
         .store
         .add_audit(
