@@ -289,17 +289,19 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
                 let (http, server, tokens) = (http_client(), &args.server, &tokens);
                 async move {
                     let http = http?;
-                    let mut best: Option<(f64, u64, Option<f64>)> = None;
+                    let mut best: Option<(f64, u64, Option<f64>, Option<f64>)> = None;
                     for _ in 0..3 {
                         let cpu = args.server_pid.and_then(cpu_seconds);
+                        let own = cpu_seconds(std::process::id());
                         let (took, bytes) =
                             plain_downloads(&http, server, tokens, sha, args.connections, hash)
                                 .await?;
                         let used =
                             args.server_pid.and_then(cpu_seconds).zip(cpu).map(|(b, a)| b - a);
+                        let own = cpu_seconds(std::process::id()).zip(own).map(|(b, a)| b - a);
                         let took = took.as_secs_f64();
-                        if best.is_none_or(|(b, _, _)| took < b) {
-                            best = Some((took, bytes, used));
+                        if best.is_none_or(|(b, _, _, _)| took < b) {
+                            best = Some((took, bytes, used, own));
                         }
                     }
                     Ok::<_, anyhow::Error>(best)
@@ -329,7 +331,7 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
                 println!("{line}");
             }
         };
-        if let Some(((took, bytes, server_cpu), (hashed, _, _))) = baseline {
+        if let Some(((took, bytes, server_cpu, _), (hashed, _, _, _))) = baseline {
             // From the deployment to the last device's final report.
             let fleet_secs = stats.last_final().as_secs_f64();
             note(format!(
@@ -365,10 +367,17 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
             ));
         }
         if let Some(cpu) = sim_cpu_update {
+            let per_device = |cpu: f64| cpu * 1e6 / tokens.len().max(1) as f64;
             note(format!(
                 "simulator CPU during the update: {cpu:.2} s ({:.0} us per device)",
-                cpu * 1e6 / tokens.len().max(1) as f64
+                per_device(cpu)
             ));
+            if let Some(Some(hashing)) = baseline.map(|(_, (_, _, _, own))| own) {
+                note(format!(
+                    "simulator CPU for the checked downloads: {hashing:.2} s ({:.0} us per device)",
+                    per_device(hashing)
+                ));
+            }
         }
         if let Some((linger, answered, used)) = lingered {
             let rate = answered as f64 / linger;
