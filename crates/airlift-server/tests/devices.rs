@@ -861,3 +861,36 @@ async fn several_events_in_one_request_apply_in_order_and_bad_batches_are_refuse
     let (_, counts) = state_of(&server, &deployment).await;
     assert_eq!(counts["booted"], 1);
 }
+
+#[tokio::test]
+async fn a_deployment_names_its_release_by_number_text_or_sha256() {
+    let server = TestServer::start().await;
+    let release = server.release(&image("v2", 0, 41)).await;
+    server.device("dev-1", &["a"]).await;
+    let id = release["id"].as_i64().unwrap();
+    let sha = release["sha256"].as_str().unwrap();
+    for reference in [json!(id), json!(id.to_string()), json!(sha)] {
+        let created = server
+            .admin_json(
+                Method::POST,
+                "/api/v1/deployments",
+                Some(json!({"release": reference, "target": "tag:a"})),
+                StatusCode::CREATED,
+            )
+            .await;
+        assert_eq!(created["release"]["id"], id, "{reference}");
+    }
+    let refused = server
+        .admin_json(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(json!({"release": true, "target": "tag:a"})),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("expected a release id or a SHA-256"),
+        "{message}"
+    );
+}

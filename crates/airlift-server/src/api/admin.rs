@@ -518,10 +518,27 @@ pub async fn device_events(
 /// A deployment to create.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewDeployment {
-    /// The release: its id or its SHA-256.
+    /// The release: its id (a JSON number or string) or its SHA-256.
+    #[serde(deserialize_with = "id_or_text")]
     pub release: String,
     /// `device:NAME`, `tag:T` or `all`.
     pub target: String,
+}
+
+/// A release reference given as a number (`1`) or as text (`"1"`, a SHA-256).
+fn id_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IdOrText {
+        Id(i64),
+        Text(String),
+    }
+    match IdOrText::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a release id or a SHA-256"))?
+    {
+        IdOrText::Id(id) => Ok(id.to_string()),
+        IdOrText::Text(text) => Ok(text),
+    }
 }
 
 /// A deployment with its progress.
