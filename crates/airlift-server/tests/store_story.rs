@@ -284,3 +284,57 @@ async fn sqlite_store_tells_the_whole_story() {
     use airlift_server::store::ReleaseStore;
     assert_eq!(reopened.list_releases().await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn statuses_of_a_large_fleet_are_written_each_to_its_own_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let mut statuses = Vec::new();
+    // More than one statement's worth (500), with a partial last chunk.
+    for n in 0..1203u32 {
+        let mut token = [0u8; 32];
+        token[..4].copy_from_slice(&n.to_le_bytes());
+        let device = store
+            .create_device(&format!("d{n}"), &[], &token)
+            .await
+            .unwrap();
+        let status = DeviceStatus {
+            last_seen: Some(i64::from(n) + 1),
+            chip_id: (n % 2 == 0).then_some(5),
+            project: Some("fleet".into()),
+            version: Some(format!("v{n}")),
+            sha256: Some(format!("{n:064x}")),
+            security_version: Some(i64::from(n % 3)),
+            slot: Some(i64::from(n % 2)),
+            state: Some("idle".into()),
+            boot_count: Some(i64::from(n)),
+        };
+        statuses.push((device.id, status));
+    }
+    store.record_statuses(&statuses).await.unwrap();
+    for (id, status) in [
+        &statuses[0],
+        &statuses[499],
+        &statuses[500],
+        &statuses[1202],
+    ] {
+        assert_eq!(&store.device(*id).await.unwrap().status, status);
+    }
+    // A newer status replaces every field, unknown ones included.
+    let (id, _) = &statuses[700];
+    let newer = DeviceStatus {
+        last_seen: Some(9_999),
+        version: Some("v-new".into()),
+        ..DeviceStatus::default()
+    };
+    store
+        .record_statuses(&[(*id, newer.clone())])
+        .await
+        .unwrap();
+    assert_eq!(store.device(*id).await.unwrap().status, newer);
+    assert_eq!(
+        store.device(statuses[701].0).await.unwrap().status,
+        statuses[701].1
+    );
+}

@@ -365,25 +365,34 @@ impl DeviceStore for SqliteStore {
 
     async fn record_statuses(&self, statuses: &[(i64, DeviceStatus)]) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        for (device_id, s) in statuses {
-            sqlx::query(
-                "UPDATE devices SET last_seen = ?, chip_id = ?, project = ?, version = ?, \
-                 sha256 = ?, security_version = ?, slot = ?, state = ?, boot_count = ? \
-                 WHERE id = ?",
-            )
-            .bind(s.last_seen)
-            .bind(s.chip_id)
-            .bind(&s.project)
-            .bind(&s.version)
-            .bind(&s.sha256)
-            .bind(s.security_version)
-            .bind(s.slot)
-            .bind(&s.state)
-            .bind(s.boot_count)
-            .bind(device_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        // One statement per 500 devices, not one per device: a second of
+        // check-ins from a large fleet is tens of thousands of statuses, and
+        // every statement is a round trip to the connection's worker thread.
+        // The SQL built here holds only placeholders (AssertSqlSafe).
+        for chunk in statuses.chunks(500) {
+            let sql = format!(
+                "UPDATE devices SET last_seen = v.column2, chip_id = v.column3, \
+                 project = v.column4, version = v.column5, sha256 = v.column6, \
+                 security_version = v.column7, slot = v.column8, state = v.column9, \
+                 boot_count = v.column10 \
+                 FROM (VALUES {}) AS v WHERE devices.id = v.column1",
+                vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (device_id, s) in chunk {
+                query = query
+                    .bind(device_id)
+                    .bind(s.last_seen)
+                    .bind(s.chip_id)
+                    .bind(&s.project)
+                    .bind(&s.version)
+                    .bind(&s.sha256)
+                    .bind(s.security_version)
+                    .bind(s.slot)
+                    .bind(&s.state)
+                    .bind(s.boot_count);
+            }
+            query.execute(&mut *tx).await.map_err(backend)?;
         }
         tx.commit().await.map_err(backend)
     }
