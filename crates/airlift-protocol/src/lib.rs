@@ -141,6 +141,11 @@ pub struct LastResult {
     /// Why it failed, for `failed` and `rolled_back`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
+    /// Free text for humans, sent when the check-in is the first report of
+    /// the result (a device reports a result at the check-in it makes at
+    /// once, instead of a separate event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<heapless::String<DETAIL_MAX>>,
 }
 
 /// The server's answer to a check-in.

@@ -31,6 +31,7 @@ fn check_in() -> CheckIn {
             deployment: Some(7),
             kind: EventKind::RolledBack,
             reason: Some(Reason::BootFailed),
+            detail: Some(s("2.0.0 did not confirm within 3 boots")),
         }),
     }
 }
@@ -150,7 +151,7 @@ fn field_names_and_enum_spellings_match_the_documentation() {
         serde_json::json!({"chip_id": 5, "running": {"project": "hello_world", "version": "v1",
             "sha256": "ab".repeat(32), "security_version": 2, "slot": 1}, "state": "trial",
             "boot_count": 1, "last_result": {"deployment": 7, "kind": "rolled_back",
-            "reason": "boot_failed"}}),
+            "reason": "boot_failed", "detail": "2.0.0 did not confirm within 3 boots"}}),
     );
 }
 

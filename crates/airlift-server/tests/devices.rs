@@ -894,3 +894,56 @@ async fn a_deployment_names_its_release_by_number_text_or_sha256() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn a_download_marks_the_offer_downloading_and_a_result_first_reported_at_check_in_keeps_its_detail()
+ {
+    let server = TestServer::start().await;
+    let release = server.release(&image("v2", 0, 51)).await;
+    let token = server.device("dev-1", &[]).await;
+    let deployment = server.deploy(&release, "device:dev-1").await;
+    assert!(!server.checkin(&token, &Running::factory()).await["update"].is_null());
+    let (_, counts) = state_of(&server, &deployment).await;
+    assert_eq!(counts["offered"], 1);
+    let url = format!(
+        "/api/v1/device/artifacts/{}",
+        release["sha256"].as_str().unwrap()
+    );
+    assert_eq!(
+        download(&server, &token, &url, &[]).await.status(),
+        StatusCode::OK
+    );
+    // Marked in the background: the download does not wait for the commit.
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = state_of(&server, &deployment).await.1;
+        if state["downloading"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(state["downloading"], 1, "{state}");
+
+    let mut report = Running::factory().checkin();
+    report["last_result"] = json!({"deployment": deployment["id"], "kind": "failed",
+        "reason": "signature", "detail": "manifest signed by an unknown key"});
+    let response = server
+        .as_device(&token, Method::POST, "/api/v1/device/checkin", Some(report))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let (_, counts) = state_of(&server, &deployment).await;
+    assert_eq!(counts["failed"], 1);
+    let events = server
+        .admin_json(
+            Method::GET,
+            "/api/v1/devices/dev-1/events",
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(events[0]["kind"], "failed");
+    assert_eq!(
+        events[0]["detail"],
+        "manifest signed by an unknown key (reported at check-in)"
+    );
+}

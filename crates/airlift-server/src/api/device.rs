@@ -237,7 +237,10 @@ pub async fn checkin(
                     deployment_id: Some(offer.deployment_id),
                     kind: result.kind.as_str().to_owned(),
                     reason: result.reason.map(|r| r.as_str().to_owned()),
-                    detail: Some("reported at check-in".into()),
+                    detail: Some(match &result.detail {
+                        Some(d) => format!("{d} (reported at check-in)"),
+                        None => "reported at check-in".into(),
+                    }),
                 },
             )
             .await?;
@@ -450,10 +453,40 @@ pub(crate) async fn download_allowed(
     if !well_formed {
         return Ok(false);
     }
-    let offered = open_offer(state, device_id)
+    let offer = open_offer(state, device_id)
         .await?
-        .is_some_and(|offer| offer.release.sha256 == sha256);
-    Ok(offered || state.store.artifact_assigned(device_id, sha256).await?)
+        .filter(|offer| offer.release.sha256 == sha256);
+    if let Some(offer) = &offer
+        && offer.state == AssignmentState::Offered.as_str()
+    {
+        downloading(state, device_id, offer.deployment_id);
+    }
+    Ok(offer.is_some() || state.store.artifact_assigned(device_id, sha256).await?)
+}
+
+/// Marks an offered assignment `downloading` when the device starts
+/// fetching its artifact (the device reports `downloading` itself with the
+/// install's result; this shows it while the bytes move). In the
+/// background: the download does not wait for the commit.
+fn downloading(state: &AppState, device_id: i64, deployment_id: i64) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let outcome = state
+            .events
+            .transition(
+                deployment_id,
+                device_id,
+                AssignmentState::Offered.as_str(),
+                AssignmentState::Downloading.as_str(),
+                None,
+            )
+            .await;
+        match outcome {
+            Ok(EventOutcome::Changed(to)) => moved(&state, device_id, Some(deployment_id), to),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, device_id, "cannot mark the download"),
+        }
+    });
 }
 
 /// The range to send: `Range` applies only when `If-Range` is absent or names the current `ETag`.
