@@ -342,6 +342,10 @@ struct Runtime {
     /// A device-page command that arrived while the firmware was busy,
     /// for the main loop (RAM: lost at a reset).
     deferred: Option<Command>,
+    /// A final result the next check-in (made at once) reports for the
+    /// first time, with its detail (RAM; the result itself is in the notes
+    /// and repeated at every check-in).
+    unreported: Mutex<Option<(EventKind, Option<Reason>, String)>>,
     observer: Option<Observer>,
     commands: Option<mpsc::Receiver<Command>>,
     snapshot: Option<Arc<Mutex<Snapshot>>>,
@@ -423,6 +427,7 @@ impl<F: AgentFlash> Agent<F> {
                 http,
                 outbox: Mutex::new(Vec::new()),
                 deferred: None,
+                unreported: Mutex::new(None),
                 observer: None,
                 commands: None,
                 snapshot: None,
@@ -490,6 +495,9 @@ impl<F: AgentFlash> Agent<F> {
             outbox.clear();
         }
         rt.deferred = None;
+        if let Ok(mut u) = rt.unreported.lock() {
+            *u = None;
+        }
         let boot = boot_device(&mut *flash, layout)?;
         let Some((slot, info)) = boot.booted else {
             return Err(AgentError::Bricked);
@@ -822,7 +830,20 @@ impl Runtime {
             });
         }
         notes.save(dev.flash_mut(), nvs)?;
-        self.event(deployment, kind, reason, detail).await;
+        let queued = self.outbox.lock().is_ok_and(|o| !o.is_empty());
+        if self.config.server.is_some() && !queued {
+            // The check-in the device makes at once carries it: one request
+            // instead of an event and then a check-in.
+            self.log(&format!(
+                "result {kind}{}: {detail} (reported at the next check-in)",
+                reason.map_or(String::new(), |r| format!(" ({r})"))
+            ));
+            if let Ok(mut u) = self.unreported.lock() {
+                *u = Some((kind, reason, detail.to_owned()));
+            }
+        } else {
+            self.event(deployment, kind, reason, detail).await;
+        }
         Ok(())
     }
 
@@ -873,7 +894,8 @@ impl Runtime {
         running: &RunningInfo,
     ) -> Result<Next, AgentError> {
         let mut wait = Duration::ZERO;
-        if self.config.jitter {
+        let unreported = self.unreported.lock().is_ok_and(|u| u.is_some());
+        if self.config.jitter && !unreported {
             let poll = self.config.poll.unwrap_or(Duration::from_secs(1));
             wait = poll.mul_f64((self.next() % 1000) as f64 / 1000.0);
         }
@@ -894,6 +916,10 @@ impl Runtime {
                 None => match self.check_in(notes, running).await {
                     Ok(answer) => {
                         self.happen(&Happening::CheckedIn);
+                        let reported = self.unreported.lock().ok().and_then(|mut u| u.take());
+                        if let Some((kind, reason, _)) = reported {
+                            self.happen(&Happening::Event(kind, reason));
+                        }
                         if let Some(s) = &self.snapshot
                             && let Ok(mut s) = s.lock()
                         {
@@ -1030,6 +1056,11 @@ impl Runtime {
                 deployment: r.deployment,
                 kind: r.kind,
                 reason: r.reason,
+                detail: self
+                    .unreported
+                    .lock()
+                    .ok()
+                    .and_then(|u| u.as_ref().filter(|u| u.0 == r.kind).map(|u| bounded(&u.2))),
             }),
         };
         let _permit = self.permit().await;
@@ -1230,7 +1261,9 @@ impl Runtime {
             Err(e) => return Err(dead_err(e)),
         };
         let resumed = install.resume_offset();
-        self.event(
+        // Reported with the install's result (the server marks the
+        // assignment downloading when the device starts fetching).
+        self.defer_event(
             deployment,
             EventKind::Downloading,
             None,
@@ -1239,8 +1272,7 @@ impl Runtime {
             } else {
                 String::new()
             },
-        )
-        .await;
+        );
         let written: Result<(), Failure> = match source {
             Source::Bytes(bytes) => {
                 let from = (install.resume_offset() as usize).min(bytes.len());
