@@ -36,6 +36,13 @@
 //! ```json
 //! {"deployment":7,"kind":"failed","reason":"signature","detail":"key 0a1b2c3d4e5f6071 not trusted"}
 //! ```
+//!
+//! A device saves round trips by sending events that happen back to back in
+//! one array (`downloading`, `verifying`, `installed`, `rebooting` before
+//! it resets), and by reporting a final result in its check-in's
+//! `last_result` (with a `detail` the first time), which the server records
+//! like the event. `last_result` is repeated at every check-in, so a report
+//! lost to a reset or a dropped connection loses no result.
 #![no_std]
 #![forbid(unsafe_code)]
 
