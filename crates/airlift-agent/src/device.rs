@@ -536,6 +536,10 @@ impl<F: AgentFlash> Agent<F> {
         let mut notes = Notes::load(dev.flash_mut(), *nvs)?;
         rt.resolve_pending(&mut dev, *nvs, &mut notes, &running)
             .await?;
+        if let Some(detail) = fallback(&mut dev, boot.selected, &running)? {
+            rt.event(None, EventKind::Booted, Some(Reason::Verification), &detail)
+                .await;
+        }
         rt.refresh(
             &mut dev,
             &running,
@@ -595,6 +599,36 @@ impl<F: AgentFlash> Agent<F> {
         }
         rt.main_loop(&mut dev, *nvs, &mut notes, &running).await
     }
+}
+
+/// When this boot is one the bootloader had to fall back for (the image
+/// otadata selects is not valid, and no update was on trial: the engine
+/// logged [`BootOutcome::BootloaderFallback`]), what to tell the server: a
+/// device silently running another image than the one it was given is what
+/// a fleet operator must hear about, the more so when that image is below
+/// the device's minimum security version.
+fn fallback<F: AgentFlash>(
+    dev: &mut Dev<'_, F>,
+    selected: AppSlot,
+    running: &RunningInfo,
+) -> Result<Option<String>, AgentError> {
+    let mut last = None;
+    dev.boot_log(|r| last = Some(r.outcome))?;
+    if last != Some(BootOutcome::BootloaderFallback) {
+        return Ok(None);
+    }
+    let min = dev.status()?.min_security_version;
+    let mut detail = format!(
+        "the bootloader could not start {selected} (not a valid image) and started {} {} from {}",
+        running.project, running.version, running.slot
+    );
+    if running.security_version < min {
+        detail.push_str(&format!(
+            ", whose security version {} is below the device's minimum {min}",
+            running.security_version
+        ));
+    }
+    Ok(Some(detail))
 }
 
 /// Counts boot-log records of trial boots of the image whose SHA-256 starts

@@ -14,7 +14,7 @@ use airlift_engine::sim::{sign_image, test_image};
 use airlift_engine::{AppSlot, BootDecision, Config, Device, Layout};
 use airlift_format::manifest::{SigningKey, key_id, public_key_from_seed};
 use airlift_format::partition::{AIRLIFT_DEFAULT, TABLE_OFFSET};
-use embedded_storage::nor_flash::NorFlash;
+use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 
 const SEED: [u8; 32] = [9; 32];
 
@@ -107,6 +107,68 @@ fn devices_of_one_pool_that_installed_the_same_release_hold_it_once() {
             (AppSlot::Ota(1), "2.0.0".to_owned())
         );
     }
+}
+
+#[tokio::test]
+async fn a_device_running_a_fallback_image_says_so_and_names_the_security_version() {
+    use std::sync::Mutex;
+
+    use airlift_agent::device::{Agent, AgentConfig, Happening};
+    use airlift_protocol::{EventKind, Reason};
+
+    let v1 = test_image("1.0.0", 0, 40_000);
+    let v2 = test_image("2.0.0", 1, 60_000);
+    let mut flash = CowFlash::new(base(&v1));
+    update(&mut flash, &v2);
+    // v2 (security version 1) is confirmed in ota_1: the minimum is 1 now.
+    // Then a byte of v2 goes bad: the bootloader falls back to v1 in ota_0.
+    let ota_1 = layout(&mut flash).slot(AppSlot::Ota(1)).unwrap();
+    let at = ota_1.offset + 0x2000;
+    let mut before = [0u8; 4];
+    flash.read(at, &mut before).unwrap();
+    assert_ne!(before, [0; 4], "the test needs set bits to clear");
+    flash.write(at, &[0; 4]).unwrap();
+    let l = layout(&mut flash);
+    let boot = run_bootloader(&mut flash, &l).unwrap();
+    assert_eq!(
+        (boot.selected, boot.booted.unwrap().0),
+        (AppSlot::Ota(1), AppSlot::Ota(0))
+    );
+
+    let heard: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = heard.clone();
+    let agent = Agent::new(flash, AgentConfig::default(), reqwest::Client::new())
+        .unwrap()
+        .observe(Arc::new(move |_, what| match what {
+            Happening::Log(line) => log.lock().unwrap().push((*line).to_owned()),
+            Happening::Event(EventKind::Booted, Some(Reason::Verification)) => {
+                log.lock().unwrap().push("EVENT".to_owned())
+            }
+            _ => {}
+        }));
+    let task = tokio::spawn(agent.run());
+    for _ in 0..200 {
+        if heard.lock().unwrap().iter().any(|l| l == "EVENT") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    task.abort();
+    let heard = heard.lock().unwrap();
+    let line = heard
+        .iter()
+        .find(|l| l.contains("could not start"))
+        .unwrap_or_else(|| panic!("no fallback report in {heard:#?}"));
+    assert!(line.contains("could not start ota_1"), "{line}");
+    assert!(
+        line.contains("started") && line.contains("1.0.0 from ota_0"),
+        "{line}"
+    );
+    assert!(
+        line.contains("security version 0 is below the device's minimum 1"),
+        "{line}"
+    );
+    assert!(heard.iter().any(|l| l == "EVENT"), "{heard:#?}");
 }
 
 #[test]
