@@ -865,9 +865,11 @@ impl Runtime {
         }
         notes.save(dev.flash_mut(), nvs)?;
         let queued = self.outbox.lock().is_ok_and(|o| !o.is_empty());
-        if self.config.server.is_some() && !queued {
+        if self.config.server.is_some() && deployment.is_some() && !queued {
             // The check-in the device makes at once carries it: one request
-            // instead of an event and then a check-in.
+            // instead of an event and then a check-in. (The server counts a
+            // check-in's result only for its deployments: the result of a
+            // local upload goes out as an event.)
             self.log(&format!(
                 "result {kind}{}: {detail} (reported at the next check-in)",
                 reason.map_or(String::new(), |r| format!(" ({r})"))

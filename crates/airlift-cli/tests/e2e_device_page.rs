@@ -1,4 +1,4 @@
-//! End to end: the device's local page and API on an offline device.
+//! End to end: the device's local page and API (offline, and beside a server).
 #![allow(clippy::unwrap_used)]
 
 mod agent_common;
@@ -359,4 +359,58 @@ fn a_reboot_asked_while_the_new_image_hangs_on_trial_resets_at_once() {
         "{}",
         agent.log_text()
     );
+}
+
+#[test]
+fn a_local_upload_on_a_device_with_a_server_is_reported_to_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(&d.join("data"), &[]);
+    airlift(&["keys", "generate", d.join("release").to_str().unwrap()]);
+    let v1 = write(d, "v1.bin", &image("1.0.0", 30_000));
+    let v2_bytes = image("2.0.0", 30_000);
+    let v2 = write(d, "v2.bin", &v2_bytes);
+    let manifest = sign(d, &v2, "release", "v2.manifest");
+    let flash = d.join("bench.flash");
+    create_flash(&flash, &v1, &d.join("release.pub"));
+    let token = server.add_device("bench", "lab");
+    let agent = Agent::with_server(
+        &flash,
+        &server.url,
+        &token,
+        &["--listen", "127.0.0.1:0", "--password", "pw"],
+    );
+    let url = agent.page_url();
+    let http = Client::new();
+    let (code, body) = upload(&http, &url, Some("pw"), &v2_bytes, &manifest);
+    assert_eq!(code, 200, "{body}");
+    let kinds = || -> Vec<String> {
+        server
+            .cli_json(&["device", "events", "bench"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+            .collect()
+    };
+    wait_for(
+        "the server to hear the local update confirmed",
+        || kinds().iter().any(|k| k == "confirmed"),
+        || format!("{:?}\n{}", kinds(), agent.log_text()),
+    );
+    for kind in [
+        "downloading",
+        "verifying",
+        "installed",
+        "rebooting",
+        "booted",
+    ] {
+        assert!(
+            kinds().iter().any(|k| k == kind),
+            "no {kind} in {:?}",
+            kinds()
+        );
+    }
+    let devices = server.cli_json(&["device", "show", "bench"]);
+    assert_eq!(devices["status"]["version"], "2.0.0", "{devices:#}");
 }
