@@ -74,16 +74,22 @@ async fn auth(State(web): State<Web>, request: Request, next: Next) -> Response 
     let given = bearer
         .map(|t| t.trim().to_owned())
         .or_else(|| authorization.and_then(decode_basic));
+    let uses_bearer = bearer.is_some();
     match given {
         Some(g) if same(g.as_bytes(), web.password.as_bytes()) => next.run(request).await,
         given => {
+            // Read what the client is sending (an upload) before answering:
+            // closing with the body unread makes the kernel reset the
+            // connection, and the client sees "connection reset" instead
+            // of this answer.
+            let _ = axum::body::to_bytes(request.into_body(), MAX_UPLOAD).await;
             let message = if given.is_some() {
                 "wrong password for this device page"
             } else {
                 "this device page needs its password (HTTP Basic with any user name, or Bearer)"
             };
             let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
-            let challenge = if bearer.is_some() {
+            let challenge = if uses_bearer {
                 "Bearer realm=\"airlift device\""
             } else {
                 "Basic realm=\"airlift device\""

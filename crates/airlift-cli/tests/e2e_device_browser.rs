@@ -258,36 +258,6 @@ fn device_page_shows_an_image_that_never_confirms_on_trial_then_rolled_back() {
     assert_eq!(selected["version"], "1.0.0", "{selected:#}");
 }
 
-/// Serves `files` (path -> bytes) over plain HTTP/1.1 on 127.0.0.1; returns the base URL.
-fn static_server(files: Vec<(&'static str, Vec<u8>)>) -> String {
-    use std::io::Write;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head);
-            let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-            let (status, body) = match files.iter().find(|(p, _)| *p == path) {
-                Some((_, b)) => ("200 OK", b.clone()),
-                None => ("404 Not Found", b"not found".to_vec()),
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(&body);
-        }
-    });
-    base
-}
-
 #[test]
 fn device_page_pulls_a_release_from_a_url_and_refuses_a_missing_one() {
     let mut bench = Bench::start(&["--health-check", "0.3"]);

@@ -161,43 +161,41 @@ fn local_upload_needs_the_password_a_valid_image_and_a_trusted_signature() {
     );
 }
 
-/// Serves `files` (path -> bytes) over plain HTTP/1.1 on 127.0.0.1; returns the base URL.
-fn static_server(files: Vec<(&'static str, Vec<u8>)>) -> String {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head);
-            let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-            let found = files.iter().find(|(p, _)| *p == path);
-            let (status, body) = match found {
-                Some((_, b)) => ("200 OK", b.clone()),
-                None => ("404 Not Found", b"not found".to_vec()),
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(&body);
-        }
-    });
-    base
+/// An offline device in `d`: a signing key `release`, 1.0.0 provisioned
+/// into `NAME.flash` trusting it, and `airlift device run` serving its page
+/// with the password `pw` (quick health check, `extra` arguments after).
+fn offline_device(d: &Path, name: &str, extra: &[&str]) -> Agent {
+    airlift(&["keys", "generate", d.join("release").to_str().unwrap()]);
+    let v1 = write(d, "v1.bin", &image("1.0.0", 30_000));
+    let flash = d.join(format!("{name}.flash"));
+    create_flash(&flash, &v1, &d.join("release.pub"));
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--password",
+        "pw",
+        "--health-check",
+        "0.05",
+    ];
+    args.extend_from_slice(extra);
+    Agent::start(&flash, &args)
+}
+
+/// The device's status, as its page reads it.
+fn page_status(http: &Client, url: &str) -> Value {
+    http.get(format!("{url}/api/status"))
+        .basic_auth("x", Some("pw"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
 }
 
 #[test]
 fn device_page_pulls_a_release_from_a_url_and_reboots_on_request() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    airlift(&["keys", "generate", d.join("release").to_str().unwrap()]);
-    let v1 = write(d, "v1.bin", &image("1.0.0", 30_000));
+    let agent = offline_device(d, "eta", &[]);
     let v3_bytes = image("3.0.0", 40_000);
     let v3 = write(d, "v3.bin", &v3_bytes);
     let manifest = sign(d, &v3, "release", "v3.manifest");
@@ -205,29 +203,10 @@ fn device_page_pulls_a_release_from_a_url_and_reboots_on_request() {
         ("/fw/v3.bin", v3_bytes.clone()),
         ("/fw/v3.manifest", manifest),
     ]);
-    let flash = d.join("eta.flash");
-    create_flash(&flash, &v1, &d.join("release.pub"));
-    let agent = Agent::start(
-        &flash,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--password",
-            "pw",
-            "--health-check",
-            "0.05",
-        ],
-    );
+    let flash = agent.flash.clone();
     let url = agent.page_url();
     let http = Client::new();
-    let status = || -> Value {
-        http.get(format!("{url}/api/status"))
-            .basic_auth("x", Some("pw"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
-    };
+    let status = || page_status(&http, &url);
     wait_for(
         "the first boot",
         || status()["boots"] == 1,
@@ -289,39 +268,14 @@ fn device_page_pulls_a_release_from_a_url_and_reboots_on_request() {
 fn a_reboot_asked_while_the_new_image_hangs_on_trial_resets_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    airlift(&["keys", "generate", d.join("release").to_str().unwrap()]);
-    let v1 = write(d, "v1.bin", &image("1.0.0", 30_000));
+    // The watchdog would take ten minutes: only the reboot can reset it.
+    let agent = offline_device(d, "hang", &["--behave", "2.0.0=hang", "--watchdog", "600"]);
     let v2_bytes = image("2.0.0", 30_000);
     let v2 = write(d, "v2.bin", &v2_bytes);
     let manifest = sign(d, &v2, "release", "v2.manifest");
-    let flash = d.join("hang.flash");
-    create_flash(&flash, &v1, &d.join("release.pub"));
-    // The watchdog would take ten minutes: only the reboot can reset it.
-    let agent = Agent::start(
-        &flash,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--password",
-            "pw",
-            "--health-check",
-            "0.05",
-            "--behave",
-            "2.0.0=hang",
-            "--watchdog",
-            "600",
-        ],
-    );
     let url = agent.page_url();
     let http = Client::new();
-    let status = || -> Value {
-        http.get(format!("{url}/api/status"))
-            .basic_auth("x", Some("pw"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
-    };
+    let status = || page_status(&http, &url);
     wait_for(
         "1.0.0 to run confirmed",
         || status()["running"]["confirmed"] == true,
