@@ -28,7 +28,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A firmware release: one image, stored by SHA-256, with its signed manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
 pub struct Release {
     /// Release id.
     pub id: i64,
@@ -150,7 +150,7 @@ impl std::fmt::Display for Target {
 }
 
 /// A deployment: a release offered to a set of devices.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
 pub struct Deployment {
     /// Deployment id.
     pub id: i64,
@@ -165,13 +165,14 @@ pub struct Deployment {
 }
 
 /// One device's part in a deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
 pub struct Assignment {
     /// The deployment.
     pub deployment_id: i64,
     /// The device.
     pub device_id: i64,
     /// The device's name.
+    #[sqlx(rename = "name")]
     pub device_name: String,
     /// Rollout wave (0 for an immediate deployment; staged rollouts number their waves).
     pub wave: i64,
@@ -206,11 +207,12 @@ pub struct Offer {
 }
 
 /// A device event as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
 pub struct StoredEvent {
     /// Event id (increasing).
     pub id: i64,
     /// The device's name.
+    #[sqlx(rename = "name")]
     pub device: String,
     /// The deployment, if the event belongs to one.
     pub deployment_id: Option<i64>,
@@ -278,7 +280,7 @@ pub enum EventOutcome {
 }
 
 /// One audit log record: an administrative action.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
 pub struct AuditRecord {
     /// Record id (increasing).
     pub id: i64,

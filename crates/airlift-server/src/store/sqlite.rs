@@ -11,7 +11,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, FromRow, Row, Sqlite, Transaction};
 
 use super::{
     Assignment, AuditRecord, AuditStore, CredentialStore, Deployment, DeploymentStore, Device,
@@ -34,22 +34,6 @@ fn backend(err: impl std::fmt::Display) -> StoreError {
 
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-fn release_from_row(row: &SqliteRow) -> Result<Release, sqlx::Error> {
-    Ok(Release {
-        id: row.try_get("id")?,
-        sha256: row.try_get("sha256")?,
-        size: row.try_get("size")?,
-        chip_id: row.try_get("chip_id")?,
-        project: row.try_get("project")?,
-        version: row.try_get("version")?,
-        security_version: row.try_get("security_version")?,
-        key_id: row.try_get("key_id")?,
-        signed_by_server: row.try_get("signed_by_server")?,
-        manifest: row.try_get("manifest")?,
-        created_at: row.try_get("created_at")?,
-    })
 }
 
 fn device_from_row(row: &SqliteRow) -> Result<Device, sqlx::Error> {
@@ -77,28 +61,6 @@ fn device_from_row(row: &SqliteRow) -> Result<Device, sqlx::Error> {
             state: row.try_get("state")?,
             boot_count: row.try_get("boot_count")?,
         },
-    })
-}
-
-fn deployment_from_row(row: &SqliteRow) -> Result<Deployment, sqlx::Error> {
-    Ok(Deployment {
-        id: row.try_get("id")?,
-        release_id: row.try_get("release_id")?,
-        target: row.try_get("target")?,
-        state: row.try_get("state")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn assignment_from_row(row: &SqliteRow) -> Result<Assignment, sqlx::Error> {
-    Ok(Assignment {
-        deployment_id: row.try_get("deployment_id")?,
-        device_id: row.try_get("device_id")?,
-        device_name: row.try_get("name")?,
-        wave: row.try_get("wave")?,
-        state: row.try_get("state")?,
-        reason: row.try_get("reason")?,
-        updated_at: row.try_get("updated_at")?,
     })
 }
 
@@ -187,7 +149,7 @@ impl ReleaseStore for SqliteStore {
         .await
         .map_err(backend)?;
         rows.iter()
-            .map(release_from_row)
+            .map(Release::from_row)
             .collect::<Result<_, _>>()
             .map_err(backend)
     }
@@ -202,7 +164,7 @@ impl ReleaseStore for SqliteStore {
         .await
         .map_err(backend)?
         .ok_or_else(|| StoreError::NotFound(format!("no release {id}")))?;
-        release_from_row(&row).map_err(backend)
+        Release::from_row(&row).map_err(backend)
     }
 
     async fn release_by_sha256(&self, sha256: &str) -> StoreResult<Option<Release>> {
@@ -215,7 +177,7 @@ impl ReleaseStore for SqliteStore {
         .await
         .map_err(backend)?;
         row.as_ref()
-            .map(release_from_row)
+            .map(Release::from_row)
             .transpose()
             .map_err(backend)
     }
@@ -469,7 +431,7 @@ impl DeploymentStore for SqliteStore {
         .await
         .map_err(backend)?;
         rows.iter()
-            .map(deployment_from_row)
+            .map(Deployment::from_row)
             .collect::<Result<_, _>>()
             .map_err(backend)
     }
@@ -483,7 +445,7 @@ impl DeploymentStore for SqliteStore {
         .await
         .map_err(backend)?
         .ok_or_else(|| StoreError::NotFound(format!("no deployment {id}")))?;
-        deployment_from_row(&row).map_err(backend)
+        Deployment::from_row(&row).map_err(backend)
     }
 
     async fn assignments(&self, deployment_id: i64) -> StoreResult<Vec<Assignment>> {
@@ -497,7 +459,7 @@ impl DeploymentStore for SqliteStore {
         .await
         .map_err(backend)?;
         rows.iter()
-            .map(assignment_from_row)
+            .map(Assignment::from_row)
             .collect::<Result<_, _>>()
             .map_err(backend)
     }
@@ -554,7 +516,7 @@ impl DeploymentStore for SqliteStore {
             Ok::<_, sqlx::Error>(Offer {
                 deployment_id: row.try_get("deployment_id")?,
                 state: row.try_get("assignment_state")?,
-                release: release_from_row(&row)?,
+                release: Release::from_row(&row)?,
             })
         })()
         .map_err(backend)?;
@@ -577,7 +539,7 @@ impl DeploymentStore for SqliteStore {
         .await
         .map_err(backend)?;
         row.as_ref()
-            .map(assignment_from_row)
+            .map(Assignment::from_row)
             .transpose()
             .map_err(backend)
     }
@@ -788,17 +750,7 @@ impl EventStore for SqliteStore {
         .await
         .map_err(backend)?;
         rows.iter()
-            .map(|row| {
-                Ok(StoredEvent {
-                    id: row.try_get("id")?,
-                    device: row.try_get("name")?,
-                    deployment_id: row.try_get("deployment_id")?,
-                    kind: row.try_get("kind")?,
-                    reason: row.try_get("reason")?,
-                    detail: row.try_get("detail")?,
-                    at: row.try_get("at")?,
-                })
-            })
+            .map(StoredEvent::from_row)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(backend)
     }
@@ -834,16 +786,7 @@ impl AuditStore for SqliteStore {
         .await
         .map_err(backend)?;
         rows.iter()
-            .map(|row| {
-                Ok(AuditRecord {
-                    id: row.try_get("id")?,
-                    at: row.try_get("at")?,
-                    actor: row.try_get("actor")?,
-                    action: row.try_get("action")?,
-                    target: row.try_get("target")?,
-                    detail: row.try_get("detail")?,
-                })
-            })
+            .map(AuditRecord::from_row)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(backend)
     }
