@@ -1,22 +1,22 @@
 //! The operator's commands against a real `airlift serve` process.
 #![allow(clippy::unwrap_used)]
 
-mod server_common;
+mod agent_common;
 
 use std::process::Command;
 
-use server_common::{AIRLIFT, ServeProcess, image};
+use agent_common::{AIRLIFT, Server, image};
 
 #[test]
 fn operator_uploads_adds_a_device_deploys_and_follows_the_deployment() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServeProcess::start(&dir.path().join("data"));
+    let server = Server::start(&dir.path().join("data"), &[]);
     let file = dir.path().join("fw.bin");
-    std::fs::write(&file, image("1.2.3", 8000, 1)).unwrap();
+    std::fs::write(&file, image("1.2.3", 8000)).unwrap();
 
     let release = server.cli_json(&["release", "upload", file.to_str().unwrap()]);
     assert_eq!(release["version"], "1.2.3");
-    assert_eq!(release["project"], "cli-demo");
+    assert_eq!(release["project"], "e2e");
     let again = server.cli_json(&["release", "upload", file.to_str().unwrap()]);
     assert_eq!(again["id"], release["id"], "re-upload is idempotent");
     let list = server.cli_json(&["release", "list"]);
@@ -49,7 +49,7 @@ fn operator_uploads_adds_a_device_deploys_and_follows_the_deployment() {
 #[test]
 fn refused_requests_exit_non_zero_and_quote_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServeProcess::start(&dir.path().join("data"));
+    let server = Server::start(&dir.path().join("data"), &[]);
     let file = dir.path().join("notes.txt");
     std::fs::write(&file, "not firmware").unwrap();
     let output = server.cli(&["release", "upload", file.to_str().unwrap()]);
@@ -83,15 +83,15 @@ fn refused_requests_exit_non_zero_and_quote_the_server() {
 fn first_start_prints_the_admin_token_once_and_sigterm_stops_gracefully() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let first = ServeProcess::start(&data);
+    let first = Server::start(&data, &[]);
     let token = first.admin_token();
     terminate(first, &token, true);
-    let second = ServeProcess::start(&data);
+    let second = Server::start(&data, &[]);
     assert_eq!(second.admin_token(), token);
     terminate(second, &token, false);
 }
 
-fn terminate(mut server: ServeProcess, token: &str, expect_token_printed: bool) {
+fn terminate(mut server: Server, token: &str, expect_token_printed: bool) {
     let pid = server.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -141,9 +141,9 @@ fn print_config_shows_the_effective_configuration_with_secrets_redacted() {
 #[test]
 fn a_release_signed_offline_is_uploaded_with_its_manifest_and_keeps_its_signature() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServeProcess::start(&dir.path().join("data"));
+    let server = Server::start(&dir.path().join("data"), &[]);
     let file = dir.path().join("fw.bin");
-    std::fs::write(&file, image("2.0.0", 6000, 3)).unwrap();
+    std::fs::write(&file, image("2.0.0", 6000)).unwrap();
     let key = dir.path().join("release");
     let run = |args: &[&str]| {
         let output = Command::new(AIRLIFT).args(args).output().unwrap();
@@ -185,7 +185,7 @@ fn a_release_signed_offline_is_uploaded_with_its_manifest_and_keeps_its_signatur
 
     // A manifest signed for other bytes is refused.
     let other = dir.path().join("other.bin");
-    std::fs::write(&other, image("2.0.1", 6000, 4)).unwrap();
+    std::fs::write(&other, image("2.0.1", 6000)).unwrap();
     let output = server.cli(&[
         "release",
         "upload",

@@ -3,13 +3,12 @@
 //! be repeated after a restart.
 #![allow(clippy::unwrap_used)]
 
-mod server_common;
+mod agent_common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
-use server_common::{ServeProcess, files_under, image, wait_for};
+use agent_common::{Server, files_under, image, wait_for};
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -20,8 +19,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn sigkill_mid_upload_leaves_no_partial_release_and_the_upload_can_be_repeated() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let bytes = image("9.9.9", 3 * 1024 * 1024, 7);
-    let server = ServeProcess::start(&data);
+    let bytes = image("9.9.9", 3 * 1024 * 1024);
+    let mut server = Server::start(&data, &[]);
     let token = server.admin_token();
 
     // Send the headers and the first 2 MiB, then keep the connection open.
@@ -40,12 +39,12 @@ fn sigkill_mid_upload_leaves_no_partial_release_and_the_upload_can_be_repeated()
     let tmp = data.join("tmp");
     wait_for(
         "part of the upload on disk",
-        Duration::from_secs(20),
         || {
             files_under(&tmp)
                 .iter()
                 .any(|f| std::fs::metadata(f).map(|m| m.len() > 0).unwrap_or(false))
         },
+        || format!("{:?}", files_under(&tmp)),
     );
 
     server.kill();
@@ -55,7 +54,7 @@ fn sigkill_mid_upload_leaves_no_partial_release_and_the_upload_can_be_repeated()
         Vec::<std::path::PathBuf>::new()
     );
 
-    let server = ServeProcess::start(&data);
+    let mut server = Server::start(&data, &[]);
     assert_eq!(
         files_under(&tmp),
         Vec::<std::path::PathBuf>::new(),
@@ -78,7 +77,7 @@ fn sigkill_mid_upload_leaves_no_partial_release_and_the_upload_can_be_repeated()
 
     // And a release survives a SIGKILL right after it was stored.
     server.kill();
-    let server = ServeProcess::start(&data);
+    let server = Server::start(&data, &[]);
     let releases = server.cli_json(&["release", "list"]);
     assert_eq!(releases.as_array().unwrap().len(), 1);
     for release in releases.as_array().unwrap() {
@@ -107,8 +106,8 @@ fn sigkill_mid_upload_leaves_no_partial_release_and_the_upload_can_be_repeated()
     let _ = stream.read_to_string(&mut answer);
     wait_for(
         "the aborted upload to be discarded",
-        Duration::from_secs(20),
         || files_under(&tmp).is_empty(),
+        || format!("{:?}", files_under(&tmp)),
     );
     assert_eq!(
         server

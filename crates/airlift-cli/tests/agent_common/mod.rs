@@ -1,6 +1,6 @@
 //! Shared by the end-to-end tests: the real `airlift serve` and real
 //! `airlift device run` processes, a temporary data directory, and helpers
-//! to wait for what the server or a flash file says.
+//! to wait for what the server, the data directory or a flash file says.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::fs::File;
@@ -24,7 +24,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// `airlift serve --listen 127.0.0.1:0` on `data`, with extra env.
+    /// `airlift serve --listen 127.0.0.1:0` on `data`, with extra env. Its
+    /// stdout (the admin token on a first start) stays in `child.stdout`.
     pub fn start(data: &Path, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(AIRLIFT)
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
@@ -32,7 +33,7 @@ impl Server {
             .env("AIRLIFT_LOG", "warn")
             .env("AIRLIFT_POLL_SECONDS", "1")
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -131,6 +132,14 @@ impl Server {
 
     pub fn signing_pub(&self) -> PathBuf {
         self.data.join("signing.pub")
+    }
+}
+
+impl Server {
+    /// SIGKILL: the server dies without a chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -342,4 +351,21 @@ pub fn static_server(files: Vec<(&'static str, Vec<u8>)>) -> String {
         }
     });
     base
+}
+
+/// Every file below `dir`, recursively (none when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
