@@ -99,8 +99,8 @@ pub fn read_slot_shared<F: AgentFlash>(
     let Some((key, pool)) = flash.shared_content(region.offset, region.size) else {
         return read_slot(flash, region);
     };
-    if let Some(known) = pool.verdicts().get::<SlotContent>(&key) {
-        return Ok((*known).clone());
+    if let Some(known) = pool.verdicts().get(&key) {
+        return Ok(known);
     }
     let content = read_slot(flash, region)?;
     pool.verdicts().put(key, content.clone());

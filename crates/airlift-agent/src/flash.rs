@@ -16,6 +16,8 @@ use embedded_storage::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
 };
 
+use crate::boot::SlotContent;
+
 /// Program granularity (esp-storage's `WRITE_SIZE`).
 pub const WRITE_SIZE: usize = 4;
 /// Erase granularity: one flash sector.
@@ -268,7 +270,7 @@ impl Default for SectorPool {
 /// the sectors the slot is made of (see [`CowFlash::content_key`]).
 #[derive(Debug, Default)]
 pub struct SlotVerdicts {
-    entries: Mutex<Vec<(ContentKey, Arc<dyn std::any::Any + Send + Sync>)>>,
+    entries: Mutex<Vec<(ContentKey, SlotContent)>>,
 }
 
 /// How many slot contents [`SlotVerdicts`] remembers.
@@ -276,21 +278,21 @@ const VERDICTS: usize = 16;
 
 impl SlotVerdicts {
     /// The verdict recorded for `key`, if any.
-    pub fn get<T: std::any::Any + Send + Sync>(&self, key: &ContentKey) -> Option<Arc<T>> {
+    pub fn get(&self, key: &ContentKey) -> Option<SlotContent> {
         let entries = self.entries.lock().ok()?;
         entries
             .iter()
             .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.clone().downcast::<T>().ok())
+            .map(|(_, v)| v.clone())
     }
 
     /// Records `verdict` for `key` (forgetting the oldest beyond a few).
-    pub fn put<T: std::any::Any + Send + Sync>(&self, key: ContentKey, verdict: T) {
+    pub fn put(&self, key: ContentKey, verdict: SlotContent) {
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= VERDICTS {
                 entries.remove(0);
             }
-            entries.push((key, Arc::new(verdict)));
+            entries.push((key, verdict));
         }
     }
 }
@@ -375,11 +377,6 @@ impl CowFlash {
             .filter(|s| Arc::strong_count(s) == 1)
             .count()
             * SECTOR
-    }
-
-    /// The pool this flash shares sectors through.
-    pub fn pool(&self) -> &Arc<SectorPool> {
-        &self.pool
     }
 
     /// The identity of the bytes in `offset..offset + len`, or `None`
@@ -658,18 +655,13 @@ mod tests {
         let mut a = CowFlash::with_pool(base.clone(), pool.clone());
         let mut b = CowFlash::with_pool(base, pool.clone());
         let key = a.content_key(0, 2 * SECTOR as u32).unwrap();
-        pool.verdicts().put(key, String::from("valid"));
+        let verdict = SlotContent::Invalid("a verdict".into());
+        pool.verdicts().put(key, verdict.clone());
         let same = b.content_key(0, 2 * SECTOR as u32).unwrap();
-        assert_eq!(
-            pool.verdicts()
-                .get::<String>(&same)
-                .as_deref()
-                .map(String::as_str),
-            Some("valid")
-        );
+        assert_eq!(pool.verdicts().get(&same), Some(verdict));
         b.write(0, &[0; 4]).unwrap();
         let other = b.content_key(0, 2 * SECTOR as u32).unwrap();
-        assert_eq!(pool.verdicts().get::<String>(&other), None);
+        assert_eq!(pool.verdicts().get(&other), None);
     }
 
     #[test]

@@ -54,20 +54,6 @@ struct Bench {
     config: Value,
 }
 
-fn sign(dir: &Path, image: &Path, key: &str, out: &str) -> PathBuf {
-    let manifest = dir.join(out);
-    airlift(&[
-        "release",
-        "sign",
-        image.to_str().unwrap(),
-        "--key",
-        dir.join(format!("{key}.key")).to_str().unwrap(),
-        "-o",
-        manifest.to_str().unwrap(),
-    ]);
-    manifest
-}
-
 /// Generates the key pair `name`; returns the key id `airlift keys generate` printed.
 fn generate_key(dir: &Path, name: &str) -> String {
     let output = airlift(&["keys", "generate", dir.join(name).to_str().unwrap()]);

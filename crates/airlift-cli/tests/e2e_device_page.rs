@@ -9,18 +9,9 @@ use agent_common::*;
 use reqwest::blocking::Client;
 use serde_json::Value;
 
-fn sign(dir: &Path, image: &Path, key: &str, out: &str) -> Vec<u8> {
-    let manifest = dir.join(out);
-    airlift(&[
-        "release",
-        "sign",
-        image.to_str().unwrap(),
-        "--key",
-        dir.join(format!("{key}.key")).to_str().unwrap(),
-        "-o",
-        manifest.to_str().unwrap(),
-    ]);
-    std::fs::read(manifest).unwrap()
+/// [`sign`]'s manifest, read.
+fn signed(dir: &Path, image: &Path, key: &str, out: &str) -> Vec<u8> {
+    std::fs::read(sign(dir, image, key, out)).unwrap()
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -56,8 +47,8 @@ fn local_upload_needs_the_password_a_valid_image_and_a_trusted_signature() {
     let v1 = write(d, "v1.bin", &image("1.0.0", 50_000));
     let v2_bytes = image("2.0.0", 60_000);
     let v2 = write(d, "v2.bin", &v2_bytes);
-    let good = sign(d, &v2, "release", "v2.good");
-    let foreign = sign(d, &v2, "stranger", "v2.foreign");
+    let good = signed(d, &v2, "release", "v2.good");
+    let foreign = signed(d, &v2, "stranger", "v2.foreign");
     let flash = d.join("zeta.flash");
     create_flash(&flash, &v1, &d.join("release.pub"));
     let agent = Agent::start(
@@ -191,6 +182,21 @@ fn page_status(http: &Client, url: &str) -> Value {
         .unwrap()
 }
 
+/// Asks for a reboot on the device page and waits for boot `boots + 1`.
+fn reboot(http: &Client, url: &str, agent: &Agent, boots: u64) {
+    let answer = http
+        .post(format!("{url}/api/reboot"))
+        .basic_auth("x", Some("pw"))
+        .send()
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 202);
+    wait_for(
+        "the reboot",
+        || page_status(http, url)["boots"].as_u64() == Some(boots + 1),
+        || agent.log_text(),
+    );
+}
+
 #[test]
 fn device_page_pulls_a_release_from_a_url_and_reboots_on_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,7 +204,7 @@ fn device_page_pulls_a_release_from_a_url_and_reboots_on_request() {
     let agent = offline_device(d, "eta", &[]);
     let v3_bytes = image("3.0.0", 40_000);
     let v3 = write(d, "v3.bin", &v3_bytes);
-    let manifest = sign(d, &v3, "release", "v3.manifest");
+    let manifest = signed(d, &v3, "release", "v3.manifest");
     let files = static_server(vec![
         ("/fw/v3.bin", v3_bytes.clone()),
         ("/fw/v3.manifest", manifest),
@@ -246,17 +252,7 @@ fn device_page_pulls_a_release_from_a_url_and_reboots_on_request() {
 
     let refused = http.post(format!("{url}/api/reboot")).send().unwrap();
     assert_eq!(refused.status().as_u16(), 401);
-    let reboot = http
-        .post(format!("{url}/api/reboot"))
-        .basic_auth("x", Some("pw"))
-        .send()
-        .unwrap();
-    assert_eq!(reboot.status().as_u16(), 202);
-    wait_for(
-        "the reboot",
-        || status()["boots"].as_u64() == Some(boots + 1),
-        || agent.log_text(),
-    );
+    reboot(&http, &url, &agent, boots);
     assert_eq!(
         status()["running"]["version"],
         "3.0.0",
@@ -272,7 +268,7 @@ fn a_reboot_asked_while_the_new_image_hangs_on_trial_resets_at_once() {
     let agent = offline_device(d, "hang", &["--behave", "2.0.0=hang", "--watchdog", "600"]);
     let v2_bytes = image("2.0.0", 30_000);
     let v2 = write(d, "v2.bin", &v2_bytes);
-    let manifest = sign(d, &v2, "release", "v2.manifest");
+    let manifest = signed(d, &v2, "release", "v2.manifest");
     let url = agent.page_url();
     let http = Client::new();
     let status = || page_status(&http, &url);
@@ -292,17 +288,7 @@ fn a_reboot_asked_while_the_new_image_hangs_on_trial_resets_at_once() {
         || agent.log_text(),
     );
     let boots = status()["boots"].as_u64().unwrap();
-    let reboot = http
-        .post(format!("{url}/api/reboot"))
-        .basic_auth("x", Some("pw"))
-        .send()
-        .unwrap();
-    assert_eq!(reboot.status().as_u16(), 202);
-    wait_for(
-        "the reboot during the hang",
-        || status()["boots"].as_u64() == Some(boots + 1),
-        || agent.log_text(),
-    );
+    reboot(&http, &url, &agent, boots);
     let s = status();
     assert_eq!(s["running"]["version"], "2.0.0", "{s}");
     assert_eq!(s["running"]["attempt"], 2, "the second trial boot: {s}");
@@ -324,7 +310,7 @@ fn a_local_upload_on_a_device_with_a_server_is_reported_to_the_server() {
     let v1 = write(d, "v1.bin", &image("1.0.0", 30_000));
     let v2_bytes = image("2.0.0", 30_000);
     let v2 = write(d, "v2.bin", &v2_bytes);
-    let manifest = sign(d, &v2, "release", "v2.manifest");
+    let manifest = signed(d, &v2, "release", "v2.manifest");
     let flash = d.join("bench.flash");
     create_flash(&flash, &v1, &d.join("release.pub"));
     let token = server.add_device("bench", "lab");
@@ -338,27 +324,13 @@ fn a_local_upload_on_a_device_with_a_server_is_reported_to_the_server() {
     let http = Client::new();
     let (code, body) = upload(&http, &url, Some("pw"), &v2_bytes, &manifest);
     assert_eq!(code, 200, "{body}");
-    let kinds = || -> Vec<String> {
-        server
-            .cli_json(&["device", "events", "bench"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["kind"].as_str().map(str::to_owned))
-            .collect()
-    };
+    let kinds = || server.event_kinds("bench");
     wait_for(
         "the server to hear the local update confirmed",
         || kinds().iter().any(|k| k == "confirmed"),
         || format!("{:?}\n{}", kinds(), agent.log_text()),
     );
-    for kind in [
-        "downloading",
-        "verifying",
-        "installed",
-        "rebooting",
-        "booted",
-    ] {
+    for kind in UPDATE_EVENTS {
         assert!(
             kinds().iter().any(|k| k == kind),
             "no {kind} in {:?}",

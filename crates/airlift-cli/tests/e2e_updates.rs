@@ -61,23 +61,12 @@ fn devices_on_a_tag_install_reboot_and_confirm_the_new_release() {
         assert_eq!(history[0]["result"], "confirmed", "{report:#}");
         assert_eq!(history[0]["deployment"], deployment);
     }
-    let events = server.cli_json(&["device", "events", "alpha"]);
-    let kinds: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .rev()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
-    for kind in [
-        "downloading",
-        "verifying",
-        "installed",
-        "rebooting",
-        "booted",
-        "confirmed",
-    ] {
-        assert!(kinds.contains(&kind), "no {kind} event in {kinds:?}");
+    let kinds = server.event_kinds("alpha");
+    for kind in UPDATE_EVENTS {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no {kind} event in {kinds:?}"
+        );
     }
 }
 

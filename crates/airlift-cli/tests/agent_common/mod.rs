@@ -369,3 +369,42 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Signs `image` offline with `DIR/KEY.key` into `DIR/OUT`; returns its path.
+pub fn sign(dir: &Path, image: &Path, key: &str, out: &str) -> PathBuf {
+    let manifest = dir.join(out);
+    airlift(&[
+        "release",
+        "sign",
+        image.to_str().unwrap(),
+        "--key",
+        dir.join(format!("{key}.key")).to_str().unwrap(),
+        "-o",
+        manifest.to_str().unwrap(),
+    ]);
+    manifest
+}
+
+/// Every event kind an update reports, in order, up to the result.
+pub const UPDATE_EVENTS: [&str; 6] = [
+    "downloading",
+    "verifying",
+    "installed",
+    "rebooting",
+    "booted",
+    "confirmed",
+];
+
+impl Server {
+    /// The kinds of `device`'s events the server recorded, oldest first.
+    pub fn event_kinds(&self, device: &str) -> Vec<String> {
+        let events = self.cli_json(&["device", "events", device]);
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
