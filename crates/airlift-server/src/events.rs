@@ -70,14 +70,24 @@ impl EventWriter {
     /// Records events in order (queued together, so they usually share
     /// one transaction); returns each one's outcome once committed.
     pub async fn record_all(&self, events: Vec<NewEvent>) -> Vec<StoreResult<EventOutcome>> {
-        let stopped = || StoreError::Backend("the event writer stopped".into());
-        let mut answers = Vec::with_capacity(events.len());
-        for event in events {
+        self.write_all(events.into_iter().map(Write::Event)).await
+    }
+
+    async fn write(&self, write: Write) -> StoreResult<EventOutcome> {
+        let mut outcomes = self.write_all([write]).await;
+        outcomes.pop().unwrap_or_else(|| Err(stopped()))
+    }
+
+    /// Queues `writes` one after the other, then waits for each commit.
+    async fn write_all(
+        &self,
+        writes: impl IntoIterator<Item = Write>,
+    ) -> Vec<StoreResult<EventOutcome>> {
+        let mut answers = Vec::new();
+        for write in writes {
             let (reply, answer) = oneshot::channel();
-            match self.queue.send((Write::Event(event), reply)).await {
-                Ok(()) => answers.push(Some(answer)),
-                Err(_) => answers.push(None),
-            }
+            let queued = self.queue.send((write, reply)).await.is_ok();
+            answers.push(queued.then_some(answer));
         }
         let mut outcomes = Vec::with_capacity(answers.len());
         for answer in answers {
@@ -88,16 +98,10 @@ impl EventWriter {
         }
         outcomes
     }
+}
 
-    async fn write(&self, write: Write) -> StoreResult<EventOutcome> {
-        let stopped = || StoreError::Backend("the event writer stopped".into());
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send((write, reply))
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
+fn stopped() -> StoreError {
+    StoreError::Backend("the event writer stopped".into())
 }
 
 /// How long the writer waits for more writes before committing a small

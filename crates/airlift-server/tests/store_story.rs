@@ -8,7 +8,8 @@ use std::sync::Arc;
 use airlift_server::deploy::AssignmentState;
 use airlift_server::store::sqlite::SqliteStore;
 use airlift_server::store::{
-    DeviceStatus, NewAssignment, NewEvent, NewRelease, Store, StoreError, Target,
+    DeviceStatus, EventOutcome, NewAssignment, NewEvent, NewRelease, Store, StoreError, Target,
+    Write,
 };
 
 fn release(sha_byte: &str, chip_id: i64) -> NewRelease {
@@ -121,17 +122,20 @@ async fn story(store: Arc<dyn Store>) {
         (d1.id, "pending", r1.id)
     );
     assert!(store.open_offer(c.id).await.unwrap().is_none());
-    assert!(
+    let offered = Write::Transition {
+        deployment_id: d1.id,
+        device_id: a.id,
+        from: "pending",
+        to: "offered",
+        reason: None,
+    };
+    let twice = [offered.clone(), offered];
+    assert_eq!(
         store
-            .transition(d1.id, a.id, "pending", "offered", None)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .transition(d1.id, a.id, "pending", "offered", None)
+            .record_writes(&twice, airlift_server::deploy::next_state)
             .await
             .unwrap(),
+        [EventOutcome::Changed("offered"), EventOutcome::Stored],
         "compare-and-set"
     );
     assert!(store.artifact_assigned(a.id, &r1.sha256).await.unwrap());

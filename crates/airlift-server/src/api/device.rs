@@ -271,41 +271,45 @@ async fn offer_update(
     }
     let not_started = matches!(current, AssignmentState::Pending | AssignmentState::Offered);
     if let Some(reason) = skip_reason(status, &offer.release).filter(|_| not_started) {
-        let outcome = state
-            .events
-            .transition(
-                offer.deployment_id,
-                device_id,
-                current.as_str(),
-                AssignmentState::Skipped.as_str(),
-                Some(reason),
-            )
-            .await?;
-        match outcome {
-            EventOutcome::Changed(to) => moved(state, device_id, Some(offer.deployment_id), to),
-            _ => state.offers.forget(device_id),
-        }
+        let skipped = AssignmentState::Skipped;
+        transition(
+            state,
+            device_id,
+            offer.deployment_id,
+            current,
+            skipped,
+            Some(reason),
+        )
+        .await?;
         return Ok(None);
     }
     if current == AssignmentState::Pending {
-        // Group-committed with the fleet's events: a rollout's first
-        // check-ins would otherwise each be a transaction of their own.
-        let outcome = state
-            .events
-            .transition(
-                offer.deployment_id,
-                device_id,
-                AssignmentState::Pending.as_str(),
-                AssignmentState::Offered.as_str(),
-                None,
-            )
-            .await?;
-        match outcome {
-            EventOutcome::Changed(to) => moved(state, device_id, Some(offer.deployment_id), to),
-            _ => state.offers.forget(device_id),
-        }
+        let (from, to) = (AssignmentState::Pending, AssignmentState::Offered);
+        transition(state, device_id, offer.deployment_id, from, to, None).await?;
     }
     Ok(Some(update_for(state, offer)?))
+}
+
+/// Moves the device's assignment in `deployment_id` from `from` to `to` if
+/// it is still in `from` (a compare-and-set, group-committed with the
+/// fleet's events), and keeps the offer cache in step.
+async fn transition(
+    state: &AppState,
+    device_id: i64,
+    deployment_id: i64,
+    from: AssignmentState,
+    to: AssignmentState,
+    reason: Option<&'static str>,
+) -> Result<(), ApiError> {
+    let outcome = state
+        .events
+        .transition(deployment_id, device_id, from.as_str(), to.as_str(), reason)
+        .await?;
+    match outcome {
+        EventOutcome::Changed(to) => moved(state, device_id, Some(deployment_id), to),
+        _ => state.offers.forget(device_id),
+    }
+    Ok(())
 }
 
 /// A device reports progress or the result of an update: one event, or a
@@ -471,20 +475,9 @@ pub(crate) async fn download_allowed(
 fn downloading(state: &AppState, device_id: i64, deployment_id: i64) {
     let state = state.clone();
     tokio::spawn(async move {
-        let outcome = state
-            .events
-            .transition(
-                deployment_id,
-                device_id,
-                AssignmentState::Offered.as_str(),
-                AssignmentState::Downloading.as_str(),
-                None,
-            )
-            .await;
-        match outcome {
-            Ok(EventOutcome::Changed(to)) => moved(&state, device_id, Some(deployment_id), to),
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, device_id, "cannot mark the download"),
+        let (from, to) = (AssignmentState::Offered, AssignmentState::Downloading);
+        if let Err(err) = transition(&state, device_id, deployment_id, from, to, None).await {
+            tracing::warn!(error = %err, device_id, "cannot mark the download");
         }
     });
 }

@@ -363,15 +363,6 @@ pub trait DeploymentStore: Send + Sync {
         deployment_id: i64,
         device_id: i64,
     ) -> StoreResult<Option<Assignment>>;
-    /// Moves an assignment from `from` to `to` (compare-and-set); false when it was not in `from`.
-    async fn transition(
-        &self,
-        deployment_id: i64,
-        device_id: i64,
-        from: &str,
-        to: &str,
-        reason: Option<&str>,
-    ) -> StoreResult<bool>;
     /// Whether the device has an assignment (in any state but `skipped`/`cancelled`) for the artifact.
     async fn artifact_assigned(&self, device_id: i64, sha256: &str) -> StoreResult<bool>;
 }

@@ -544,31 +544,6 @@ impl DeploymentStore for SqliteStore {
             .map_err(backend)
     }
 
-    async fn transition(
-        &self,
-        deployment_id: i64,
-        device_id: i64,
-        from: &str,
-        to: &str,
-        reason: Option<&str>,
-    ) -> StoreResult<bool> {
-        let changed = sqlx::query(
-            "UPDATE assignments SET state = ?, reason = coalesce(?, reason), updated_at = ? \
-             WHERE deployment_id = ? AND device_id = ? AND state = ?",
-        )
-        .bind(to)
-        .bind(reason)
-        .bind(now_ms())
-        .bind(deployment_id)
-        .bind(device_id)
-        .bind(from)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?
-        .rows_affected();
-        Ok(changed == 1)
-    }
-
     async fn artifact_assigned(&self, device_id: i64, sha256: &str) -> StoreResult<bool> {
         let found = sqlx::query(
             "SELECT 1 FROM assignments a JOIN deployments p ON p.id = a.deployment_id \
