@@ -132,7 +132,7 @@ const EVENT_KINDS: [EventKind; 8] = [
     EventKind::Failed,
 ];
 
-/// [`after_event`] on stored names, for [`crate::store::EventStore::record_events`]:
+/// [`after_event`] on stored names, for [`crate::store::EventStore::record_writes`]:
 /// an unknown state or event kind changes nothing.
 pub fn next_state(current: &str, event: &str) -> Option<&'static str> {
     let current = AssignmentState::parse(current)?;

@@ -8,7 +8,7 @@
 //! request only after that transaction committed; a failed batch fails every
 //! request in it, so the devices retry. Under load many events share one
 //! commit (and a small batch waits a few milliseconds for more, see
-//! [`LINGER`]); alone, an event is committed at once.
+//! `LINGER`); alone, an event is committed at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
