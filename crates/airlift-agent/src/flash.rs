@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
@@ -208,8 +209,36 @@ impl AgentFlash for FileFlash {}
 #[derive(Debug)]
 pub struct SectorPool {
     erased: Arc<Block>,
-    by_offset: Mutex<HashMap<u32, Vec<Weak<Block>>>>,
+    by_offset: Mutex<SectorMap<Vec<Weak<Block>>>>,
+    /// Blocks of devices whose sector turned out to be a copy of a shared
+    /// one, kept to be written again instead of freed and allocated anew.
+    spare: Mutex<Vec<Arc<Block>>>,
     verdicts: SlotVerdicts,
+}
+
+/// A map keyed by sector index. Indexes are small and not chosen by an
+/// adversary: a multiply spreads them, SipHash would cost more than the
+/// lookup it serves (the engine reads back 256 bytes at a time).
+type SectorMap<V> = HashMap<u32, V, BuildHasherDefault<IndexHasher>>;
+
+/// Fibonacci hashing of a sector index (see [`SectorMap`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u32(u32::from(*b));
+        }
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.0 = (self.0 ^ u64::from(i)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 /// One flash sector's bytes.
@@ -218,13 +247,16 @@ type Block = [u8; SECTOR];
 /// How many different contents the pool remembers per sector offset (a
 /// fleet in the middle of a rollout holds two or three releases).
 const CANDIDATES: usize = 8;
+/// How many spare blocks the pool keeps (1 MiB).
+const SPARES: usize = 256;
 
 impl SectorPool {
     /// An empty pool.
     pub fn new() -> SectorPool {
         SectorPool {
             erased: Arc::new([0xFF; SECTOR]),
-            by_offset: Mutex::new(HashMap::new()),
+            by_offset: Mutex::new(SectorMap::default()),
+            spare: Mutex::new(Vec::new()),
             verdicts: SlotVerdicts::default(),
         }
     }
@@ -238,6 +270,7 @@ impl SectorPool {
     /// hold already, or `sector` itself, which others may share from now.
     fn intern(&self, index: u32, sector: Arc<Block>) -> Arc<Block> {
         if *sector == *self.erased {
+            self.give_back(sector);
             return self.erased.clone();
         }
         let Ok(mut map) = self.by_offset.lock() else {
@@ -250,6 +283,8 @@ impl SectorPool {
             .filter_map(Weak::upgrade)
             .find(|c| Arc::ptr_eq(c, &sector) || **c == *sector)
         {
+            drop(map);
+            self.give_back(sector);
             return found;
         }
         if candidates.len() >= CANDIDATES {
@@ -257,6 +292,35 @@ impl SectorPool {
         }
         candidates.push(Arc::downgrade(&sector));
         sector
+    }
+}
+
+impl SectorPool {
+    /// A block of this device's own holding `from`'s bytes: a spare one
+    /// when there is one (no allocation, no fresh pages to fault in).
+    fn own_copy(&self, from: &Block) -> Arc<Block> {
+        let spare = self.spare.lock().ok().and_then(|mut s| s.pop());
+        match spare {
+            Some(mut block) => match Arc::get_mut(&mut block) {
+                Some(bytes) => {
+                    bytes.copy_from_slice(from);
+                    block
+                }
+                None => Arc::new(*from),
+            },
+            None => Arc::new(*from),
+        }
+    }
+
+    /// Keeps `block` as a spare if nobody else holds it.
+    fn give_back(&self, block: Arc<Block>) {
+        if Arc::strong_count(&block) == 1
+            && Arc::weak_count(&block) == 0
+            && let Ok(mut spare) = self.spare.lock()
+            && spare.len() < SPARES
+        {
+            spare.push(block);
+        }
     }
 }
 
@@ -340,7 +404,7 @@ pub struct CowFlash {
     base: Arc<[u8]>,
     /// Sectors written since `base`; one held by anybody else (another
     /// device, a [`ContentKey`]) is copied before it is written.
-    sectors: HashMap<u32, Arc<Block>>,
+    sectors: SectorMap<Arc<Block>>,
     pool: Arc<SectorPool>,
     /// The sector being written (an install programs sequentially): offered
     /// to the pool once the device writes elsewhere.
@@ -361,7 +425,7 @@ impl CowFlash {
     pub fn with_pool(base: Arc<[u8]>, pool: Arc<SectorPool>) -> CowFlash {
         CowFlash {
             base,
-            sectors: HashMap::new(),
+            sectors: SectorMap::default(),
             pool,
             open: None,
             cut_in: None,
@@ -402,8 +466,9 @@ impl CowFlash {
         let Some(index) = self.open.take() else {
             return;
         };
-        if let Some(sector) = self.sectors.get_mut(&index) {
-            *sector = self.pool.intern(index, sector.clone());
+        if let Some(sector) = self.sectors.remove(&index) {
+            let shared = self.pool.intern(index, sector);
+            self.sectors.insert(index, shared);
         }
     }
 
@@ -425,20 +490,38 @@ impl CowFlash {
         }
     }
 
-    fn sector_mut(&mut self, index: u32) -> &mut Block {
+    /// Makes `index` the sector being written (offering the previous one
+    /// to the pool).
+    fn open_sector(&mut self, index: u32) {
         if self.open != Some(index) {
             self.share_open();
             self.open = Some(index);
         }
-        let base = &self.base;
+    }
+
+    fn sector_mut(&mut self, index: u32) -> &mut Block {
+        self.open_sector(index);
+        let (base, pool) = (&self.base, &self.pool);
         let sector = self.sectors.entry(index).or_insert_with(|| {
             let at = index as usize * SECTOR;
-            let mut block = [0u8; SECTOR];
-            block.copy_from_slice(&base[at..at + SECTOR]);
-            Arc::new(block)
+            match <&Block>::try_from(&base[at..at + SECTOR]) {
+                Ok(bytes) => pool.own_copy(bytes),
+                Err(_) => Arc::new([0xFF; SECTOR]),
+            }
         });
-        // Copies the sector if anybody else holds it.
+        if Arc::get_mut(sector).is_none() {
+            // Somebody else holds it (another device, a content key, the
+            // pool's erased sector): write a copy of one's own.
+            *sector = pool.own_copy(sector);
+        }
         Arc::make_mut(sector)
+    }
+
+    /// Whether sector `index` is erased, as an erase left it.
+    fn is_erased(&self, index: u32) -> bool {
+        self.sectors
+            .get(&index)
+            .is_some_and(|s| Arc::ptr_eq(s, &self.pool.erased))
     }
 }
 
@@ -488,7 +571,9 @@ impl NorFlash for CowFlash {
             if self.open == Some(index) {
                 self.open = None;
             }
-            self.sectors.insert(index, self.pool.erased.clone());
+            if let Some(old) = self.sectors.insert(index, self.pool.erased.clone()) {
+                self.pool.give_back(old);
+            }
         }
         Ok(())
     }
@@ -501,12 +586,21 @@ impl NorFlash for CowFlash {
             let index = (at / SECTOR) as u32;
             let within = at % SECTOR;
             let n = (SECTOR - within).min(bytes.len() - done);
-            let sector = self.sector_mut(index);
-            for (d, s) in sector[within..within + n]
-                .iter_mut()
-                .zip(&bytes[done..done + n])
-            {
-                *d &= *s;
+            let src = &bytes[done..done + n];
+            if self.is_erased(index) {
+                // Programming erased bytes stores them as they are.
+                if let Ok(whole) = <&Block>::try_from(src) {
+                    self.open_sector(index);
+                    let block = self.pool.own_copy(whole);
+                    self.sectors.insert(index, block);
+                } else {
+                    self.sector_mut(index)[within..within + n].copy_from_slice(src);
+                }
+            } else {
+                let sector = self.sector_mut(index);
+                for (d, s) in sector[within..within + n].iter_mut().zip(src) {
+                    *d &= *s;
+                }
             }
             done += n;
             at += n;
@@ -617,6 +711,62 @@ mod tests {
         // An erase of a shared sector does not touch the other device either.
         b.erase(4 * SECTOR as u32, 5 * SECTOR as u32).unwrap();
         assert_eq!(&read_all(&mut a)[4 * SECTOR..5 * SECTOR], &image[..SECTOR]);
+    }
+
+    #[test]
+    fn blocks_of_duplicate_sectors_are_written_again_without_aliasing() {
+        let base: Arc<[u8]> = vec![0xABu8; 16 * SECTOR].into();
+        let pool = Arc::new(SectorPool::new());
+        let old: Vec<u8> = (0..4 * SECTOR).map(|i| (i % 241) as u8).collect();
+        let new: Vec<u8> = (0..4 * SECTOR).map(|i| (i % 239) as u8).collect();
+        let at = 4 * SECTOR as u32;
+        let mut a = CowFlash::with_pool(base.clone(), pool.clone());
+        let mut b = CowFlash::with_pool(base.clone(), pool.clone());
+        install(&mut a, &old, at);
+        // b's copy of each of a's sectors becomes a spare, and b's next
+        // sector is written into it.
+        install(&mut b, &old, at);
+        assert_eq!(b.private_bytes(), SECTOR);
+        // A spare is the same allocation, written again; a block anybody
+        // else holds (even weakly) is never taken.
+        let spare = Arc::new([1u8; SECTOR]);
+        let address = Arc::as_ptr(&spare);
+        pool.give_back(spare);
+        let reused = pool.own_copy(&[2u8; SECTOR]);
+        assert_eq!((Arc::as_ptr(&reused), reused[0]), (address, 2));
+        let held = Arc::new([3u8; SECTOR]);
+        pool.give_back(held.clone());
+        let weak = Arc::downgrade(&reused);
+        pool.give_back(reused);
+        assert!(pool.spare.lock().unwrap().is_empty());
+        assert_eq!(held[0], 3);
+        drop(weak);
+        // A third device writes other bytes; the sectors a and b share keep theirs.
+        let mut c = CowFlash::with_pool(base.clone(), pool.clone());
+        install(&mut c, &new, at);
+        for flash in [&mut a, &mut b] {
+            assert_eq!(
+                &read_all(flash)[at as usize..at as usize + old.len()],
+                &old[..]
+            );
+        }
+        assert_eq!(
+            &read_all(&mut c)[at as usize..at as usize + new.len()],
+            &new[..]
+        );
+        // A partial program of an erased sector keeps the rest erased, and
+        // a second program only clears bits.
+        c.erase(at, at + SECTOR as u32).unwrap();
+        c.write(at + 8, &[0x0F, 0xF0, 0x00, 0xFF]).unwrap();
+        c.write(at + 8, &[0xFF, 0x3C, 0xFF, 0x00]).unwrap();
+        let bytes = read_all(&mut c);
+        assert_eq!(
+            &bytes[at as usize..at as usize + 16],
+            &[
+                0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x30, 0x00, 0x00, 0xFF, 0xFF,
+                0xFF, 0xFF
+            ]
+        );
     }
 
     #[test]
