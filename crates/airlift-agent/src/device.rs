@@ -12,7 +12,7 @@
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use airlift_engine::{AppSlot, BootDecision, BootOutcome, Config, Device, Layout, Region};
 use airlift_format::image::ImageInfo;
@@ -341,7 +341,7 @@ struct Runtime {
     config: AgentConfig,
     http: reqwest::Client,
     /// Events waiting to go out with the next one (RAM: lost at a reset).
-    outbox: Mutex<Vec<Event>>,
+    outbox: Mutex<Vec<(Event, Instant)>>,
     /// A device-page command that arrived while the firmware was busy,
     /// for the main loop (RAM: lost at a reset).
     deferred: Option<Command>,
@@ -795,18 +795,29 @@ impl Runtime {
             kind,
             reason,
             detail: (!detail.is_empty()).then(|| bounded(detail)),
+            age_ms: None,
         };
         if let Ok(mut outbox) = self.outbox.lock() {
-            outbox.push(event);
+            outbox.push((event, Instant::now()));
         }
     }
 
     /// Sends the queued events: one as an object, several as an array.
     async fn send_events(&self) {
-        let events = match self.outbox.lock() {
+        let queued = match self.outbox.lock() {
             Ok(mut outbox) => std::mem::take(&mut *outbox),
             Err(_) => return,
         };
+        // Each says how long ago it happened (whole milliseconds; an event
+        // of this very moment says nothing).
+        let events: Vec<Event> = queued
+            .into_iter()
+            .map(|(mut event, at)| {
+                let age = u32::try_from(at.elapsed().as_millis()).unwrap_or(u32::MAX);
+                event.age_ms = (age > 0).then_some(age);
+                event
+            })
+            .collect();
         if let Some(url) = self.url("/api/v1/device/events") {
             for chunk in events.chunks(airlift_protocol::EVENTS_MAX) {
                 let request = self

@@ -312,4 +312,22 @@ fn dropped_connection_mid_download_resumes_with_range_instead_of_starting_over()
     );
     let report = inspect(&flash);
     assert_eq!(selected_image(&report)["sha256"], sha256_hex(&v2));
+    // `downloading` went out with the install's result, after the dropped
+    // connection and the retry's wait, yet is stored at the time the
+    // download started.
+    let events = server.cli_json(&["device", "events", "epsilon"]);
+    let at = |kind: &str| {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .and_then(|e| e["at"].as_i64())
+            .unwrap_or_else(|| panic!("no {kind} event in {events:#}"))
+    };
+    let took = at("installed") - at("downloading");
+    assert!(
+        took >= 400,
+        "download took {took} ms by the events: {events:#}"
+    );
 }

@@ -39,7 +39,8 @@
 //!
 //! A device saves round trips by sending events that happen back to back in
 //! one array (`downloading`, `verifying`, `installed`, `rebooting` before
-//! it resets), and by reporting a final result in its check-in's
+//! it resets; each with its `age_ms`, so `downloading` keeps the time the
+//! download started), and by reporting a final result in its check-in's
 //! `last_result` (with a `detail` the first time), which the server records
 //! like the event. `last_result` is repeated at every check-in, so a report
 //! lost to a reset or a dropped connection loses no result.
@@ -197,7 +198,18 @@ pub struct Event {
     /// Free text for humans (an error message); never parsed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<heapless::String<DETAIL_MAX>>,
+    /// How long before this request the event happened, in milliseconds by
+    /// the device's own clock (a device needs no wall clock for it): events
+    /// that wait in the device's queue and go out together keep their own
+    /// times. Absent: it happened now. The server counts at most
+    /// [`EVENT_AGE_MAX_MS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u32>,
 }
+
+/// The oldest an event's [`Event::age_ms`] may place it (one day); a larger
+/// age counts as this.
+pub const EVENT_AGE_MAX_MS: u32 = 24 * 60 * 60 * 1000;
 
 /// The kinds of device events, in the order an update produces them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

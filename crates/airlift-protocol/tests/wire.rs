@@ -58,6 +58,7 @@ fn event() -> Event {
         detail: Some(s(
             "image security version 1 is below the device's minimum 2",
         )),
+        age_ms: None,
     }
 }
 
@@ -105,6 +106,7 @@ fn every_message_round_trips_through_serde_json_and_serde_json_core() {
         kind: EventKind::Booted,
         reason: None,
         detail: None,
+        age_ms: None,
     });
     round_trip(EventAck { accepted: true });
     let mut batch = EventBatch::new();
@@ -115,6 +117,7 @@ fn every_message_round_trips_through_serde_json_and_serde_json_core() {
             kind: EventKind::Rebooting,
             reason: None,
             detail: None,
+            age_ms: Some(1_250),
         })
         .unwrap();
     round_trip(batch);
@@ -225,7 +228,8 @@ fn optional_fields_may_be_omitted_by_a_small_client() {
             deployment: None,
             kind: EventKind::Booted,
             reason: None,
-            detail: None
+            detail: None,
+            age_ms: None
         }
     );
 

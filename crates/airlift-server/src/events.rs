@@ -213,6 +213,7 @@ mod tests {
             kind: kind.into(),
             reason: None,
             detail: None,
+            age_ms: 0,
         }
     }
 

@@ -813,9 +813,10 @@ async fn several_events_in_one_request_apply_in_order_and_bad_batches_are_refuse
     let deployment = server.deploy(&release, "all").await;
     assert!(!server.checkin(&token, &Running::factory()).await["update"].is_null());
     let id = deployment["id"].clone();
+    // Queued on the device: the download started 90 s before the batch went out.
     let batch = json!([
-        {"deployment": id, "kind": "downloading"},
-        {"deployment": id, "kind": "verifying"},
+        {"deployment": id, "kind": "downloading", "age_ms": 90_000},
+        {"deployment": id, "kind": "verifying", "age_ms": 3},
         {"deployment": id, "kind": "installed", "detail": "activated ota_1"},
         {"deployment": id, "kind": "rebooting"}
     ]);
@@ -825,6 +826,37 @@ async fn several_events_in_one_request_apply_in_order_and_bad_batches_are_refuse
     assert_eq!(ack, json!({"accepted": [true, false, true, false]}));
     let (_, counts) = state_of(&server, &deployment).await;
     assert_eq!(counts["installed"], 1);
+    // Each is stored at the time it happened, not at its arrival; an age
+    // beyond a day counts as a day.
+    server
+        .event(&token, json!({"kind": "booted", "age_ms": u32::MAX}))
+        .await;
+    let events = server
+        .admin_json(
+            Method::GET,
+            "/api/v1/devices/dev-1/events",
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    let at = |kind: &str| {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .and_then(|e| e["at"].as_i64())
+            .unwrap_or_else(|| panic!("no {kind} event in {events:#}"))
+    };
+    let installed = at("installed");
+    assert_eq!(at("rebooting") - installed, 0, "one batch, one arrival");
+    assert_eq!(installed - at("verifying"), 3);
+    assert_eq!(installed - at("downloading"), 90_000);
+    let day = 24 * 3600 * 1000;
+    assert!(
+        (day - 60_000..=day).contains(&(installed - at("booted"))),
+        "{events:#}"
+    );
 
     let check = |body: Value, status: StatusCode, says: &'static str| {
         let token = token.clone();

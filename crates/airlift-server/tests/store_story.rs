@@ -196,6 +196,7 @@ async fn story(store: Arc<dyn Store>) {
             kind: kind.into(),
             reason: None,
             detail: None,
+            age_ms: 0,
         };
         store.add_event(&event).await.unwrap();
     }
@@ -205,6 +206,7 @@ async fn story(store: Arc<dyn Store>) {
         kind: "booted".into(),
         reason: None,
         detail: Some("x".into()),
+        age_ms: 0,
     };
     store.add_event(&other).await.unwrap();
     let kinds = |events: Vec<airlift_server::store::StoredEvent>| {

@@ -241,6 +241,7 @@ pub async fn checkin(
                         Some(d) => format!("{d} (reported at check-in)"),
                         None => "reported at check-in".into(),
                     }),
+                    age_ms: 0,
                 },
             )
             .await?;
@@ -369,6 +370,7 @@ fn new_event(device_id: i64, event: Event) -> Result<NewEvent, ApiError> {
         kind: event.kind.as_str().to_owned(),
         reason: event.reason.map(|r| r.as_str().to_owned()),
         detail: event.detail.map(|d| d.to_string()),
+        age_ms: event.age_ms.unwrap_or(0),
     })
 }
 

@@ -222,7 +222,8 @@ pub struct StoredEvent {
     pub reason: Option<String>,
     /// Free text from the device.
     pub detail: Option<String>,
-    /// When the server received it.
+    /// When it happened (Unix milliseconds): when the server received it,
+    /// less the age the device gave ([`NewEvent::age_ms`]).
     pub at: i64,
 }
 
@@ -239,6 +240,16 @@ pub struct NewEvent {
     pub reason: Option<String>,
     /// See [`StoredEvent`].
     pub detail: Option<String>,
+    /// How long before its receipt the event happened, in milliseconds
+    /// (`airlift_protocol::Event::age_ms`, at most a day); 0 for now.
+    pub age_ms: u32,
+}
+
+impl NewEvent {
+    /// When it happened, for an event received at `now` (Unix ms).
+    pub fn at(&self, now: i64) -> i64 {
+        now - i64::from(self.age_ms.min(airlift_protocol::EVENT_AGE_MAX_MS))
+    }
 }
 
 /// Decides an assignment's next state from its stored state and an event

@@ -572,7 +572,7 @@ impl EventStore for SqliteStore {
         .bind(&e.kind)
         .bind(&e.reason)
         .bind(&e.detail)
-        .bind(now_ms())
+        .bind(e.at(now_ms()))
         .fetch_one(&self.pool)
         .await
         .and_then(|row| row.try_get(0))
@@ -705,7 +705,7 @@ impl EventStore for SqliteStore {
                     .bind(&e.kind)
                     .bind(&e.reason)
                     .bind(&e.detail)
-                    .bind(now);
+                    .bind(e.at(now));
             }
             query.execute(&mut *tx).await.map_err(backend)?;
         }
