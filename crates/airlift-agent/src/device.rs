@@ -122,6 +122,8 @@ pub struct AgentConfig {
     /// and the server sends a connection that carries only downloads
     /// straight from the file (zero-copy).
     pub downloads: Option<reqwest::Client>,
+    /// The network link downloads share (fleet sim, `--link-mbps`).
+    pub link: Option<Arc<crate::fleet::Link>>,
 }
 
 impl Default for AgentConfig {
@@ -147,6 +149,7 @@ impl Default for AgentConfig {
             jitter: false,
             http_limit: None,
             downloads: None,
+            link: None,
         }
     }
 }
@@ -1440,6 +1443,9 @@ impl Runtime {
                 Ok(None) => break,
                 Err(e) => return Err(StreamError::Retry(format!("connection dropped: {e}"))),
             };
+            if let Some(link) = &self.config.link {
+                link.carry(chunk.len()).await;
+            }
             let mut data = &chunk[..];
             if skip > 0 {
                 let n = skip.min(data.len());

@@ -20,6 +20,44 @@ use crate::AgentError;
 use crate::device::{Agent, AgentConfig, Happening, enroll};
 use crate::flash::{CowFlash, SectorPool};
 
+/// The server's network link as the whole fleet shares it: a rate in bytes
+/// per second that every downloaded byte takes its turn on. Without it the
+/// fleet and the server talk over loopback, faster than any network card
+/// such a server would have (`--link-mbps`).
+#[derive(Debug)]
+pub struct Link {
+    bytes_per_sec: f64,
+    /// When the bytes handed to the link so far will have crossed it. An
+    /// idle link banks no credit: it starts again from now.
+    free_at: Mutex<tokio::time::Instant>,
+}
+
+impl Link {
+    /// A link of `megabits` per second (10,000 for a 10 Gbit/s card).
+    pub fn megabits(megabits: f64) -> Link {
+        Link {
+            bytes_per_sec: megabits.max(0.001) * 1e6 / 8.0,
+            free_at: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Returns once `bytes` more have crossed the link.
+    pub async fn carry(&self, bytes: usize) {
+        let time = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
+        let now = tokio::time::Instant::now();
+        let done = match self.free_at.lock() {
+            Ok(mut free_at) => {
+                *free_at = (*free_at).max(now) + time;
+                *free_at
+            }
+            Err(_) => return,
+        };
+        if done > now {
+            tokio::time::sleep_until(done).await;
+        }
+    }
+}
+
 /// How simulated devices get their tokens.
 #[derive(Debug, Clone)]
 pub enum Enrolment {
@@ -473,6 +511,7 @@ pub async fn plain_downloads(
     sha256: &str,
     parallel: usize,
     hash: bool,
+    link: Option<&Arc<Link>>,
 ) -> Result<(Duration, u64), AgentError> {
     let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let url = format!(
@@ -483,6 +522,7 @@ pub async fn plain_downloads(
     let mut set = JoinSet::new();
     for token in tokens {
         let (http, url, token, limit) = (http.clone(), url.clone(), token.clone(), limit.clone());
+        let link = link.cloned();
         let expected = sha256.to_owned();
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
@@ -506,6 +546,9 @@ pub async fn plain_downloads(
                 .map_err(|e| AgentError::Http(format!("download: {e}")))?
             {
                 n += chunk.len() as u64;
+                if let Some(link) = &link {
+                    link.carry(chunk.len()).await;
+                }
                 if let Some(d) = digest.as_mut() {
                     sha2::Digest::update(d, &chunk);
                 }
@@ -526,4 +569,33 @@ pub async fn plain_downloads(
         bytes += joined.map_err(|e| AgentError::Http(format!("download task: {e}")))??;
     }
     Ok((start.elapsed(), bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_link_carries_its_rate_shared_by_all_and_banks_no_idle_time() {
+        // 8 Mbit/s: a megabyte a second, on the runtime's (paused) clock.
+        let link = Arc::new(Link::megabits(8.0));
+        let start = tokio::time::Instant::now();
+        let mut set = JoinSet::new();
+        for _ in 0..4 {
+            let link = link.clone();
+            set.spawn(async move {
+                for _ in 0..10 {
+                    link.carry(25_000).await;
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        // Idle for a while: the next bytes take their own time, no more, no less.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let again = tokio::time::Instant::now();
+        link.carry(500_000).await;
+        assert_eq!(again.elapsed(), Duration::from_millis(500));
+    }
 }

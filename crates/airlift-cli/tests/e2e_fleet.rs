@@ -193,3 +193,77 @@ fn fleet_sim_enrols_with_the_fleet_secret_and_tags_every_device() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("enrolment refused"), "{stderr}");
 }
+
+#[test]
+fn fleet_benchmark_measures_the_update_against_plain_and_checked_downloads_over_a_modelled_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(&d.join("data"), &[]);
+    let (v1, v2) = (d.join("v1.bin"), d.join("v2.bin"));
+    for (path, version) in [(&v1, "1.0.0"), (&v2, "2.0.0")] {
+        airlift(&[
+            "fleet",
+            "firmware",
+            path.to_str().unwrap(),
+            "--version",
+            version,
+            "--size",
+            "80000",
+        ]);
+    }
+    let release = server.upload(&v2);
+    let output = Command::new(AIRLIFT)
+        .args(["fleet", "sim", "--devices", "6", "--tag", "bench"])
+        .arg("--firmware")
+        .arg(&v1)
+        .arg("--trust")
+        .arg(server.signing_pub())
+        .args(["--poll", "0.3", "--health-check", "0", "--no-jitter"])
+        .args(["--until-version", "2.0.0", "--duration", "60"])
+        .args(["--deploy", &release.to_string(), "--baseline"])
+        .args(["--link-mbps", "40"])
+        .env("AIRLIFT_SERVER", &server.url)
+        .env("AIRLIFT_TOKEN", server.admin_token())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let image = std::fs::metadata(&v2).unwrap().len();
+    assert!(
+        stdout.contains(&format!(
+            "baseline: 6 plain downloads ({} bytes, all over one 40 Mbit/s link) took",
+            6 * image
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("baseline: the same downloads, each checked against its SHA-256"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("devices per version: {\"2.0.0\": 6}"),
+        "{stdout}"
+    );
+    // A link of zero Mbit/s is refused before anything starts.
+    let refused = Command::new(AIRLIFT)
+        .args(["fleet", "sim", "--devices", "1", "--tag", "x"])
+        .arg("--firmware")
+        .arg(&v1)
+        .arg("--trust")
+        .arg(server.signing_pub())
+        .args(["--link-mbps", "0", "--duration", "1"])
+        .env("AIRLIFT_SERVER", &server.url)
+        .env("AIRLIFT_TOKEN", server.admin_token())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--link-mbps must be a positive"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use airlift_agent::device::{AgentConfig, Behaviour, Behaviours, http_client};
 use airlift_agent::fleet::{
-    Enrolment, Stats, deploy, enrol_all, plain_downloads, spawn_fleet, watch,
+    Enrolment, Link, Stats, deploy, enrol_all, plain_downloads, spawn_fleet, watch,
 };
 use airlift_agent::provision;
 use airlift_format::manifest::parse_public_key_file;
@@ -86,6 +86,11 @@ pub struct SimArgs {
     /// Most HTTP requests in flight at once (the fleet's uplink).
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
+    /// Model the server's network link: every downloaded byte (the
+    /// baselines' too) takes its turn on one link of this many Mbit/s
+    /// (10000 for a 10 Gbit/s card) [default: loopback, unlimited].
+    #[arg(long)]
+    pub link_mbps: Option<f64>,
     /// Stop when every device runs VERSION confirmed or ended its update
     /// (rolled back or failed); exit 1 if --duration passes first.
     #[arg(long)]
@@ -187,6 +192,10 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
             format!("sim-{}", airlift_agent::hex(&r))
         }
     };
+    if args.link_mbps.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
+        bail!("--link-mbps must be a positive number of Mbit/s");
+    }
+    let link = args.link_mbps.map(|m| Arc::new(Link::megabits(m)));
     let template = AgentConfig {
         server: Some(args.server.clone()),
         poll: Some(secs(args.poll, "poll")?),
@@ -197,6 +206,7 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         power_cut_rate: args.power_cut_rate,
         retry_delay: Duration::from_secs(1),
         jitter: !args.no_jitter,
+        link: link.clone(),
         http_limit: Some(Arc::new(tokio::sync::Semaphore::new(
             args.connections.max(1),
         ))),
@@ -286,7 +296,8 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
             // The best of three runs each: on a shared machine a baseline
             // slowed by someone else's work would flatter the fleet's ratio.
             let best = |hash: bool| {
-                let (http, server, tokens) = (http_client(), &args.server, &tokens);
+                let (http, server, tokens, link) =
+                    (http_client(), &args.server, &tokens, link.clone());
                 async move {
                     let http = http?;
                     let mut best: Option<(f64, u64, Option<f64>, Option<f64>)> = None;
@@ -294,8 +305,16 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
                         let cpu = args.server_pid.and_then(cpu_seconds);
                         let own = cpu_seconds(std::process::id());
                         let (took, bytes) =
-                            plain_downloads(&http, server, tokens, sha, args.connections, hash)
-                                .await?;
+                            plain_downloads(
+                                &http,
+                                server,
+                                tokens,
+                                sha,
+                                args.connections,
+                                hash,
+                                link.as_ref(),
+                            )
+                            .await?;
                         let used =
                             args.server_pid.and_then(cpu_seconds).zip(cpu).map(|(b, a)| b - a);
                         let own = cpu_seconds(std::process::id()).zip(own).map(|(b, a)| b - a);
@@ -335,8 +354,10 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
             // From the deployment to the last device's final report.
             let fleet_secs = stats.last_final().as_secs_f64();
             note(format!(
-                "baseline: {} plain downloads ({bytes} bytes) took {took:.2} s; the fleet update took {fleet_secs:.2} s: {:.2}x the plain transfer",
+                "baseline: {} plain downloads ({bytes} bytes{}) took {took:.2} s; the fleet update took {fleet_secs:.2} s: {:.2}x the plain transfer",
                 tokens.len(),
+                args.link_mbps
+                    .map_or(String::new(), |m| format!(", all over one {m} Mbit/s link")),
                 fleet_secs / took.max(1e-9)
             ));
             note(format!(
