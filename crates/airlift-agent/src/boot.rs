@@ -124,19 +124,7 @@ fn run_bootloader_with<F: ReadNorFlash>(
 ) -> Result<Boot, Error> {
     let entries = read_otadata(flash, layout)?;
     let selected = layout.resolve(boot_slot(&entries, layout.app_count));
-    let start: i32 = match selected {
-        AppSlot::Factory => -1,
-        AppSlot::Ota(n) => i32::from(n),
-    };
-    let order = (-1..=start)
-        .rev()
-        .chain(start + 1..i32::from(layout.app_count));
-    for i in order {
-        let slot = if i < 0 {
-            AppSlot::Factory
-        } else {
-            AppSlot::Ota(i as u8)
-        };
+    for slot in layout.boot_order(selected) {
         let Some(region) = layout.slot(slot) else {
             continue;
         };

@@ -99,6 +99,26 @@ impl Layout {
         }
     }
 
+    /// The slots an ESP-IDF bootloader tries, in order, when otadata selects
+    /// `selected` (`bootloader_utility_load_boot_image`): the selected slot,
+    /// then lower OTA slots down to the factory app, then higher OTA slots.
+    /// It starts the first that holds a valid image. Slots the table does
+    /// not have are left out.
+    pub fn boot_order(&self, selected: AppSlot) -> impl Iterator<Item = AppSlot> + '_ {
+        let start: i32 = match selected {
+            AppSlot::Factory => -1,
+            AppSlot::Ota(n) => i32::from(n),
+        };
+        (-1..=start)
+            .rev()
+            .chain(start + 1..i32::from(self.app_count))
+            .map(|i| match u8::try_from(i) {
+                Ok(n) => AppSlot::Ota(n),
+                Err(_) => AppSlot::Factory,
+            })
+            .filter(|&slot| self.slot(slot).is_some())
+    }
+
     /// The slot an update goes to when running from `running`, as
     /// `esp_ota_get_next_update_partition` picks it: the OTA slot after the
     /// running one, `ota_0` when running the factory app.
@@ -177,5 +197,47 @@ impl Layout {
             factory: l.factory.map(region),
             data,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(app_count: u8, factory: bool) -> Layout {
+        let mut slots = [Region::default(); MAX_OTA_SLOTS];
+        for (i, slot) in slots.iter_mut().take(usize::from(app_count)).enumerate() {
+            *slot = Region::new(0x20_0000 + i as u32 * 0x10_0000, 0x10_0000);
+        }
+        Layout {
+            otadata: Region::new(0xD000, 0x2000),
+            slots,
+            app_count,
+            factory: factory.then_some(Region::new(0x1_0000, 0x10_0000)),
+            data: Region::new(0xF000, 0x1000),
+        }
+    }
+
+    fn check<const N: usize>(l: &Layout, selected: AppSlot, expected: [AppSlot; N]) {
+        let mut got = [AppSlot::Factory; MAX_OTA_SLOTS + 1];
+        let mut n = 0;
+        for slot in l.boot_order(selected) {
+            got[n] = slot;
+            n += 1;
+        }
+        assert_eq!(&got[..n], &expected[..], "selected {selected}");
+    }
+
+    #[test]
+    fn the_bootloader_tries_the_selected_slot_then_lower_ones_then_higher_ones() {
+        use AppSlot::{Factory, Ota};
+        let with_factory = layout(3, true);
+        check(&with_factory, Ota(1), [Ota(1), Ota(0), Factory, Ota(2)]);
+        check(&with_factory, Factory, [Factory, Ota(0), Ota(1), Ota(2)]);
+        check(&with_factory, Ota(2), [Ota(2), Ota(1), Ota(0), Factory]);
+        // No factory app: it is skipped, not tried.
+        let two_ota = layout(2, false);
+        check(&two_ota, Ota(1), [Ota(1), Ota(0)]);
+        check(&two_ota, Ota(0), [Ota(0), Ota(1)]);
     }
 }

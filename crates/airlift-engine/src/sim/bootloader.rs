@@ -130,22 +130,8 @@ pub fn run_bootloader_trusting(
         }
     }
     let selected = layout.resolve(boot_slot(&entries, layout.app_count));
-    let start: i32 = match selected {
-        AppSlot::Factory => -1,
-        AppSlot::Ota(n) => i32::from(n),
-    };
-    let as_slot = |i: i32| {
-        if i < 0 {
-            AppSlot::Factory
-        } else {
-            AppSlot::Ota(i as u8)
-        }
-    };
-    let order = (-1..=start)
-        .rev()
-        .chain(start + 1..i32::from(layout.app_count));
-    let booted = order
-        .map(as_slot)
+    let booted = layout
+        .boot_order(selected)
         .find(|&s| slot_image_trusting(flash, layout, s, known).is_some());
     SimBoot { selected, booted }
 }
