@@ -293,9 +293,7 @@ impl SectorPool {
         candidates.push(Arc::downgrade(&sector));
         sector
     }
-}
 
-impl SectorPool {
     /// A block of this device's own holding `from`'s bytes: a spare one
     /// when there is one (no allocation, no fresh pages to fault in).
     fn own_copy(&self, from: &Block) -> Arc<Block> {
