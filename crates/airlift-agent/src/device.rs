@@ -315,6 +315,7 @@ fn reason_of(e: &airlift_engine::Error) -> Reason {
         | E::ChecksumMismatch
         | E::DigestMismatch
         | E::ShaMismatch
+        | E::StaleResume { .. }
         | E::Truncated { .. }
         | E::TooMuchData { .. } => Reason::Verification,
         E::Flash(_) => Reason::Flash,
@@ -1301,12 +1302,30 @@ impl Runtime {
     }
 
     /// Streams the image into the inactive slot through the engine and
-    /// activates it.
+    /// activates it. A resumed install that does not verify is tried once
+    /// more from byte 0: the bytes an earlier attempt left may be what
+    /// failed, and only a whole fresh attempt says whether the image is bad.
     async fn install<F: AgentFlash>(
         &mut self,
         dev: &mut Dev<'_, F>,
         manifest: &[u8],
         source: Source,
+        deployment: Option<u64>,
+    ) -> Result<(), Failure> {
+        match self.install_once(dev, manifest, &source, deployment).await {
+            Err(Failure::Refused(e @ airlift_engine::Error::StaleResume { .. })) => {
+                self.log(&format!("{e}"));
+                self.install_once(dev, manifest, &source, deployment).await
+            }
+            other => other,
+        }
+    }
+
+    async fn install_once<F: AgentFlash>(
+        &mut self,
+        dev: &mut Dev<'_, F>,
+        manifest: &[u8],
+        source: &Source,
         deployment: Option<u64>,
     ) -> Result<(), Failure> {
         let mut install = match dev.begin(manifest) {
@@ -1344,7 +1363,7 @@ impl Runtime {
                 while install.resume_offset() < install.size() {
                     let from = install.resume_offset();
                     let client = self.config.downloads.as_ref().unwrap_or(&self.http);
-                    let mut request = self.authed(client.get(&url));
+                    let mut request = self.authed(client.get(url.as_str()));
                     if from > 0 {
                         request = request
                             .header("Range", format!("bytes={from}-"))

@@ -109,6 +109,15 @@ pub enum Error {
     ShaMismatch,
     /// The install session already failed; start a new one.
     SessionFailed,
+    /// A resumed install did not verify. The bytes an earlier, interrupted
+    /// attempt left in the slot may be what failed (that attempt may have
+    /// been fed other bytes under the same manifest), so its progress is
+    /// cleared: begin again, and the new session starts from byte 0. Only
+    /// that retry says whether the image itself is bad.
+    StaleResume {
+        /// Where the failed session had resumed.
+        resumed_at: u32,
+    },
     /// The data partition already holds the most keys it can.
     TooManyKeys {
         /// The limit.
@@ -192,6 +201,10 @@ impl fmt::Display for Error {
             Error::SessionFailed => {
                 f.write_str("install session already failed: begin a new one")
             }
+            Error::StaleResume { resumed_at } => write!(
+                f,
+                "image did not verify after resuming at byte {resumed_at} onto an earlier attempt's bytes; that progress is cleared: install again from byte 0"
+            ),
         }
     }
 }

@@ -24,10 +24,14 @@ impl<'k, F: NorFlash> Device<'k, F> {
     /// configured and stored keys), that the running image is confirmed,
     /// the chip, the target slot (not the running one), the size, and the
     /// security version. If an earlier install of the same image into the
-    /// same slot was interrupted, the session resumes it (see
-    /// [`Install::resume_offset`]); the progress of an install of another
-    /// image is cleared (one record), since this one overwrites its sectors.
-    /// Writes nothing else to flash.
+    /// same slot was interrupted, and the slot still holds exactly the bytes
+    /// that install wrote (their SHA-256 is in its progress record), the
+    /// session resumes it (see [`Install::resume_offset`]); otherwise the
+    /// progress is cleared (one record), since this install overwrites those
+    /// sectors. Writes nothing else to flash.
+    ///
+    /// A manifest refused here leaves the progress of an earlier install
+    /// alone: it wrote nothing.
     pub fn begin<'d>(&'d mut self, blob: &[u8]) -> Result<Install<'d, 'k, F>, Error> {
         self.begin_inner(blob, None)
     }
@@ -134,6 +138,7 @@ impl<'k, F: NorFlash> Device<'k, F> {
             },
             verifier: ImageVerifier::new(),
             received: 0,
+            resumed_from: 0,
             programmed: 0,
             erased_to: 0,
             checkpoint_interval: interval,
@@ -161,6 +166,8 @@ pub struct Install<'d, 'k, F: NorFlash> {
     verifier: ImageVerifier,
     /// Bytes accepted from the caller.
     received: u32,
+    /// Where this session resumed an earlier attempt (0: it did not).
+    resumed_from: u32,
     /// Bytes programmed (and fed to the verifier, read back from flash).
     programmed: u32,
     /// Bytes of the slot erased, from its start.
@@ -202,37 +209,82 @@ impl<F: NorFlash> Install<'_, '_, F> {
             return Ok(());
         };
         let same = p.slot == self.slot
-            && p.sha_prefix[..] == self.sha256[..16]
+            && p.image_sha256 == self.sha256
             && p.size == self.size
             && p.offset <= self.size
             && p.offset.is_multiple_of(SECTOR_SIZE);
-        if !same || p.offset == 0 {
-            // Another image's progress: this install is about to overwrite
-            // the sectors it vouches for, so forget it first.
-            self.device
-                .store
-                .append(&mut self.device.flash, Record::install_clear())?;
-            return Ok(());
+        if same && p.offset > 0 {
+            // The bytes must still be the ones that attempt wrote and read
+            // back: re-read them, and compare their hash with the record's.
+            let intact = match self.feed_from_flash(0, p.offset) {
+                Ok(()) => self.verifier.sha256_so_far()[..16] == p.written_sha_prefix,
+                Err(Error::Flash(kind)) => return Err(Error::Flash(kind)),
+                Err(_) => false,
+            };
+            if intact {
+                self.received = p.offset;
+                self.resumed_from = p.offset;
+                self.programmed = p.offset;
+                self.erased_to = p.offset;
+                self.next_checkpoint = p.offset.saturating_add(self.checkpoint_interval);
+                return Ok(());
+            }
+            self.verifier = ImageVerifier::new();
+            self.chip_checked = false;
         }
-        self.feed_from_flash(0, p.offset)?;
-        self.received = p.offset;
-        self.programmed = p.offset;
-        self.erased_to = p.offset;
-        self.next_checkpoint = p.offset.saturating_add(self.checkpoint_interval);
-        Ok(())
+        // Another image's progress, or bytes that are no longer what it
+        // vouched for: this install overwrites those sectors, so forget it.
+        self.device
+            .store
+            .append(&mut self.device.flash, Record::install_clear())
+    }
+
+    /// Ends the session with a refusal: the progress record goes (nothing of
+    /// a refused attempt is ever resumed onto), and a verification failure of
+    /// a resumed session becomes [`Error::StaleResume`], since the bytes an
+    /// earlier attempt left may be what failed. Flash errors are not
+    /// refusals: like a power cut, they leave the last checkpoint to resume.
+    fn refuse(&mut self, e: Error) -> Error {
+        self.failed = true;
+        if matches!(e, Error::Flash(_) | Error::SessionFailed) {
+            return e;
+        }
+        if self.device.store.state.install.is_some()
+            && let Err(flash) = self
+                .device
+                .store
+                .append(&mut self.device.flash, Record::install_clear())
+        {
+            return flash;
+        }
+        let verification = matches!(
+            e,
+            Error::Image(_)
+                | Error::WrongChip { .. }
+                | Error::ChecksumMismatch
+                | Error::DigestMismatch
+                | Error::ShaMismatch
+        );
+        if verification && self.resumed_from > 0 {
+            return Error::StaleResume {
+                resumed_at: self.resumed_from,
+            };
+        }
+        e
     }
 
     /// Accepts the next bytes of the image, in chunks of any size. Erases
     /// ahead, programs, and verifies what was programmed (read back).
+    ///
+    /// An error ends the session. A refusal (too many bytes, not a valid
+    /// image, another chip) also clears the progress record, so no later
+    /// install resumes onto these bytes; after [`Error::StaleResume`] begin
+    /// again, from byte 0.
     pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
         if self.failed {
             return Err(Error::SessionFailed);
         }
-        let result = self.write_inner(data);
-        if result.is_err() {
-            self.failed = true;
-        }
-        result
+        self.write_inner(data).map_err(|e| self.refuse(e))
     }
 
     fn write_inner(&mut self, mut data: &[u8]) -> Result<(), Error> {
@@ -286,13 +338,14 @@ impl<F: NorFlash> Install<'_, '_, F> {
             if self.programmed >= self.next_checkpoint
                 && self.programmed.is_multiple_of(SECTOR_SIZE)
             {
-                let mut sha_prefix = [0u8; 16];
-                sha_prefix.copy_from_slice(&self.sha256[..16]);
+                let mut written_sha_prefix = [0u8; 16];
+                written_sha_prefix.copy_from_slice(&self.verifier.sha256_so_far()[..16]);
                 let progress = InstallProgress {
                     slot: self.slot,
-                    sha_prefix,
+                    image_sha256: self.sha256,
                     size: self.size,
                     offset: self.programmed,
+                    written_sha_prefix,
                 };
                 self.device
                     .store
@@ -340,15 +393,20 @@ impl<F: NorFlash> Install<'_, '_, F> {
     /// SHA-256 against the signed manifest) and activates it: one otadata
     /// entry write (sequence number and state UNDEFINED together) into the
     /// copy that is not active. The next boot starts it on trial.
+    ///
+    /// A refusal (truncated, invalid, a digest or SHA-256 mismatch) clears
+    /// the progress record; a resumed session whose image does not verify
+    /// answers [`Error::StaleResume`]: begin again, from byte 0.
     pub fn finish(mut self) -> Result<Activated, Error> {
         if self.failed {
             return Err(Error::SessionFailed);
         }
         if self.received < self.size {
-            return Err(Error::Truncated {
+            let truncated = Error::Truncated {
                 got: self.received,
                 expected: self.size,
-            });
+            };
+            return Err(self.refuse(truncated));
         }
         if self.pending_len > 0 {
             let w = F::WRITE_SIZE;
@@ -356,19 +414,13 @@ impl<F: NorFlash> Install<'_, '_, F> {
             let mut block = self.pending;
             block[self.pending_len..len].fill(0xFF);
             self.pending_len = 0;
-            self.program(&block[..len])?;
+            if let Err(e) = self.program(&block[..len]) {
+                return Err(self.refuse(e));
+            }
         }
         match self.verify() {
             Ok(()) => self.activate(),
-            Err(e) => {
-                // Never resume onto bytes that failed verification.
-                if self.device.store.state.install.is_some() {
-                    self.device
-                        .store
-                        .append(&mut self.device.flash, Record::install_clear())?;
-                }
-                Err(e)
-            }
+            Err(e) => Err(self.refuse(e)),
         }
     }
 
@@ -422,6 +474,9 @@ impl<F: NorFlash> Install<'_, '_, F> {
 
     /// Abandons the install. The running image stays selected (otadata was
     /// never touched); the progress record is cleared so nothing resumes.
+    ///
+    /// Dropping a session without `finish` or `abort` (a download that broke
+    /// off) keeps the last checkpoint, so the same image can resume there.
     pub fn abort(self) -> Result<(), Error> {
         if self.device.store.state.install.is_some() {
             self.device

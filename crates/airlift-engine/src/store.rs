@@ -32,8 +32,10 @@
 //!
 //! Record kinds: `H` header, `K` key, `S` minimum security version, `I`
 //! image information of a slot, `A` activation, `T` trial (snapshot), `B`
-//! boot, `C` confirmation, `P` install progress, `X` progress cleared, `R`
-//! running slot (snapshot).
+//! boot, `C` confirmation, `Q` install progress, `X` progress cleared, `R`
+//! running slot (snapshot). `P`, the install progress of earlier versions
+//! (it named the image by half its SHA-256 and did not vouch for the bytes
+//! in the slot), is no longer resumed from.
 
 use embedded_storage::nor_flash::NorFlash;
 
@@ -66,7 +68,9 @@ const KIND_ACTIVATION: u8 = 0x41;
 const KIND_TRIAL: u8 = 0x54;
 const KIND_BOOT: u8 = 0x42;
 const KIND_CONFIRM: u8 = 0x43;
-const KIND_INSTALL: u8 = 0x50;
+/// Install progress as earlier versions wrote it: read as "no progress".
+const KIND_INSTALL_LEGACY: u8 = 0x50;
+const KIND_INSTALL: u8 = 0x51;
 const KIND_INSTALL_CLEAR: u8 = 0x58;
 const KIND_RUNNING: u8 = 0x52;
 
@@ -163,16 +167,24 @@ pub(crate) struct PendingConfirm {
 }
 
 /// Progress of an interrupted install, for resuming it.
+///
+/// It names the image (its whole SHA-256 and size, from the signed manifest)
+/// and vouches for the bytes already in the slot with their own SHA-256, so a
+/// resume re-reads them and goes on only if the slot still holds exactly what
+/// this install wrote there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InstallProgress {
     /// The target OTA slot.
     pub slot: u8,
-    /// First 16 bytes of the image's SHA-256 (from its manifest).
-    pub sha_prefix: [u8; 16],
+    /// The image's SHA-256 (from its signed manifest).
+    pub image_sha256: [u8; 32],
     /// Image size from the manifest.
     pub size: u32,
     /// Bytes programmed and durable (a multiple of the sector size).
     pub offset: u32,
+    /// First 16 bytes of the SHA-256 of the slot's bytes `[0, offset)`, as
+    /// read back when they were written.
+    pub written_sha_prefix: [u8; 16],
 }
 
 /// How a boot went, as recorded in the boot log.
@@ -348,16 +360,19 @@ impl State {
                 self.pending_confirm = Some(c);
             }
             KIND_INSTALL => {
-                let mut sha_prefix = [0u8; 16];
-                sha_prefix.copy_from_slice(&b[2..18]);
+                let mut image_sha256 = [0u8; 32];
+                image_sha256.copy_from_slice(&b[2..34]);
+                let mut written_sha_prefix = [0u8; 16];
+                written_sha_prefix.copy_from_slice(&b[42..58]);
                 self.install = Some(InstallProgress {
                     slot: b[1],
-                    sha_prefix,
-                    size: le32(&b[18..22]),
-                    offset: le32(&b[22..26]),
+                    image_sha256,
+                    size: le32(&b[34..38]),
+                    offset: le32(&b[38..42]),
+                    written_sha_prefix,
                 });
             }
-            KIND_INSTALL_CLEAR => self.install = None,
+            KIND_INSTALL_CLEAR | KIND_INSTALL_LEGACY => self.install = None,
             _ => {}
         }
     }
@@ -515,9 +530,10 @@ impl Record {
     pub(crate) fn install(p: &InstallProgress) -> Record {
         let mut r = Record::new(KIND_INSTALL);
         r.0[1] = p.slot;
-        r.0[2..18].copy_from_slice(&p.sha_prefix);
-        r.0[18..22].copy_from_slice(&p.size.to_le_bytes());
-        r.0[22..26].copy_from_slice(&p.offset.to_le_bytes());
+        r.0[2..34].copy_from_slice(&p.image_sha256);
+        r.0[34..38].copy_from_slice(&p.size.to_le_bytes());
+        r.0[38..42].copy_from_slice(&p.offset.to_le_bytes());
+        r.0[42..58].copy_from_slice(&p.written_sha_prefix);
         r.seal()
     }
 

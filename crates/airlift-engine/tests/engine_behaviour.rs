@@ -565,7 +565,7 @@ fn older_security_version_is_refused() {
 }
 
 #[test]
-fn resumed_install_over_corrupted_flash_is_refused_and_then_restarts_cleanly() {
+fn resumed_install_over_corrupted_flash_restarts_from_zero() {
     let mut flash = fresh();
     let image = sim::test_image("2.0.0", 1, 40_000);
     let blob = sign(&image);
@@ -582,13 +582,9 @@ fn resumed_install_over_corrupted_flash_is_refused_and_then_restarts_cleanly() {
     let at = layout().slots[1].offset as usize + 5000;
     let byte = flash.bytes()[at];
     flash.load(at, &[byte ^ 0x80]);
+    // The progress record carries the hash of what was written: the slot no
+    // longer matches it, so nothing is resumed.
     let mut dev = Device::open(&mut flash, cfg).unwrap();
-    let mut s = dev.begin(&blob).unwrap();
-    let from = s.resume_offset() as usize;
-    assert!(from > 5000);
-    s.write(&image[from..]).unwrap();
-    assert_eq!(s.finish(), Err(Error::ChecksumMismatch));
-    // The failed attempt cleared the progress: the next one starts over.
     let mut s = dev.begin(&blob).unwrap();
     assert_eq!(s.resume_offset(), 0);
     s.write(&image).unwrap();

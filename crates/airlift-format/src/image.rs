@@ -799,6 +799,13 @@ impl ImageVerifier {
         self.pos
     }
 
+    /// The SHA-256 of every byte fed so far (the running hash is left as it
+    /// is). A device stores it with an install checkpoint, so that a resumed
+    /// install can tell whether the slot still holds the bytes it vouched for.
+    pub fn sha256_so_far(&self) -> [u8; 32] {
+        self.hasher.clone().finalize().into()
+    }
+
     /// Whether the whole image, appended digest included, has been fed:
     /// further bytes are trailing bytes.
     pub fn is_complete(&self) -> bool {
