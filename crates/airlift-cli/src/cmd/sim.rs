@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use airlift_engine::sim::campaign::{self, CampaignConfig, PathReport};
-use airlift_engine::sim::chaos::{self, ChaosConfig, ChaosReport};
+use airlift_engine::sim::chaos::{self, ChaosConfig, ChaosReport, Stats};
 use airlift_engine::sim::{BootloaderKind, FLASH_SIZE};
 use airlift_format::partition::{self, PartitionEntry};
 use anyhow::{Context, bail};
@@ -303,16 +303,8 @@ struct ChaosJson<'a> {
     seed: String,
     sequences: u64,
     steps_per_sequence: u32,
-    operations: u64,
-    power_cuts: u64,
-    torn_writes: u64,
-    refusals: u64,
-    activations: u64,
-    resumes: u64,
-    stale_resumes: u64,
-    confirms: u64,
-    rollbacks: u64,
-    liveness_checks: u64,
+    #[serde(flatten)]
+    totals: &'a Stats,
     failures: u64,
     examples: &'a [String],
 }
@@ -323,16 +315,7 @@ impl<'a> ChaosJson<'a> {
             seed: format!("{:#018x}", cfg.seed),
             sequences: r.sequences,
             steps_per_sequence: cfg.steps,
-            operations: r.operations,
-            power_cuts: r.power_cuts,
-            torn_writes: r.torn_writes,
-            refusals: r.refusals,
-            activations: r.activations,
-            resumes: r.resumes,
-            stale_resumes: r.stale_resumes,
-            confirms: r.confirms,
-            rollbacks: r.rollbacks,
-            liveness_checks: r.liveness_checks,
+            totals: &r.totals,
             failures: r.failures,
             examples: &r.examples,
         }
@@ -340,26 +323,27 @@ impl<'a> ChaosJson<'a> {
 }
 
 fn print_chaos(cfg: &ChaosConfig, r: &ChaosReport) {
+    let t = &r.totals;
     println!(
         "chaos: {} sequences of {} operations (seed {:#018x})",
         r.sequences, cfg.steps, cfg.seed
     );
-    println!("  operations      {:>9}", r.operations);
+    println!("  operations      {:>9}", t.operations);
     println!(
         "  power cuts      {:>9}  ({} torn writes)",
-        r.power_cuts, r.torn_writes
+        t.power_cuts, t.torn_writes
     );
-    println!("  refusals        {:>9}", r.refusals);
-    println!("  activations     {:>9}", r.activations);
+    println!("  refusals        {:>9}", t.refusals);
+    println!("  activations     {:>9}", t.activations);
     println!(
         "  resumes         {:>9}  ({} stale, retried from byte 0)",
-        r.resumes, r.stale_resumes
+        t.resumes, t.stale_resumes
     );
-    println!("  confirms        {:>9}", r.confirms);
-    println!("  rollbacks       {:>9}", r.rollbacks);
+    println!("  confirms        {:>9}", t.confirms);
+    println!("  rollbacks       {:>9}", t.rollbacks);
     println!(
         "  good updates offered after a step: {} (each installed, booted and confirmed)",
-        r.liveness_checks
+        t.liveness_checks
     );
     println!("  failures        {:>9}", r.failures);
     for e in &r.examples {

@@ -96,7 +96,18 @@ impl Default for ChaosConfig {
 pub struct ChaosReport {
     /// Sequences run.
     pub sequences: u64,
-    /// Operations run (every step, liveness checks not counted).
+    /// What the sequences did, summed.
+    pub totals: Stats,
+    /// Sequences in which a promise was broken.
+    pub failures: u64,
+    /// The first few failures, each with the seed that replays it.
+    pub examples: Vec<String>,
+}
+
+/// What one sequence, or a whole run, did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Operations run (every step; liveness checks not counted).
     pub operations: u64,
     /// Power cuts that happened (an operation ended by losing power).
     pub power_cuts: u64,
@@ -116,13 +127,9 @@ pub struct ChaosReport {
     pub rollbacks: u64,
     /// Good updates offered on a copy of the device after a step.
     pub liveness_checks: u64,
-    /// Sequences in which a promise was broken.
-    pub failures: u64,
-    /// The first few failures, each with the seed that replays it.
-    pub examples: Vec<String>,
 }
 
-impl ChaosReport {
+impl Stats {
     fn add(&mut self, s: &Stats) {
         self.operations += s.operations;
         self.power_cuts += s.power_cuts;
@@ -135,31 +142,6 @@ impl ChaosReport {
         self.rollbacks += s.rollbacks;
         self.liveness_checks += s.liveness_checks;
     }
-}
-
-/// Counts of one sequence.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// See [`ChaosReport::operations`].
-    pub operations: u64,
-    /// See [`ChaosReport::power_cuts`].
-    pub power_cuts: u64,
-    /// See [`ChaosReport::torn_writes`].
-    pub torn_writes: u64,
-    /// See [`ChaosReport::refusals`].
-    pub refusals: u64,
-    /// See [`ChaosReport::activations`].
-    pub activations: u64,
-    /// See [`ChaosReport::resumes`].
-    pub resumes: u64,
-    /// See [`ChaosReport::stale_resumes`].
-    pub stale_resumes: u64,
-    /// See [`ChaosReport::confirms`].
-    pub confirms: u64,
-    /// See [`ChaosReport::rollbacks`].
-    pub rollbacks: u64,
-    /// See [`ChaosReport::liveness_checks`].
-    pub liveness_checks: u64,
 }
 
 /// The seed of sequence `index` of a run seeded with `seed`.
@@ -184,7 +166,7 @@ pub fn run(cfg: &ChaosConfig, mut progress: impl FnMut(&ChaosReport)) -> ChaosRe
         let mut stats = Stats::default();
         let result = world.sequence(seed, &mut stats);
         report.sequences += 1;
-        report.add(&stats);
+        report.totals.add(&stats);
         if let Err(e) = result {
             report.failures += 1;
             if report.examples.len() < 5 {
