@@ -7,6 +7,13 @@
 //! size is known at compile time and a device never allocates to parse an
 //! answer.
 //!
+//! A device decodes with `serde_json_core::from_slice_escaped`, giving it a
+//! scratch buffer of [`UNESCAPE_BUFFER_LEN`] bytes: plain
+//! `serde_json_core::from_slice` leaves escape sequences (`\"`, `\/`,
+//! `\u00e9`) in strings as they were written, so a device would read
+//! another URL or version than the server meant (found by the protocol fuzz
+//! target, which checks that both parsers read the same values).
+//!
 //! The protocol is HTTP/1.1 + JSON; a device authenticates every call with
 //! its bearer token (`Authorization: Bearer <token>`):
 //!
@@ -67,6 +74,9 @@ pub const URL_MAX: usize = 256;
 pub const TOKEN_MAX: usize = 128;
 /// Longest free-text detail of an event.
 pub const DETAIL_MAX: usize = 128;
+/// Scratch bytes a device gives `serde_json_core::from_slice_escaped`: one
+/// string at a time is unescaped into it, and the longest is a URL.
+pub const UNESCAPE_BUFFER_LEN: usize = URL_MAX;
 
 /// A SHA-256 as 64 lowercase hex characters.
 pub type Sha256Hex = heapless::String<SHA256_HEX_LEN>;

@@ -253,3 +253,24 @@ fn oversized_strings_are_rejected_not_truncated() {
 fn unknown_event_kinds_are_rejected() {
     assert!(serde_json::from_str::<Event>(r#"{"kind":"exploded"}"#).is_err());
 }
+
+#[test]
+fn a_device_reads_escaped_strings_as_the_server_means_them() {
+    // JSON may escape any string character; a proxy or another server
+    // implementation may do so. The device must read what serde_json reads.
+    let json = br#"{"poll_seconds":5,"update":{"deployment":1,"manifest":"QUxNMQ==","url":"\/api\/v1\/device\/artifacts\/ab","size":1,"sha256":"ab","version":"caf\u00e9 \"2\""}}"#;
+    let server: CheckInAnswer = serde_json::from_slice(json).unwrap();
+    let mut scratch = [0u8; airlift_protocol::UNESCAPE_BUFFER_LEN];
+    let (device, _) =
+        serde_json_core::from_slice_escaped::<CheckInAnswer>(json, &mut scratch).unwrap();
+    assert_eq!(device, server);
+    let update = device.update.unwrap();
+    assert_eq!(update.url.as_str(), "/api/v1/device/artifacts/ab");
+    assert_eq!(update.version.as_str(), "café \"2\"");
+    // Plain from_slice would have kept the escapes: the reason for the rule.
+    let (raw, _) = serde_json_core::from_slice::<CheckInAnswer>(json).unwrap();
+    assert_eq!(
+        raw.update.unwrap().url.as_str(),
+        r"\/api\/v1\/device\/artifacts\/ab"
+    );
+}
