@@ -7,8 +7,8 @@
 //! and, on first start, the admin token (`admin.token`).
 //!
 //! - [`app`] builds the HTTP router (admin API, device API, `/healthz`,
-//!   `/metrics`, `/api/openapi.json`); tests call [`serve`] with a listener on
-//!   `127.0.0.1:0`.
+//!   `/metrics`, `/api/openapi.json`, and the [`dashboard`] at `/`); tests
+//!   call [`serve`] with a listener on `127.0.0.1:0`.
 //! - State lives behind the per-capability traits of [`store`]; handlers
 //!   never see SQL.
 //! - [`deploy`] holds the deployment rules (who is offered what, and how
@@ -33,6 +33,7 @@ pub mod cache;
 pub mod changes;
 pub mod config;
 mod connection;
+pub mod dashboard;
 pub mod deploy;
 pub mod error;
 pub mod events;

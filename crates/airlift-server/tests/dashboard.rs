@@ -7,11 +7,13 @@
 
 mod common;
 
+use std::path::Path;
+
 use airlift_format::image::Chip;
 use common::{Running, TestServer, error_code, image, image_for, sha256_hex};
 use reqwest::header::{
-    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_TYPE, COOKIE, ORIGIN,
-    SET_COOKIE,
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_SECURITY_POLICY,
+    CONTENT_TYPE, COOKIE, ORIGIN, SET_COOKIE,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
@@ -634,4 +636,91 @@ async fn the_change_stream_announces_each_change_and_ends_when_the_server_stops(
         matches!(rest, Ok(None) | Err(_)),
         "the stream ended: {rest:?}"
     );
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_at_the_root_every_file_embedded_under_a_strict_policy() {
+    let server = TestServer::start().await;
+    let index = server
+        .client
+        .get(format!("{}/", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(index.status(), StatusCode::OK);
+    assert_eq!(index.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+    let policy = index.headers()[CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        policy.contains("default-src 'self'") && policy.contains("frame-ancestors 'none'"),
+        "{policy}"
+    );
+    assert!(
+        index
+            .text()
+            .await
+            .unwrap()
+            .contains("<script type=\"module\" src=\"app.js\">")
+    );
+
+    // Every file of web/dashboard is embedded (none forgotten), byte for byte.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/dashboard");
+    let mut on_disk: Vec<String> = common::files_under(&root)
+        .iter()
+        .map(|p| p.strip_prefix(&root).unwrap().to_str().unwrap().to_owned())
+        .collect();
+    let mut embedded: Vec<String> = airlift_server::dashboard::FILES
+        .iter()
+        .map(|f| f.path.to_owned())
+        .collect();
+    on_disk.sort();
+    embedded.sort();
+    assert_eq!(
+        embedded, on_disk,
+        "web/dashboard and dashboard::FILES differ"
+    );
+    for path in &on_disk {
+        let response = server
+            .client
+            .get(format!("{}/{path}", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let expected_type = if path.ends_with(".js") {
+            "text/javascript; charset=utf-8"
+        } else if path.ends_with(".css") {
+            "text/css; charset=utf-8"
+        } else if path.ends_with(".html") {
+            "text/html; charset=utf-8"
+        } else {
+            "text/plain; charset=utf-8"
+        };
+        assert_eq!(response.headers()[CONTENT_TYPE], expected_type, "{path}");
+        assert_eq!(
+            response.bytes().await.unwrap(),
+            std::fs::read(root.join(path)).unwrap(),
+            "{path}"
+        );
+    }
+    // Nothing in it is loaded from another host.
+    for path in &on_disk {
+        let text = String::from_utf8_lossy(&std::fs::read(root.join(path)).unwrap()).into_owned();
+        for reference in [
+            "from \"http",
+            "from 'http",
+            "src=\"http",
+            "href=\"http",
+            "url(http",
+            "import(\"http",
+            "//cdn",
+        ] {
+            assert!(
+                !text.contains(reference),
+                "{path} loads something from another host: {reference}"
+            );
+        }
+    }
 }

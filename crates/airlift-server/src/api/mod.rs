@@ -182,6 +182,7 @@ pub fn router(state: AppState) -> Router {
             "/api/openapi.json",
             get(move || std::future::ready(Json(openapi.as_ref().clone()))),
         )
+        .merge(crate::dashboard::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), observe));
     let router = match cors(&state.config) {
