@@ -95,6 +95,10 @@ fn demo_updates_rolls_back_and_exits() {
     assert!(stdout.contains("All 2 devices confirmed 1.1.0"), "{stdout}");
     assert!(stdout.contains("2 of 2 devices rolled_back"), "{stdout}");
     assert!(stdout.contains("{\"1.1.0\": 2}"), "{stdout}");
+    assert!(
+        stdout.contains("5. See it all in the dashboard: http://127.0.0.1:"),
+        "the demo ends pointing at the dashboard: {stdout}"
+    );
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub const DEADLINE: Duration = Duration::from_secs(120);
 pub struct Server {
     pub child: Child,
     pub url: String,
+    /// The dashboard's address, as `airlift serve` printed it.
+    pub dashboard: String,
     pub data: PathBuf,
 }
 
@@ -52,10 +54,20 @@ impl Server {
         let Some(url) = url else {
             panic!("airlift serve did not start: {seen}");
         };
+        line.clear();
+        stderr.read_line(&mut line).unwrap();
+        let dashboard = line
+            .strip_prefix("airlift: dashboard at ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| {
+                panic!("airlift serve did not print the dashboard's address: {line}")
+            })
+            .to_owned();
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         Server {
             child,
             url,
+            dashboard,
             data: data.to_owned(),
         }
     }
