@@ -3,6 +3,8 @@
 //! to wait for what the server, the data directory or a flash file says.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod browser;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
