@@ -11,7 +11,7 @@
 //   #/deployments/ID     one deployment's progress
 //   #/audit              audit log
 
-import { html, render, useEffect, useState } from "./vendor/preact-htm.js";
+import { html, render, useEffect, useRef, useState } from "./vendor/preact-htm.js";
 import { apiAddress, followChanges, get, onSessionEnded, post, remove } from "./api.js";
 import { Live, Notice } from "./ui.js";
 import { Overview } from "./views/overview.js";
@@ -138,31 +138,41 @@ function App() {
   // undefined: asking the server; null: signed out; an object: the session.
   const [session, setSession] = useState(undefined);
   const [message, setMessage] = useState(null);
+  // Whether the pages are open: a 401 to a request that was still on its
+  // way when the user signed out does not say "your session has ended".
+  const open = useRef(false);
+  const show = (s) => {
+    open.current = Boolean(s);
+    setSession(s);
+  };
   useEffect(() => {
     get("/api/v1/session").then(
-      (s) => setSession(s.signed_in ? s : null),
+      (s) => show(s.signed_in ? s : null),
       (err) => {
         setMessage(err.message);
-        setSession(null);
+        show(null);
       },
     );
     return onSessionEnded(() => {
+      if (!open.current) return;
       setMessage("Your session has ended. Sign in again.");
-      setSession(null);
+      show(null);
     });
   }, []);
   const signOut = async () => {
+    // The pages close first, so nothing asks the server once the session is gone.
+    show(null);
+    setMessage("Signing out…");
     try {
       await remove("/api/v1/session");
       setMessage("You signed out.");
     } catch (err) {
-      setMessage(`Signed out here, but the server said: ${err.message}`);
+      setMessage(`The server did not confirm the sign-out: ${err.message}`);
     }
-    setSession(null);
   };
   if (session === undefined) return html`<p class="loading" role="status">Loading…</p>`;
   if (session === null) {
-    return html`<${SignIn} message=${message} onSignedIn=${(s) => { setMessage(null); setSession(s); }} />`;
+    return html`<${SignIn} message=${message} onSignedIn=${(s) => { setMessage(null); show(s); }} />`;
   }
   return html`<${Shell} session=${session} onSignOut=${signOut} />`;
 }

@@ -17,7 +17,7 @@ import {
 const PAGE = 50;
 
 function NewDeployment({ params }) {
-  const releases = useLive(() => get("/api/v1/releases"), []).data ?? [];
+  const releases = useLive(() => get("/api/v1/releases"), []).data;
   const fleet = useLive(() => get("/api/v1/fleet"), []).data;
   const [release, setRelease] = useState(params.get("release") ?? "");
   const [kind, setKind] = useState("tag");
@@ -31,7 +31,7 @@ function NewDeployment({ params }) {
   const reach = kind === "all"
     ? fleet && devices(fleet.devices)
     : kind === "tag" ? devices(tags.find((t) => t.value === chosenTag)?.devices ?? 0) : "1 device";
-  const chosen = release || (releases[0] ? String(releases[0].id) : "");
+  const chosen = release || (releases?.[0] ? String(releases[0].id) : "");
   const submit = async (e) => {
     e.preventDefault();
     setBusy(true);
@@ -44,6 +44,7 @@ function NewDeployment({ params }) {
       setBusy(false);
     }
   };
+  if (!releases) return html`<section><p role="status">Loading…</p></section>`;
   if (!releases.length) {
     return html`<section aria-labelledby="new-title"><h2 id="new-title">New deployment</h2>
       <p class="empty">Upload a release first, in <a href="#/firmware">Firmware</a>.</p></section>`;
