@@ -43,19 +43,10 @@ const PUBLIC_OPERATIONS: [(Method, &str); 4] = [
     (Method::DELETE, "/api/v1/session"),
 ];
 
-/// A dashboard session that was opened and then signed out.
+/// A dashboard session that was opened and then signed out (its `Cookie` header).
 async fn ended_session(server: &TestServer) -> String {
-    let response = server
-        .client
-        .post(format!("{}/api/v1/session", server.url))
-        .header("x-airlift-csrf", "1")
-        .json(&serde_json::json!({"token": server.admin_token}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let cookie = response.headers()["set-cookie"].to_str().unwrap();
-    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let (set_cookie, _) = server.sign_in().await;
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
     let out = server
         .client
         .delete(format!("{}/api/v1/session", server.url))
@@ -163,30 +154,25 @@ async fn every_admin_and_device_route_refuses_a_missing_or_wrong_token() {
                     .request(method.clone(), &url)
                     .bearer_auth(&device_token),
             ));
-            attempts.push((
-                "a made-up session cookie",
-                server
+            let cookies = [
+                (
+                    "a made-up session cookie",
+                    "airlift_session=al_session_0000".to_owned(),
+                ),
+                ("a signed-out session cookie", ended.clone()),
+                (
+                    "the admin token as a session cookie",
+                    format!("airlift_session={}", server.admin_token),
+                ),
+            ];
+            for (what, cookie) in cookies {
+                let request = server
                     .client
                     .request(method.clone(), &url)
-                    .header("cookie", "airlift_session=al_session_0000")
-                    .header("x-airlift-csrf", "1"),
-            ));
-            attempts.push((
-                "a signed-out session cookie",
-                server
-                    .client
-                    .request(method.clone(), &url)
-                    .header("cookie", &ended)
-                    .header("x-airlift-csrf", "1"),
-            ));
-            attempts.push((
-                "the admin token as a session cookie",
-                server
-                    .client
-                    .request(method.clone(), &url)
-                    .header("cookie", format!("airlift_session={}", server.admin_token))
-                    .header("x-airlift-csrf", "1"),
-            ));
+                    .header("cookie", cookie)
+                    .header("x-airlift-csrf", "1");
+                attempts.push((what, request));
+            }
         } else {
             attempts.push((
                 "the admin token",

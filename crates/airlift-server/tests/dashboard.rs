@@ -22,16 +22,7 @@ const CSRF: &str = "x-airlift-csrf";
 
 /// Signs in with the admin token; returns the session cookie's value.
 async fn sign_in(server: &TestServer) -> String {
-    let response = server
-        .client
-        .post(format!("{}/api/v1/session", server.url))
-        .header(CSRF, "1")
-        .json(&json!({"token": server.admin_token}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    let (cookie, _) = server.sign_in().await;
     let value = cookie
         .strip_prefix("airlift_session=")
         .and_then(|rest| rest.split(';').next())
@@ -47,19 +38,21 @@ fn with_cookie(server: &TestServer, method: Method, path: &str, session: &str) -
         .header(COOKIE, format!("airlift_session={session}"))
 }
 
+/// What `GET /api/v1/session` answers with the session cookie.
+async fn session_state(server: &TestServer, session: &str) -> Value {
+    with_cookie(server, Method::GET, "/api/v1/session", session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn sign_in_sets_an_http_only_same_site_cookie_that_opens_the_admin_api_until_sign_out() {
     let server = TestServer::start().await;
-    let response = server
-        .client
-        .post(format!("{}/api/v1/session", server.url))
-        .header(CSRF, "1")
-        .json(&json!({"token": server.admin_token}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    let (cookie, body) = server.sign_in().await;
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/api", "Max-Age=43200"] {
         assert!(cookie.contains(attribute), "{cookie}");
     }
@@ -67,21 +60,13 @@ async fn sign_in_sets_an_http_only_same_site_cookie_that_opens_the_admin_api_unt
         !cookie.contains(&server.admin_token),
         "the token is not the cookie"
     );
-    let body: Value = response.json().await.unwrap();
     assert_eq!(
         (&body["signed_in"], &body["admin"]),
         (&json!(true), &json!("admin"))
     );
     let session = sign_in(&server).await;
 
-    let state: Value = with_cookie(&server, Method::GET, "/api/v1/session", &session)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(state["signed_in"], true);
+    assert_eq!(session_state(&server, &session).await["signed_in"], true);
     let devices = with_cookie(&server, Method::GET, "/api/v1/fleet/devices", &session)
         .send()
         .await
@@ -112,14 +97,10 @@ async fn sign_in_sets_an_http_only_same_site_cookie_that_opens_the_admin_api_unt
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
         assert_eq!(error_code(&response.json().await.unwrap()), "unauthorized");
     }
-    let state: Value = with_cookie(&server, Method::GET, "/api/v1/session", &session)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(state, json!({"signed_in": false}));
+    assert_eq!(
+        session_state(&server, &session).await,
+        json!({"signed_in": false})
+    );
 
     // Signing in and out are in the audit log, by the admin token's name.
     let audit = server

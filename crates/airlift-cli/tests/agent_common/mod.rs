@@ -195,6 +195,23 @@ pub fn airlift(args: &[&str]) -> Output {
     output
 }
 
+/// `airlift fleet firmware PATH --version VERSION [--size SIZE]`: the
+/// simulator's synthetic app image.
+pub fn fleet_firmware(path: &Path, version: &str, size: Option<usize>) {
+    let size = size.map(|s| s.to_string());
+    let mut args = vec![
+        "fleet",
+        "firmware",
+        path.to_str().unwrap(),
+        "--version",
+        version,
+    ];
+    if let Some(size) = &size {
+        args.extend(["--size", size]);
+    }
+    airlift(&args);
+}
+
 /// `airlift flash create FLASH --firmware FW --trust KEY`.
 pub fn create_flash(flash: &Path, firmware: &Path, trust: &Path) {
     airlift(&[

@@ -110,6 +110,15 @@ impl SqliteStore {
     async fn begin(&self) -> StoreResult<Transaction<'static, Sqlite>> {
         self.pool.begin().await.map_err(backend)
     }
+
+    /// The (value, count) rows `sql` selects, as tallies.
+    async fn tally(&self, sql: &'static str) -> StoreResult<Vec<Tally>> {
+        let rows = sqlx::query(sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        tallies(&rows)
+    }
 }
 
 #[async_trait]
@@ -984,6 +993,14 @@ fn push_device_filter(query: &mut QueryBuilder<Sqlite>, filter: &DeviceFilter) {
     }
 }
 
+/// Every row as a `T`.
+fn all<T: for<'r> FromRow<'r, SqliteRow>>(rows: &[SqliteRow]) -> StoreResult<Vec<T>> {
+    rows.iter()
+        .map(T::from_row)
+        .collect::<Result<_, _>>()
+        .map_err(backend)
+}
+
 fn tallies(rows: &[SqliteRow]) -> StoreResult<Vec<Tally>> {
     rows.iter()
         .map(|row| {
@@ -1068,31 +1085,28 @@ impl ViewStore for SqliteStore {
         let (devices, never_seen, unseen) =
             (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))()
                 .map_err(backend)?;
-        let by_version = sqlx::query(
-            "SELECT version, count(*) AS n FROM devices GROUP BY version \
-             ORDER BY n DESC, version IS NULL, version",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        let by_state = sqlx::query(
-            "SELECT state, count(*) AS n FROM devices GROUP BY state \
-             ORDER BY n DESC, state IS NULL, state",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        let by_tag = sqlx::query("SELECT tag, count(*) FROM device_tags GROUP BY tag ORDER BY tag")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+        let by_version = self
+            .tally(
+                "SELECT version, count(*) AS n FROM devices GROUP BY version \
+                 ORDER BY n DESC, version IS NULL, version",
+            )
+            .await?;
+        let by_state = self
+            .tally(
+                "SELECT state, count(*) AS n FROM devices GROUP BY state \
+                 ORDER BY n DESC, state IS NULL, state",
+            )
+            .await?;
+        let by_tag = self
+            .tally("SELECT tag, count(*) FROM device_tags GROUP BY tag ORDER BY tag")
+            .await?;
         Ok(FleetCounts {
             devices,
             never_seen,
             unseen,
-            by_version: tallies(&by_version)?,
-            by_state: tallies(&by_state)?,
-            by_tag: tallies(&by_tag)?,
+            by_version,
+            by_state,
+            by_tag,
         })
     }
 
@@ -1110,10 +1124,7 @@ impl ViewStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter()
-            .map(Problem::from_row)
-            .collect::<Result<_, _>>()
-            .map_err(backend)
+        all(&rows)
     }
 
     async fn device_assignments(
@@ -1133,10 +1144,7 @@ impl ViewStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter()
-            .map(DeviceAssignment::from_row)
-            .collect::<Result<_, _>>()
-            .map_err(backend)
+        all(&rows)
     }
 
     async fn deployments_in_progress(&self) -> StoreResult<Vec<i64>> {
@@ -1170,10 +1178,7 @@ impl ViewStore for SqliteStore {
         }
         query.push(") GROUP BY deployment_id, state, reason");
         let rows = query.build().fetch_all(&self.pool).await.map_err(backend)?;
-        rows.iter()
-            .map(AssignmentTally::from_row)
-            .collect::<Result<_, _>>()
-            .map_err(backend)
+        all(&rows)
     }
 
     async fn assignments_page(
@@ -1213,12 +1218,7 @@ impl ViewStore for SqliteStore {
             .push(" OFFSET ")
             .push_bind(offset);
         let rows = page.build().fetch_all(&self.pool).await.map_err(backend)?;
-        let assignments = rows
-            .iter()
-            .map(Assignment::from_row)
-            .collect::<Result<_, _>>()
-            .map_err(backend)?;
-        Ok((total, assignments))
+        Ok((total, all(&rows)?))
     }
 
     async fn running_versions(&self, deployment_id: i64) -> StoreResult<Vec<Tally>> {
@@ -1244,9 +1244,6 @@ impl ViewStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter()
-            .map(AuditRecord::from_row)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(backend)
+        all(&rows)
     }
 }
