@@ -34,16 +34,10 @@ fn testdata(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// `airlift fleet firmware PATH --version VERSION`.
+/// The simulator's app image VERSION as DIR/VERSION.bin.
 fn firmware(dir: &Path, version: &str) -> PathBuf {
     let path = dir.join(format!("{version}.bin"));
-    airlift(&[
-        "fleet",
-        "firmware",
-        path.to_str().unwrap(),
-        "--version",
-        version,
-    ]);
+    fleet_firmware(&path, version, None);
     path
 }
 
