@@ -338,11 +338,31 @@ const scenarios = {
     await waitText(page, "#device-total", /No device matches/, "no device that never checked in");
     await shoot("devices");
 
+    // The real image to one device, while the fleet is offline; then cancelled.
+    process.kill(config.fleet_pid, "SIGSTOP");
+    await go("Deployments");
+    const realRelease = await page.getByLabel("Release").locator("option", { hasText: "hello-world" }).getAttribute("value");
+    await page.getByLabel("Release").selectOption(realRelease);
+    await page.getByLabel("one device").check();
+    await page.getByLabel("Device name").fill("lab-00007");
+    await page.getByRole("button", { name: "Deploy", exact: true }).click();
+    await heading(new RegExp(`^Deployment #3: ${config.real.version} to device:lab-00007`));
+    await waitText(page, "#deployment-progress", /0 of 1 device confirmed \(0%\)/, "the one device waiting");
+    await page.getByRole("button", { name: "Cancel…" }).click();
+    await page.getByRole("button", { name: "Cancel the deployment" }).click();
+    await waitText(page, ".meta", /^cancelled/, "the deployment cancelled");
+    assert.match(await textOf(page, "#deployment-progress"), /Cancelled: 1/);
+    assert.equal(await page.getByRole("button", { name: "Cancel…" }).count(), 0, "nothing left to cancel");
+    await waitRows("Devices of this deployment", (r) => r.length === 1 && r[0][1] === "cancelled" && r[0][2] === "the deployment was cancelled",
+      "the device's assignment cancelled, with why");
+    process.kill(config.fleet_pid, "SIGCONT");
+    await shoot("deployment-cancelled");
+
     // The audit log: who did what, from where.
     await go("Audit log");
     const audit = await waitRows("Audit log", (r) => r.length >= 6, "the audit log");
     const actions = audit.map((r) => `${r[1]} ${r[2]} ${r[3]} ${r[4]}`);
-    for (const expected of [/admin created a deployment deployment:2 done, from the dashboard/, /admin uploaded firmware release:1 done, from the dashboard/, /admin signed in to the dashboard session done/]) {
+    for (const expected of [/admin cancelled a deployment deployment:3 done, from the dashboard/, /admin created a deployment deployment:2 done, from the dashboard/, /admin uploaded firmware release:1 done, from the dashboard/, /admin signed in to the dashboard session done/]) {
       assert.ok(actions.some((a) => expected.test(a)), `${expected} in ${JSON.stringify(actions)}`);
     }
     assert.ok(actions.some((a) => /admin uploaded firmware \/api\/v1\/releases refused \(422\), from the dashboard/.test(a)),

@@ -156,9 +156,11 @@ fn dashboard_signs_in_uploads_deploys_to_a_tag_of_50_devices_shows_rollbacks_his
 
     // What the pages showed is what the server holds.
     let deployments = server.cli_json(&["deployment", "list"]);
-    let crash = server.deployment(deployments[0]["id"].as_i64().unwrap());
+    let by_id = |n: usize| server.deployment(deployments[n]["id"].as_i64().unwrap());
+    let (cancelled, crash, good) = (by_id(0), by_id(1), by_id(2));
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled:#}");
+    assert_eq!(cancelled["target"], "device:lab-00007", "{cancelled:#}");
     assert_eq!(crash["counts"]["rolled_back"], 53, "{crash:#}");
-    let good = server.deployment(deployments[1]["id"].as_i64().unwrap());
     assert_eq!(
         (
             good["counts"]["confirmed"].as_i64(),

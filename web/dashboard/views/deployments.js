@@ -119,8 +119,8 @@ function Unable({ detail }) {
 }
 
 /** Failed and rolled-back devices, each with why. */
-function Problems({ id }) {
-  const { data } = useLive(() => get(`/api/v1/deployments/${id}${query({ state: "failed,rolled_back", limit: 100 })}`), [id]);
+function Problems({ id, revision }) {
+  const { data } = useLive(() => get(`/api/v1/deployments/${id}${query({ state: "failed,rolled_back", limit: 100 })}`), [id, revision]);
   if (!data || data.assignments_total === 0) return null;
   return html`<section aria-labelledby="problems-title" id="problems">
     <h2 id="problems-title">Failed and rolled back: ${devices(data.assignments_total)}</h2>
@@ -146,12 +146,12 @@ function Versions({ detail }) {
   </section>`;
 }
 
-function Devices({ id }) {
+function Devices({ id, revision }) {
   const [state, setState] = useState("");
   const [page, setPage] = useState(1);
   const { data } = useLive(
     () => get(`/api/v1/deployments/${id}${query({ state, limit: PAGE, offset: (page - 1) * PAGE })}`),
-    [id, state, page],
+    [id, state, page, revision],
   );
   const pages = data ? Math.max(1, Math.ceil(data.assignments_total / PAGE)) : 1;
   return html`<section aria-labelledby="devices-title">
@@ -181,7 +181,9 @@ function Devices({ id }) {
 
 /**
  * The sections of a deployment's page, in order, each given the deployment
- * (`detail`, as GET /api/v1/deployments/ID answers without assignments).
+ * (`detail`, as GET /api/v1/deployments/ID answers without assignments),
+ * its `id`, and a `revision` that changes whenever its counts or status do
+ * (a section that loads more reloads then, so it never lags the header).
  * Staged rollouts add their section here.
  */
 export const DEPLOYMENT_SECTIONS = [Unable, Problems, Versions, Devices];
@@ -216,6 +218,7 @@ export function DeploymentPage({ id }) {
     return html`<${Title}>Deployment #${id}</${Title}>
       <${LoadError} error=${error} />${!error && html`<p role="status">Loading…</p>`}`;
   }
+  const revision = `${detail.status} ${JSON.stringify(detail.counts)}`;
   return html`<${Title}>Deployment #${detail.id}: ${detail.release.version} to ${detail.target}</${Title}>
     <p class="meta"><${Status} status=${detail.status} />${` created ${when(detail.created_at)}, release #${detail.release.id} (${detail.release.project}, ${chipName(detail.release.chip_id)}), ${devices(detail.devices)} targeted`}</p>
     <${LoadError} error=${error} />
@@ -224,5 +227,5 @@ export function DeploymentPage({ id }) {
       <h2 id="progress-title">Progress</h2>
       <${Progress} progress=${detail} legend=${true} />
     </section>
-    ${DEPLOYMENT_SECTIONS.map((Section) => html`<${Section} detail=${detail} id=${detail.id} />`)}`;
+    ${DEPLOYMENT_SECTIONS.map((Section) => html`<${Section} detail=${detail} id=${detail.id} revision=${revision} />`)}`;
 }
