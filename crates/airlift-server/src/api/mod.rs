@@ -73,7 +73,9 @@ pub struct AuditNote {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Airlift update server", description = "Admin and device API of Airlift. \
-        Admin calls take `Authorization: Bearer <admin token>`; device calls the device's token. \
+        Admin calls take `Authorization: Bearer <admin token>`, or the dashboard's session cookie \
+        (`POST /api/v1/session`; with it, calls that change something need `X-Airlift-CSRF`); \
+        device calls the device's token. \
         Errors are `{\"error\": {\"code\": \"...\", \"message\": \"...\"}}`. Times are Unix milliseconds."),
     modifiers(&SecuritySchemes),
     components(schemas(crate::error::ErrorBody))

@@ -177,6 +177,7 @@ pub async fn sign_in(
             &serde_json::json!({"status": 200, "expires_at": expires_at}).to_string(),
         )
         .await?;
+    state.changes.bump();
     let session = Session { admin, expires_at };
     Ok((
         set_cookie(&state.config, &value, lifetime_secs)?,
@@ -225,6 +226,7 @@ pub async fn sign_out(
                 &serde_json::json!({"status": 204}).to_string(),
             )
             .await?;
+        state.changes.bump();
     }
     Ok((StatusCode::NO_CONTENT, set_cookie(&state.config, "", 0)?))
 }
