@@ -8,45 +8,14 @@
 // Exits non-zero with what the page showed and its console when a check fails.
 
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
-import { basename } from "node:path";
 
-import { chromium } from "playwright-core";
+import { dropFiles, log, runScenario, textOf, waitText, watchPage } from "./browser.mjs";
 
-const CHROMIUM = "/usr/bin/chromium";
-// Without the background-networking flags Chromium keeps trying to reach
-// Google's hosts, which a closed network refuses.
-const CHROMIUM_ARGS = [
-  "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync", "--no-first-run",
-];
 /** How long one expectation may take: a reboot and a health check fit easily. */
 const WAIT_MS = 30_000;
 
 const scenario = process.argv[2];
 const config = JSON.parse(process.env.AIRLIFT_BROWSER_CONFIG ?? "{}");
-const journal = [];
-const log = (line) => journal.push(line);
-
-/** The text of an element (`innerText`: what the user sees, "" when hidden). */
-async function textOf(page, selector) {
-  return page.locator(selector).evaluate((e) => e.innerText);
-}
-
-/** Waits until `selector`'s text matches `pattern`; fails with what it showed instead. */
-async function waitText(page, selector, pattern, what) {
-  const start = Date.now();
-  let shown = "";
-  while (Date.now() - start < WAIT_MS) {
-    shown = await textOf(page, selector);
-    if (pattern.test(shown)) {
-      log(`ok: ${what}: ${shown.split("\n")[0]}`);
-      return shown;
-    }
-    await page.waitForTimeout(100);
-  }
-  throw new Error(`timed out waiting for ${what}: ${selector} should match ${pattern} but shows:\n${shown}`);
-}
 
 /** The cells of `table`'s rows as arrays of strings. */
 async function cells(page, table) {
@@ -102,18 +71,6 @@ async function upload(page, image, manifest) {
   await page.getByLabel("Image (.bin)").setInputFiles(image);
   await page.getByLabel(/Signed manifest/).setInputFiles(manifest);
   await page.getByRole("button", { name: "Upload and install" }).click();
-}
-
-/** Drops files on `selector` as a user dragging them from a file manager does. */
-async function dropFiles(page, selector, paths) {
-  const files = paths.map((p) => ({ name: basename(p), bytes: [...readFileSync(p)] }));
-  await page.locator(selector).evaluate((target, files) => {
-    const data = new DataTransfer();
-    for (const f of files) data.items.add(new File([new Uint8Array(f.bytes)], f.name));
-    for (const type of ["dragenter", "dragover", "drop"]) {
-      target.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
-    }
-  }, files);
 }
 
 /** Records every text #message shows, to check what the user saw in passing. */
@@ -309,27 +266,10 @@ const scenarios = {
   },
 };
 
-async function main() {
-  const run = scenarios[scenario];
-  if (!run) throw new Error(`unknown scenario ${scenario}: expected one of ${Object.keys(scenarios).join(", ")}`);
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-  const page = await browser.newPage();
-  page.on("console", (m) => log(`console.${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => log(`page error: ${e.message}`));
-  page.on("requestfailed", (r) => log(`request failed: ${r.method()} ${r.url()} ${r.failure()?.errorText}`));
-  page.on("response", (r) => { if (r.status() >= 400) log(`response ${r.status()}: ${r.request().method()} ${r.url()}`); });
-  try {
-    await run(page);
-    const errors = journal.filter((l) => l.startsWith("page error"));
-    assert.deepEqual(errors, [], "the page's JavaScript threw");
-    console.log(`${journal.join("\n")}\nscenario ${scenario}: passed`);
-  } catch (e) {
-    const shown = await page.evaluate(() => document.body.innerText).catch((x) => `(page unavailable: ${x})`);
-    console.error(`scenario ${scenario} failed: ${e.stack ?? e}\n\n--- the page shows ---\n${shown}\n\n--- journal ---\n${journal.join("\n")}`);
-    process.exitCode = 1;
-  } finally {
-    await browser.close();
-  }
-}
-
-await main();
+let page;
+const withPage = Object.fromEntries(Object.entries(scenarios).map(([name, run]) => [name, async (browser) => {
+  page = await browser.newPage();
+  watchPage(page);
+  await run(page);
+}]));
+await runScenario(withPage, scenario, () => page);

@@ -5,46 +5,17 @@
 //! Each test here starts its own device and runs one scenario of that script;
 //! the script checks what the page shows, this file checks the flash.
 //!
-//! Needs node, /usr/bin/chromium and web/tests/node_modules: `./scripts/setup`
-//! installs them, and the tests fail (never skip) when one is missing.
+//! Needs node, /usr/bin/chromium and web/tests/node_modules (see
+//! `agent_common::browser`).
 #![allow(clippy::unwrap_used)]
 
 mod agent_common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
+use agent_common::browser::{require_browser_tools, run_script};
 use agent_common::*;
 use serde_json::{Value, json};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn web_tests_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/tests")
-}
-
-/// Fails, naming `./scripts/setup`, when a tool the browser tests need is missing.
-fn require_browser_tools() {
-    let node = Command::new("node").arg("--version").output();
-    let mut missing = Vec::new();
-    if !node.is_ok_and(|o| o.status.success()) {
-        missing.push("node (Node.js)".to_owned());
-    }
-    if !Path::new(CHROMIUM).exists() {
-        missing.push(CHROMIUM.to_owned());
-    }
-    let playwright = web_tests_dir().join("node_modules/playwright-core/package.json");
-    if !playwright.exists() {
-        missing.push(playwright.display().to_string());
-    }
-    assert!(
-        missing.is_empty(),
-        "the browser tests need {}: run ./scripts/setup",
-        missing.join(", ")
-    );
-}
 
 /// A device with 1.0.0 running offline, and the files a user would upload.
 struct Bench {
@@ -132,55 +103,9 @@ impl Bench {
     /// Runs `node web/tests/device_page.mjs SCENARIO`; panics with the
     /// script's report (what the page showed, its console) and the agent's log.
     fn browse(&self, scenario: &str) {
-        let mut child = Command::new("node")
-            .arg("device_page.mjs")
-            .arg(scenario)
-            .current_dir(web_tests_dir())
-            .env("AIRLIFT_BROWSER_CONFIG", self.config.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let out = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stdout.read_to_string(&mut s);
-            s
+        run_script("device_page.mjs", scenario, &self.config, DEADLINE, || {
+            format!("--- agent log ---\n{}", self.agent.log_text())
         });
-        let err = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if start.elapsed() > DEADLINE {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let (out, err) = (out.join().unwrap(), err.join().unwrap());
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "browser scenario {scenario} {}:\n{out}{err}\n--- agent log ---\n{}",
-            match status {
-                Some(s) => format!("failed ({s})"),
-                None => format!("did not finish within {DEADLINE:?}"),
-            },
-            self.agent.log_text()
-        );
-        // Shown with --nocapture: each check the script made.
-        println!("{out}");
-        assert!(
-            out.contains(&format!("scenario {scenario}: passed")),
-            "the script did not report the scenario as passed:\n{out}{err}"
-        );
     }
 
     /// Serves the good image and manifest over HTTP as `/fw/v2.bin` and

@@ -14,22 +14,8 @@ fn fleet_sim_brings_every_device_to_the_release_despite_power_cuts_and_drops() {
     let server = Server::start(&d.join("data"), &[]);
     let v1 = d.join("v1.bin");
     let v2 = d.join("v2.bin");
-    airlift(&[
-        "fleet",
-        "firmware",
-        v1.to_str().unwrap(),
-        "--version",
-        "1.0.0",
-    ]);
-    airlift(&[
-        "fleet",
-        "firmware",
-        v2.to_str().unwrap(),
-        "--version",
-        "2.0.0",
-        "--size",
-        "90000",
-    ]);
+    fleet_firmware(&v1, "1.0.0", None);
+    fleet_firmware(&v2, "2.0.0", Some(90_000));
     let release = server.upload(&v2);
     let output = Command::new(AIRLIFT)
         .args([
@@ -95,6 +81,10 @@ fn demo_updates_rolls_back_and_exits() {
     assert!(stdout.contains("All 2 devices confirmed 1.1.0"), "{stdout}");
     assert!(stdout.contains("2 of 2 devices rolled_back"), "{stdout}");
     assert!(stdout.contains("{\"1.1.0\": 2}"), "{stdout}");
+    assert!(
+        stdout.contains("5. See it all in the dashboard: http://127.0.0.1:"),
+        "the demo ends pointing at the dashboard: {stdout}"
+    );
 }
 
 #[test]
@@ -106,13 +96,7 @@ fn fleet_sim_enrols_with_the_fleet_secret_and_tags_every_device() {
         &[("AIRLIFT_ENROLLMENT_SECRET", "open-sesame")],
     );
     let v1 = d.join("v1.bin");
-    airlift(&[
-        "fleet",
-        "firmware",
-        v1.to_str().unwrap(),
-        "--version",
-        "1.0.0",
-    ]);
+    fleet_firmware(&v1, "1.0.0", None);
     let output = Command::new(AIRLIFT)
         .args([
             "fleet",
@@ -201,15 +185,7 @@ fn fleet_benchmark_measures_the_update_against_plain_and_checked_downloads_over_
     let server = Server::start(&d.join("data"), &[]);
     let (v1, v2) = (d.join("v1.bin"), d.join("v2.bin"));
     for (path, version) in [(&v1, "1.0.0"), (&v2, "2.0.0")] {
-        airlift(&[
-            "fleet",
-            "firmware",
-            path.to_str().unwrap(),
-            "--version",
-            version,
-            "--size",
-            "80000",
-        ]);
+        fleet_firmware(path, version, Some(80_000));
     }
     let release = server.upload(&v2);
     let output = Command::new(AIRLIFT)

@@ -56,6 +56,31 @@ pub struct Config {
     pub enrollment_secret: Option<Secret>,
     /// Bytes of artifacts kept in memory for downloads (`AIRLIFT_ARTIFACT_CACHE_BYTES`).
     pub artifact_cache_bytes: u64,
+    /// Origins (`https://fleet.example.com`) whose pages may call the API
+    /// with the dashboard's session cookie: the dashboard served from a
+    /// static host (`AIRLIFT_CORS_ORIGINS`, comma-separated).
+    pub cors_origins: Vec<String>,
+    /// Mark the dashboard's session cookie `Secure`, for a server reached
+    /// over HTTPS (`AIRLIFT_SECURE_COOKIE`).
+    pub secure_cookie: bool,
+    /// The session cookie's `SameSite`: `strict` (the default) when the
+    /// dashboard is on the API's site, `none` when it is on another site
+    /// (then the cookie is also `Secure`, so HTTPS is needed)
+    /// (`AIRLIFT_COOKIE_SAME_SITE`).
+    pub cookie_same_site: SameSite,
+    /// Hours a dashboard session lasts (`AIRLIFT_SESSION_HOURS`).
+    pub session_hours: u32,
+}
+
+/// The `SameSite` attribute of the dashboard's session cookie.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    /// Sent only with requests from the API's own site.
+    #[default]
+    Strict,
+    /// Sent with requests from any site (the CORS origins decide who may read answers).
+    None,
 }
 
 impl Default for Config {
@@ -68,6 +93,10 @@ impl Default for Config {
             public_url: None,
             enrollment_secret: None,
             artifact_cache_bytes: 256 * 1024 * 1024,
+            cors_origins: Vec::new(),
+            secure_cookie: false,
+            cookie_same_site: SameSite::Strict,
+            session_hours: 12,
         }
     }
 }
@@ -101,6 +130,14 @@ pub enum ConfigError {
         /// What was expected.
         expected: &'static str,
     },
+    /// A setting has a value the server cannot use.
+    #[error("invalid {name}: {message}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl Config {
@@ -126,6 +163,7 @@ impl Config {
         for (name, value) in env {
             config.apply_env(&name, value)?;
         }
+        config.validate()?;
         Ok(config)
     }
 
@@ -158,7 +196,66 @@ impl Config {
                 self.artifact_cache_bytes =
                     parse("AIRLIFT_ARTIFACT_CACHE_BYTES", value, "a byte count")?
             }
+            "AIRLIFT_CORS_ORIGINS" => {
+                self.cors_origins = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }
+            "AIRLIFT_SECURE_COOKIE" => {
+                self.secure_cookie = parse("AIRLIFT_SECURE_COOKIE", value, "true or false")?
+            }
+            "AIRLIFT_COOKIE_SAME_SITE" => {
+                self.cookie_same_site = match value.as_str() {
+                    "strict" => SameSite::Strict,
+                    "none" => SameSite::None,
+                    _ => {
+                        return Err(ConfigError::Env {
+                            name: "AIRLIFT_COOKIE_SAME_SITE",
+                            value,
+                            expected: "strict or none",
+                        });
+                    }
+                }
+            }
+            "AIRLIFT_SESSION_HOURS" => {
+                self.session_hours = parse("AIRLIFT_SESSION_HOURS", value, "a number of hours")?
+            }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Checks what the types cannot: each CORS origin is `scheme://host[:port]`
+    /// (what browsers send in `Origin`), and a session lasts at least an hour.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for origin in &self.cors_origins {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let well_formed = rest.is_some_and(|host| {
+                !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            });
+            if !well_formed {
+                return Err(ConfigError::Invalid {
+                    name: "cors_origins",
+                    message: format!(
+                        "{origin:?} is not an origin: expected scheme://host[:port] \
+                         without a path, e.g. https://fleet.example.com"
+                    ),
+                });
+            }
+        }
+        if self.session_hours == 0 {
+            return Err(ConfigError::Invalid {
+                name: "session_hours",
+                message: "a session must last at least 1 hour".into(),
+            });
         }
         Ok(())
     }
@@ -231,5 +328,38 @@ mod tests {
             err.to_string().contains("unknown field `pol_seconds`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn dashboard_settings_come_from_the_environment_and_origins_are_checked() {
+        let config = Config::load(
+            None,
+            env(&[
+                (
+                    "AIRLIFT_CORS_ORIGINS",
+                    "https://fleet.example.com, http://127.0.0.1:8000",
+                ),
+                ("AIRLIFT_SECURE_COOKIE", "true"),
+                ("AIRLIFT_COOKIE_SAME_SITE", "none"),
+                ("AIRLIFT_SESSION_HOURS", "2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.cors_origins,
+            ["https://fleet.example.com", "http://127.0.0.1:8000"]
+        );
+        assert!(config.secure_cookie);
+        assert_eq!(config.cookie_same_site, SameSite::None);
+        assert_eq!(config.session_hours, 2);
+        for (name, value) in [
+            ("AIRLIFT_CORS_ORIGINS", "fleet.example.com"),
+            ("AIRLIFT_CORS_ORIGINS", "https://fleet.example.com/"),
+            ("AIRLIFT_COOKIE_SAME_SITE", "lax"),
+            ("AIRLIFT_SESSION_HOURS", "0"),
+        ] {
+            let err = Config::load(None, env(&[(name, value)])).unwrap_err();
+            assert!(err.to_string().contains("invalid"), "{name}={value}: {err}");
+        }
     }
 }

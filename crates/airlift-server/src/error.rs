@@ -24,6 +24,10 @@ pub enum ApiError {
     /// 401: missing or wrong token.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: authenticated, but the request may not be made this way (a
+    /// dashboard request without its cross-site request forgery guard).
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such thing (or not visible to this caller).
     #[error("{0}")]
     NotFound(String),
@@ -80,6 +84,7 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::changes::Changes;
 use crate::deploy::next_state;
 use crate::store::{EventOutcome, NewEvent, Store, StoreError, StoreResult, Write};
 
@@ -34,10 +35,11 @@ pub struct EventWriter {
 
 impl EventWriter {
     /// Starts the writer task on the current tokio runtime; it ends when
-    /// every handle is dropped, after answering what was queued.
-    pub fn start(store: Arc<dyn Store>) -> EventWriter {
+    /// every handle is dropped, after answering what was queued. Each
+    /// commit is a change for `changes`' watchers.
+    pub fn start(store: Arc<dyn Store>, changes: Arc<Changes>) -> EventWriter {
         let (queue, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(store, receiver));
+        tokio::spawn(write_batches(store, changes, receiver));
         EventWriter { queue }
     }
 
@@ -119,7 +121,11 @@ const SMALL: usize = MAX_BATCH / 8;
 /// later (a quiet server) is committed at once.
 const BUSY: Duration = Duration::from_millis(50);
 
-async fn write_batches(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(Write, Reply)>) {
+async fn write_batches(
+    store: Arc<dyn Store>,
+    changes: Arc<Changes>,
+    mut receiver: mpsc::Receiver<(Write, Reply)>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_commit: Option<Instant> = None;
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -137,6 +143,7 @@ async fn write_batches(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<(Writ
         last_commit = Some(Instant::now());
         match result {
             Ok(outcomes) => {
+                changes.bump();
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     // The request may have gone (client hung up): the event is stored anyway.
                     let _ = reply.send(Ok(outcome));
@@ -220,7 +227,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_events_are_all_stored_and_move_every_assignment_to_confirmed() {
         let (_dir, store, deployment, devices) = fleet(150).await;
-        let writer = EventWriter::start(Arc::new(store.clone()));
+        let writer = EventWriter::start(Arc::new(store.clone()), Arc::default());
         let mut tasks = Vec::new();
         for &device in &devices {
             let writer = writer.clone();
@@ -270,7 +277,7 @@ mod tests {
     #[tokio::test]
     async fn an_event_for_someone_elses_deployment_is_refused_and_one_without_is_only_stored() {
         let (_dir, store, deployment, devices) = fleet(1).await;
-        let writer = EventWriter::start(Arc::new(store.clone()));
+        let writer = EventWriter::start(Arc::new(store.clone()), Arc::default());
         let stranger = devices[0] + 1000;
         assert_eq!(
             writer
@@ -408,7 +415,7 @@ mod tests {
     #[tokio::test]
     async fn an_event_is_not_acknowledged_when_its_transaction_fails() {
         let (_dir, store, deployment, devices) = fleet(1).await;
-        let writer = EventWriter::start(Arc::new(store.clone()));
+        let writer = EventWriter::start(Arc::new(store.clone()), Arc::default());
         store.close().await;
         let result = writer
             .record(event(devices[0], Some(deployment), "confirmed"))

@@ -7,8 +7,8 @@
 //! and, on first start, the admin token (`admin.token`).
 //!
 //! - [`app`] builds the HTTP router (admin API, device API, `/healthz`,
-//!   `/metrics`, `/api/openapi.json`); tests call [`serve`] with a listener on
-//!   `127.0.0.1:0`.
+//!   `/metrics`, `/api/openapi.json`, and the [`dashboard`] at `/`); tests
+//!   call [`serve`] with a listener on `127.0.0.1:0`.
 //! - State lives behind the per-capability traits of [`store`]; handlers
 //!   never see SQL.
 //! - [`deploy`] holds the deployment rules (who is offered what, and how
@@ -30,8 +30,10 @@ pub mod api;
 pub mod artifacts;
 pub mod auth;
 pub mod cache;
+pub mod changes;
 pub mod config;
 mod connection;
+pub mod dashboard;
 pub mod deploy;
 pub mod error;
 pub mod events;
@@ -45,6 +47,7 @@ pub use error::ApiError;
 use artifacts::Artifacts;
 use auth::DeviceTokenCache;
 use cache::{OfferCache, StatusBuffer};
+use changes::Changes;
 use events::EventWriter;
 use metrics::Metrics;
 use store::Store;
@@ -69,6 +72,9 @@ pub enum ServerError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     /// The database could not be opened or migrated.
     #[error("database: {0}")]
     Store(#[from] store::StoreError),
@@ -103,6 +109,8 @@ pub struct ServerState {
     pub statuses: StatusBuffer,
     /// Device events, committed in groups.
     pub events: EventWriter,
+    /// What dashboards watch to update without reloading.
+    pub changes: Arc<Changes>,
 }
 
 impl ServerState {
@@ -112,7 +120,9 @@ impl ServerState {
         if pending.is_empty() {
             return Ok(());
         }
-        self.store.record_statuses(&pending).await
+        self.store.record_statuses(&pending).await?;
+        self.changes.bump();
+        Ok(())
     }
 }
 
@@ -140,6 +150,7 @@ pub struct Server {
 impl Server {
     /// Opens the data directory, creating and initialising it when empty.
     pub async fn open(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
         let dir = config.data_dir.clone();
         let dir_error = |source| ServerError::DataDir {
             path: dir.display().to_string(),
@@ -168,7 +179,8 @@ impl Server {
         }
         let initial_admin_token = create_admin_token_if_none(&sqlite, &dir).await?;
         let store: Arc<dyn Store> = Arc::new(sqlite.clone());
-        let events = EventWriter::start(store.clone());
+        let changes = Arc::new(Changes::default());
+        let events = EventWriter::start(store.clone(), changes.clone());
         let state = AppState(Arc::new(ServerState {
             config,
             store,
@@ -179,6 +191,7 @@ impl Server {
             offers: OfferCache::default(),
             statuses: StatusBuffer::default(),
             events,
+            changes,
         }));
         Ok(Server {
             state,
@@ -201,6 +214,13 @@ impl Server {
     ) -> Result<(), ServerError> {
         let router = app(self.state.clone());
         let flusher = tokio::spawn(flush_statuses_every_second(self.state.clone()));
+        let changes = self.state.changes.clone();
+        // Dashboards' change streams never end by themselves: close them
+        // first, or the graceful shutdown would wait for them forever.
+        let shutdown = async move {
+            shutdown.await;
+            changes.close();
+        };
         let result = connection::serve(listener, router, self.state.clone(), shutdown).await;
         flusher.abort();
         if let Err(err) = self.state.flush_statuses().await {

@@ -1,5 +1,7 @@
-//! Every protected route refuses a missing or wrong token: the list of routes
-//! comes from the OpenAPI document the server generates from its handlers.
+//! Every protected route refuses a missing or wrong token (or dashboard
+//! session), and every route open without one is on a short, known list:
+//! the list of routes comes from the OpenAPI document the server generates
+//! from its handlers.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -32,10 +34,36 @@ fn operations(openapi: &Value) -> Vec<(Method, String, Option<String>)> {
     out
 }
 
+/// The operations that take no token, each refusing what it should on its own terms
+/// (tested in devices.rs and dashboard.rs).
+const PUBLIC_OPERATIONS: [(Method, &str); 4] = [
+    (Method::POST, "/api/v1/device/enroll"),
+    (Method::GET, "/api/v1/session"),
+    (Method::POST, "/api/v1/session"),
+    (Method::DELETE, "/api/v1/session"),
+];
+
+/// A dashboard session that was opened and then signed out (its `Cookie` header).
+async fn ended_session(server: &TestServer) -> String {
+    let (set_cookie, _) = server.sign_in().await;
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let out = server
+        .client
+        .delete(format!("{}/api/v1/session", server.url))
+        .header("x-airlift-csrf", "1")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    cookie
+}
+
 #[tokio::test]
 async fn every_admin_and_device_route_refuses_a_missing_or_wrong_token() {
     let server = TestServer::start().await;
     let device_token = server.device("dev-1", &[]).await;
+    let ended = ended_session(&server).await;
     let openapi: Value = server
         .client
         .get(format!("{}/api/openapi.json", server.url))
@@ -59,6 +87,36 @@ async fn every_admin_and_device_route_refuses_a_missing_or_wrong_token() {
         "only {admin_routes} admin routes in the OpenAPI document"
     );
     assert_eq!(device_routes, 3);
+    let mut public: Vec<(Method, String)> = operations
+        .iter()
+        .filter(|o| o.2.is_none())
+        .map(|o| (o.0.clone(), o.1.clone()))
+        .collect();
+    public.sort_by(|a, b| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
+    let mut expected: Vec<(Method, String)> = PUBLIC_OPERATIONS
+        .iter()
+        .map(|(m, p)| (m.clone(), (*p).to_owned()))
+        .collect();
+    expected.sort_by(|a, b| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
+    assert_eq!(public, expected, "operations open without a token");
+    // Every admin operation also takes the dashboard's session cookie.
+    for (path, item) in openapi["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let schemes: Vec<&str> = operation["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_object()?.keys().next().map(String::as_str))
+                .collect();
+            if schemes.first() == Some(&"admin_token") {
+                assert_eq!(
+                    schemes,
+                    ["admin_token", "session_cookie"],
+                    "{method} {path}"
+                );
+            }
+        }
+    }
 
     for (method, path, scheme) in &operations {
         let Some(scheme) = scheme else { continue };
@@ -96,6 +154,25 @@ async fn every_admin_and_device_route_refuses_a_missing_or_wrong_token() {
                     .request(method.clone(), &url)
                     .bearer_auth(&device_token),
             ));
+            let cookies = [
+                (
+                    "a made-up session cookie",
+                    "airlift_session=al_session_0000".to_owned(),
+                ),
+                ("a signed-out session cookie", ended.clone()),
+                (
+                    "the admin token as a session cookie",
+                    format!("airlift_session={}", server.admin_token),
+                ),
+            ];
+            for (what, cookie) in cookies {
+                let request = server
+                    .client
+                    .request(method.clone(), &url)
+                    .header("cookie", cookie)
+                    .header("x-airlift-csrf", "1");
+                attempts.push((what, request));
+            }
         } else {
             attempts.push((
                 "the admin token",
@@ -122,7 +199,8 @@ async fn every_admin_and_device_route_refuses_a_missing_or_wrong_token() {
         }
     }
 
-    // Nothing was changed by those attempts: no release, still one device, no audit record but the device's creation.
+    // Nothing was changed by those attempts: no release, still one device, no
+    // audit record but the device's creation and the session's sign-in and sign-out.
     let releases = server
         .admin_json(Method::GET, "/api/v1/releases", None, StatusCode::OK)
         .await;
@@ -130,7 +208,7 @@ async fn every_admin_and_device_route_refuses_a_missing_or_wrong_token() {
     let audit = server
         .admin_json(Method::GET, "/api/v1/audit", None, StatusCode::OK)
         .await;
-    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+    assert_eq!(audit.as_array().unwrap().len(), 3, "{audit}");
 }
 
 #[tokio::test]

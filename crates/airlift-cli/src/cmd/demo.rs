@@ -157,7 +157,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             stats.summary().versions
         );
         println!(
-            "5. Look around: {base}/api/v1/devices and {base}/api/v1/deployments (admin token in {}),\n   or: AIRLIFT_SERVER={base} AIRLIFT_TOKEN=$(cat {}) airlift device list",
+            "5. See it all in the dashboard: {}  (sign in with the admin token in {})\n   or from the command line: AIRLIFT_SERVER={base} AIRLIFT_TOKEN=$(cat {}) airlift device list",
+            super::serve::dashboard_url(address),
             data.join("admin.token").display(),
             data.join("admin.token").display()
         );

@@ -26,6 +26,16 @@ pub struct ServeArgs {
     pub print_config: bool,
 }
 
+/// The dashboard's address for a server listening on `address`: a browser
+/// cannot open the unspecified address, so that becomes `localhost`.
+pub fn dashboard_url(address: SocketAddr) -> String {
+    if address.ip().is_unspecified() {
+        format!("http://localhost:{}/", address.port())
+    } else {
+        format!("http://{address}/")
+    }
+}
+
 /// Runs `airlift serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
@@ -69,6 +79,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "airlift: serving http://{address} from {}",
             data_dir.display()
+        );
+        eprintln!(
+            "airlift: dashboard at {} (sign in with the admin token in {})",
+            dashboard_url(address),
+            data_dir.join("admin.token").display()
         );
         server.run(listener, shutdown).await?;
         eprintln!("airlift: stopped");

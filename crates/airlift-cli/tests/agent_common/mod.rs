@@ -3,6 +3,8 @@
 //! to wait for what the server, the data directory or a flash file says.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod browser;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ pub const DEADLINE: Duration = Duration::from_secs(120);
 pub struct Server {
     pub child: Child,
     pub url: String,
+    /// The dashboard's address, as `airlift serve` printed it.
+    pub dashboard: String,
     pub data: PathBuf,
 }
 
@@ -52,10 +56,20 @@ impl Server {
         let Some(url) = url else {
             panic!("airlift serve did not start: {seen}");
         };
+        line.clear();
+        stderr.read_line(&mut line).unwrap();
+        let dashboard = line
+            .strip_prefix("airlift: dashboard at ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| {
+                panic!("airlift serve did not print the dashboard's address: {line}")
+            })
+            .to_owned();
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         Server {
             child,
             url,
+            dashboard,
             data: data.to_owned(),
         }
     }
@@ -179,6 +193,23 @@ pub fn airlift(args: &[&str]) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// `airlift fleet firmware PATH --version VERSION [--size SIZE]`: the
+/// simulator's synthetic app image.
+pub fn fleet_firmware(path: &Path, version: &str, size: Option<usize>) {
+    let size = size.map(|s| s.to_string());
+    let mut args = vec![
+        "fleet",
+        "firmware",
+        path.to_str().unwrap(),
+        "--version",
+        version,
+    ];
+    if let Some(size) = &size {
+        args.extend(["--size", size]);
+    }
+    airlift(&args);
 }
 
 /// `airlift flash create FLASH --firmware FW --trust KEY`.

@@ -22,9 +22,10 @@ use crate::auth::{hash_token, new_token};
 use crate::deploy::{AssignmentState, skip_reason};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::metrics::Metrics;
+pub use crate::store::OpenAssignment;
 use crate::store::{
-    Assignment, AuditRecord, Deployment, Device, EnrollmentSecret, NewAssignment, NewRelease,
-    Offer, Release, StoredEvent, Target,
+    Assignment, AssignmentTally, AuditRecord, Deployment, Device, DeviceAssignment,
+    EnrollmentSecret, NewAssignment, NewRelease, Offer, Release, StoredEvent, Tally, Target,
 };
 
 /// Header carrying an offline-signed manifest (standard base64) with an upload.
@@ -442,7 +443,7 @@ pub async fn list_devices(State(state): State<AppState>) -> Result<ApiJson<Vec<D
     Ok(ApiJson(state.store.list_devices().await?))
 }
 
-/// A device with its current assignment.
+/// A device with its current assignment and its update history.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeviceDetail {
     /// The device.
@@ -450,18 +451,13 @@ pub struct DeviceDetail {
     pub device: Device,
     /// Its unfinished assignment, if any: deployment id and state.
     pub assignment: Option<OpenAssignment>,
+    /// Its latest assignments (at most 50), newest first, each with its
+    /// release and how it ended.
+    pub history: Vec<DeviceAssignment>,
 }
 
-/// A device's unfinished assignment.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct OpenAssignment {
-    /// The deployment.
-    pub deployment_id: i64,
-    /// The assignment's state.
-    pub state: String,
-    /// The release's version.
-    pub version: String,
-}
+/// Most assignments a device's history shows.
+const HISTORY_SHOWN: i64 = 50;
 
 /// Shows one device.
 #[utoipa::path(get, path = "/api/v1/devices/{name}", tag = "devices", security(("admin_token" = [])),
@@ -482,7 +478,15 @@ pub async fn get_device(
             state: offer.state,
             version: offer.release.version,
         });
-    Ok(ApiJson(DeviceDetail { device, assignment }))
+    let history = state
+        .store
+        .device_assignments(device.id, HISTORY_SHOWN)
+        .await?;
+    Ok(ApiJson(DeviceDetail {
+        device,
+        assignment,
+        history,
+    }))
 }
 
 /// Paging of lists.
@@ -492,6 +496,8 @@ pub struct ListQuery {
     pub limit: Option<i64>,
     /// Only this device's events.
     pub device: Option<String>,
+    /// Only records older than this id (the next page; audit log and deployments).
+    pub before: Option<i64>,
 }
 
 impl ListQuery {
@@ -541,47 +547,175 @@ fn id_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error
     }
 }
 
+/// How far a deployment got, from its devices' assignment states.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Progress {
+    /// Number of devices per assignment state (every state present).
+    pub counts: BTreeMap<String, i64>,
+    /// Devices in the deployment.
+    pub devices: i64,
+    /// Devices that can take the update: all but the skipped ones (already
+    /// running it, another chip, a higher security version). Progress is
+    /// counted against these; skipped devices are never "waiting".
+    pub eligible: i64,
+    /// Why devices were skipped, failed, rolled back or cancelled: state ->
+    /// reason -> devices.
+    pub reasons: BTreeMap<String, BTreeMap<String, i64>>,
+    /// `active` while some device has not finished, `finished` when all
+    /// have, or `cancelled`.
+    pub status: String,
+}
+
+impl Progress {
+    fn of(deployment: &Deployment, tallies: &[AssignmentTally]) -> Progress {
+        let mut progress = Progress {
+            counts: AssignmentState::ALL
+                .iter()
+                .map(|s| (s.as_str().to_owned(), 0))
+                .collect(),
+            ..Progress::default()
+        };
+        let mut unfinished = false;
+        for t in tallies.iter().filter(|t| t.deployment_id == deployment.id) {
+            *progress.counts.entry(t.state.clone()).or_default() += t.devices;
+            progress.devices += t.devices;
+            let state = AssignmentState::parse(&t.state);
+            if state != Some(AssignmentState::Skipped) {
+                progress.eligible += t.devices;
+            }
+            unfinished |= state.is_some_and(|s| !s.is_final());
+            if let Some(reason) = &t.reason {
+                *progress
+                    .reasons
+                    .entry(t.state.clone())
+                    .or_default()
+                    .entry(reason.clone())
+                    .or_default() += t.devices;
+            }
+        }
+        progress.status = match deployment.state.as_str() {
+            "active" if !unfinished => "finished".to_owned(),
+            other => other.to_owned(),
+        };
+        progress
+    }
+}
+
 /// A deployment with its progress.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeploymentDetail {
     /// The deployment.
     #[serde(flatten)]
     pub deployment: Deployment,
-    /// `active` while some device has not finished, `finished` when all have, or `cancelled`.
-    pub status: String,
+    /// Counts per state, devices that can take it, reasons, status.
+    #[serde(flatten)]
+    pub progress: Progress,
     /// The release.
     pub release: Release,
-    /// Number of devices per assignment state (every state present).
-    pub counts: BTreeMap<String, i64>,
-    /// Each device's assignment.
+    /// How many of its devices run each version now.
+    pub versions: Vec<Tally>,
+    /// Each device's assignment (those asked for: see the `state`, `limit`
+    /// and `offset` parameters), by device name.
     pub assignments: Vec<Assignment>,
+    /// Assignments in the states asked for, on every page.
+    pub assignments_total: i64,
 }
 
-async fn deployment_detail(state: &AppState, id: i64) -> Result<DeploymentDetail, ApiError> {
+/// Which of a deployment's assignments to list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AssignmentQuery {
+    /// Only these states, comma-separated (e.g. `failed,rolled_back`).
+    pub state: Option<String>,
+    /// At most this many (default: all).
+    pub limit: Option<i64>,
+    /// Skip this many (default 0).
+    pub offset: Option<i64>,
+}
+
+async fn deployment_detail(
+    state: &AppState,
+    id: i64,
+    query: &AssignmentQuery,
+) -> Result<DeploymentDetail, ApiError> {
     let deployment = state.store.deployment(id).await?;
     let release = state.store.release(deployment.release_id).await?;
-    let assignments = state.store.assignments(id).await?;
-    let mut counts: BTreeMap<String, i64> = AssignmentState::ALL
-        .iter()
-        .map(|s| (s.as_str().to_owned(), 0))
-        .collect();
-    for a in &assignments {
-        *counts.entry(a.state.clone()).or_default() += 1;
+    let tallies = state.store.assignment_tallies(&[id]).await?;
+    let progress = Progress::of(&deployment, &tallies);
+    let mut states = Vec::new();
+    for name in query.state.iter().flat_map(|s| s.split(',')) {
+        let name = name.trim();
+        if name.is_empty() {
+            continue;
+        }
+        let parsed = AssignmentState::parse(name).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_query",
+                format!(
+                    "state {name:?} is invalid: expected one of {}",
+                    AssignmentState::ALL.map(AssignmentState::as_str).join(", ")
+                ),
+            )
+        })?;
+        states.push(parsed.as_str().to_owned());
     }
-    let unfinished = assignments
-        .iter()
-        .any(|a| AssignmentState::parse(&a.state).is_some_and(|s| !s.is_final()));
-    let status = match deployment.state.as_str() {
-        "active" if !unfinished => "finished".to_owned(),
-        other => other.to_owned(),
-    };
+    let limit = query.limit.unwrap_or(i64::MAX).max(0);
+    let offset = query.offset.unwrap_or(0).max(0);
+    let (assignments_total, assignments) = state
+        .store
+        .assignments_page(id, &states, limit, offset)
+        .await?;
+    state.flush_statuses().await?;
+    let versions = state.store.running_versions(id).await?;
     Ok(DeploymentDetail {
         deployment,
-        status,
+        progress,
         release,
-        counts,
+        versions,
         assignments,
+        assignments_total,
     })
+}
+
+/// A deployment in a list: its release's version and its progress.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeploymentSummary {
+    /// The deployment.
+    #[serde(flatten)]
+    pub deployment: Deployment,
+    /// The release's version.
+    pub version: String,
+    /// Counts per state, devices that can take it, reasons, status.
+    #[serde(flatten)]
+    pub progress: Progress,
+}
+
+/// Each deployment with its release's version and progress (one query for all).
+pub(crate) async fn deployment_summaries(
+    state: &AppState,
+    deployments: Vec<Deployment>,
+) -> Result<Vec<DeploymentSummary>, ApiError> {
+    let ids: Vec<i64> = deployments.iter().map(|d| d.id).collect();
+    let tallies = state.store.assignment_tallies(&ids).await?;
+    let mut versions = std::collections::HashMap::new();
+    let mut summaries = Vec::with_capacity(deployments.len());
+    for deployment in deployments {
+        let version = match versions.get(&deployment.release_id) {
+            Some(version) => String::clone(version),
+            None => {
+                let version = state.store.release(deployment.release_id).await?.version;
+                versions.insert(deployment.release_id, version.clone());
+                version
+            }
+        };
+        let progress = Progress::of(&deployment, &tallies);
+        summaries.push(DeploymentSummary {
+            deployment,
+            version,
+            progress,
+        });
+    }
+    Ok(summaries)
 }
 
 async fn find_release(state: &AppState, reference: &str) -> Result<Release, ApiError> {
@@ -651,7 +785,7 @@ pub async fn create_deployment(
         };
         state.offers.set(a.device_id, Some(Arc::new(offer)));
     }
-    let detail = deployment_detail(&state, deployment.id).await?;
+    let detail = deployment_detail(&state, deployment.id, &AssignmentQuery::default()).await?;
     let audit = serde_json::json!({"release": release.id, "target": target.to_string(),
         "devices": assignments.len()});
     Ok((
@@ -661,24 +795,37 @@ pub async fn create_deployment(
     ))
 }
 
-/// Lists deployments, newest first.
+/// Lists deployments, newest first, each with its release's version and
+/// progress (`limit`, default 100; `before` an id for the next page).
 #[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments", security(("admin_token" = [])),
-    responses((status = 200, body = Vec<Deployment>)))]
+    params(ListQuery), responses((status = 200, body = Vec<DeploymentSummary>)))]
 pub async fn list_deployments(
     State(state): State<AppState>,
-) -> Result<ApiJson<Vec<Deployment>>, ApiError> {
-    Ok(ApiJson(state.store.list_deployments().await?))
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<ApiJson<Vec<DeploymentSummary>>, ApiError> {
+    let limit = usize::try_from(query.limit()).unwrap_or(usize::MAX);
+    let deployments: Vec<Deployment> = state
+        .store
+        .list_deployments()
+        .await?
+        .into_iter()
+        .filter(|d| query.before.is_none_or(|before| d.id < before))
+        .take(limit)
+        .collect();
+    Ok(ApiJson(deployment_summaries(&state, deployments).await?))
 }
 
-/// Shows a deployment with its progress counts per state.
+/// Shows a deployment with its progress counts per state and its devices'
+/// assignments (all, or those the parameters select).
 #[utoipa::path(get, path = "/api/v1/deployments/{id}", tag = "deployments", security(("admin_token" = [])),
-    params(("id" = i64, Path, description = "deployment id")),
-    responses((status = 200, body = DeploymentDetail), (status = 404, body = ErrorBody)))]
+    params(("id" = i64, Path, description = "deployment id"), AssignmentQuery),
+    responses((status = 200, body = DeploymentDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_deployment(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<AssignmentQuery>,
 ) -> Result<ApiJson<DeploymentDetail>, ApiError> {
-    Ok(ApiJson(deployment_detail(&state, id).await?))
+    Ok(ApiJson(deployment_detail(&state, id, &query).await?))
 }
 
 /// Cancels a deployment: devices that have not finished are not offered it any more.
@@ -691,7 +838,7 @@ pub async fn cancel_deployment(
 ) -> Result<(Extension<AuditNote>, ApiJson<DeploymentDetail>), ApiError> {
     state.store.cancel_deployment(id).await?;
     state.offers.clear();
-    let detail = deployment_detail(&state, id).await?;
+    let detail = deployment_detail(&state, id, &AssignmentQuery::default()).await?;
     Ok((
         note(format!("deployment:{id}"), serde_json::json!({})),
         ApiJson(detail),
@@ -712,14 +859,19 @@ pub async fn list_events(
     Ok(ApiJson(state.store.events(device, query.limit()).await?))
 }
 
-/// The audit log, newest first.
+/// The audit log, newest first (`before` an id for the next page).
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", security(("admin_token" = [])),
     params(ListQuery), responses((status = 200, body = Vec<AuditRecord>)))]
 pub async fn list_audit(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<ApiJson<Vec<AuditRecord>>, ApiError> {
-    Ok(ApiJson(state.store.audit(query.limit()).await?))
+    Ok(ApiJson(
+        state
+            .store
+            .audit_before(query.before, query.limit())
+            .await?,
+    ))
 }
 
 /// An enrolment secret to create.

@@ -1,10 +1,11 @@
 //! The HTTP API: routes, authentication layers, OpenAPI document.
 //!
 //! Admin routes live under `/api/v1` behind [`admin_layer`] (bearer admin
-//! token; every call that is not a `GET` is written to the audit log). Device
-//! routes live under `/api/v1/device` and authenticate with the device's
-//! token. The OpenAPI document is generated from the handlers' annotations
-//! and is also the route registry tests walk.
+//! token, or the dashboard's session cookie: see [`session`]; every call
+//! that is not a `GET` is written to the audit log and announced on the
+//! change stream). Device routes live under `/api/v1/device` and
+//! authenticate with the device's token. The OpenAPI document is generated
+//! from the handlers' annotations and is also the route registry tests walk.
 //!
 //! | route | who | what |
 //! |-------|-----|------|
@@ -13,8 +14,11 @@
 //! | `POST/GET /api/v1/devices` | admin | add (answers the token once), list |
 //! | `GET /api/v1/devices/{name}`, `.../events` | admin | status and open assignment; event history |
 //! | `POST/GET /api/v1/deployments` | admin | deploy `{release, target: device:NAME \| tag:T \| all}`; list |
-//! | `GET /api/v1/deployments/{id}`, `POST .../cancel` | admin | progress counts per state and per device; cancel |
-//! | `GET /api/v1/events`, `GET /api/v1/audit` | admin | fleet events; audit log |
+//! | `GET /api/v1/deployments/{id}`, `POST .../cancel` | admin | progress counts per state and per device (`?state=&limit=&offset=`); cancel |
+//! | `GET /api/v1/events`, `GET /api/v1/audit` | admin | fleet events; audit log (`?before=ID`) |
+//! | `GET /api/v1/fleet`, `GET /api/v1/fleet/devices` | admin | overview; device list paged, searched, filtered |
+//! | `GET /api/v1/fleet/changes` | admin | server-sent change notices for open dashboards |
+//! | `POST/GET/DELETE /api/v1/session` | admin token in the body | dashboard sign-in (session cookie), state, sign-out |
 //! | `POST/GET /api/v1/enrollment-secrets`, `DELETE .../{name}` | admin | fleet enrolment secrets |
 //! | `POST /api/v1/device/enroll` | enrolment secret | a device gets its token |
 //! | `POST /api/v1/device/checkin` | device | report state; answer: poll interval and assigned update |
@@ -25,12 +29,15 @@
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -42,6 +49,10 @@ use crate::metrics::Metrics;
 
 pub mod admin;
 pub mod device;
+pub mod fleet;
+pub mod session;
+
+use session::Via;
 
 /// The authenticated admin of a request.
 #[derive(Debug, Clone)]
@@ -62,7 +73,9 @@ pub struct AuditNote {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Airlift update server", description = "Admin and device API of Airlift. \
-        Admin calls take `Authorization: Bearer <admin token>`; device calls the device's token. \
+        Admin calls take `Authorization: Bearer <admin token>`, or the dashboard's session cookie \
+        (`POST /api/v1/session`; with it, calls that change something need `X-Airlift-CSRF`); \
+        device calls the device's token. \
         Errors are `{\"error\": {\"code\": \"...\", \"message\": \"...\"}}`. Times are Unix milliseconds."),
     modifiers(&SecuritySchemes),
     components(schemas(crate::error::ErrorBody))
@@ -80,6 +93,36 @@ impl Modify for SecuritySchemes {
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
         }
+        components.add_security_scheme(
+            SESSION_SECURITY,
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(session::SESSION_COOKIE))),
+        );
+    }
+}
+
+/// Adds the dashboard's session cookie as the alternative to the admin
+/// token on every admin operation (the admin layer accepts either).
+fn session_alternative(openapi: &mut utoipa::openapi::OpenApi) {
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let Some(security) = operation.security.as_mut() else {
+                continue;
+            };
+            let admin = SecurityRequirement::new(ADMIN_SECURITY, Vec::<String>::new());
+            if security.contains(&admin) {
+                security.push(SecurityRequirement::new(
+                    SESSION_SECURITY,
+                    Vec::<String>::new(),
+                ));
+            }
+        }
     }
 }
 
@@ -87,6 +130,8 @@ impl Modify for SecuritySchemes {
 pub const ADMIN_SECURITY: &str = "admin_token";
 /// Name of the device token security scheme in the OpenAPI document.
 pub const DEVICE_SECURITY: &str = "device_token";
+/// Name of the dashboard session cookie security scheme in the OpenAPI document.
+pub const SESSION_SECURITY: &str = "session_cookie";
 
 /// The routes and the OpenAPI document generated from them.
 pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
@@ -105,31 +150,74 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
             admin::create_enrollment_secret,
             admin::list_enrollment_secrets
         ))
-        .routes(routes!(admin::delete_enrollment_secret));
+        .routes(routes!(admin::delete_enrollment_secret))
+        .routes(routes!(fleet::overview))
+        .routes(routes!(fleet::devices))
+        .routes(routes!(fleet::changes));
+    let sessions: OpenApiRouter<AppState> = OpenApiRouter::new().routes(routes!(
+        session::sign_in,
+        session::session_state,
+        session::sign_out
+    ));
     let device: OpenApiRouter<AppState> = OpenApiRouter::new()
         .routes(routes!(device::enroll))
         .routes(routes!(device::checkin))
         .routes(routes!(device::download_artifact))
         .routes(routes!(device::post_event));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(admin.route_layer(middleware::from_fn_with_state(state.clone(), admin_layer)))
+        .merge(sessions)
         .merge(device)
-        .split_for_parts()
+        .split_for_parts();
+    session_alternative(&mut openapi);
+    (router, openapi)
 }
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let (api, openapi) = routes(&state);
     let openapi = Arc::new(openapi);
-    api.route("/healthz", get(|| async { "ok\n" }))
+    let router = api
+        .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route(
             "/api/openapi.json",
             get(move || std::future::ready(Json(openapi.as_ref().clone()))),
         )
+        .merge(crate::dashboard::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), observe));
+    let router = match cors(&state.config) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(state)
+}
+
+/// Lets the dashboard served from the configured origins call the API
+/// with its session cookie; without origins, browsers get no CORS answer
+/// (only same-origin pages can read the API).
+fn cors(config: &crate::Config) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = config
+        .cors_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_credentials(true)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                HeaderName::from_static(session::CSRF_HEADER),
+                HeaderName::from_static(admin::MANIFEST_HEADER),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -168,15 +256,8 @@ async fn admin_layer(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let token = bearer(request.headers().get(header::AUTHORIZATION)).ok_or_else(|| {
-        ApiError::Unauthorized("missing admin token (Authorization: Bearer)".into())
-    })?;
-    let name = state
-        .store
-        .admin_token(&hash_token(token))
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("unknown admin token".into()))?;
     let method = request.method().clone();
+    let (name, via) = authenticate_admin(&state, &method, request.headers()).await?;
     let route = request.extensions().get::<MatchedPath>().map_or_else(
         || request.uri().path().to_owned(),
         |p| p.as_str().to_owned(),
@@ -194,12 +275,49 @@ async fn admin_layer(
         };
         if let Some(object) = detail.as_object_mut() {
             object.insert("status".into(), response.status().as_u16().into());
+            if via == Via::Session {
+                object.insert("via".into(), "dashboard".into());
+            }
         }
         let action = format!("{method} {route}");
         state
             .store
             .add_audit(&name, &action, &target, &detail.to_string())
             .await?;
+        state.changes.bump();
     }
     Ok(response)
+}
+
+/// The admin a request acts as: by its bearer admin token, or else by the
+/// dashboard's session cookie (which must pass [`session::check_csrf`] to
+/// change anything).
+async fn authenticate_admin(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(String, Via), ApiError> {
+    if let Some(authorization) = headers.get(header::AUTHORIZATION) {
+        let token = bearer(Some(authorization)).ok_or_else(|| {
+            ApiError::Unauthorized("missing admin token (Authorization: Bearer)".into())
+        })?;
+        let name = state
+            .store
+            .admin_token(&hash_token(token))
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("unknown admin token".into()))?;
+        return Ok((name, Via::Token));
+    }
+    if session::session_cookie(headers).is_none() {
+        return Err(ApiError::Unauthorized(
+            "missing admin token (Authorization: Bearer) or dashboard session".into(),
+        ));
+    }
+    let session = session::session_of(state, headers).await?.ok_or_else(|| {
+        ApiError::Unauthorized("the dashboard session has ended: sign in again".into())
+    })?;
+    if !method.is_safe() {
+        session::check_csrf(&state.config, headers)?;
+    }
+    Ok((session.admin, Via::Session))
 }

@@ -450,13 +450,244 @@ pub trait CredentialStore: Send + Sync {
     async fn delete_enrollment_secret(&self, name: &str) -> StoreResult<()>;
 }
 
+/// Dashboard sessions: a signed-in browser holds a random value in a
+/// cookie; the store keeps its SHA-256 and the admin token it was opened with.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Opens a session for the admin token with hash `admin_token_hash`,
+    /// valid until `expires_at`; returns the admin token's name, or `None`
+    /// (and opens nothing) when no admin token has that hash. Sessions that
+    /// expired before `now` are removed on the way.
+    async fn open_session(
+        &self,
+        session_hash: &[u8; 32],
+        admin_token_hash: &[u8; 32],
+        now: i64,
+        expires_at: i64,
+    ) -> StoreResult<Option<String>>;
+    /// The admin name of a session that has not expired at `now`.
+    async fn session(&self, session_hash: &[u8; 32], now: i64) -> StoreResult<Option<Session>>;
+    /// Ends a session; false when there was none.
+    async fn close_session(&self, session_hash: &[u8; 32]) -> StoreResult<bool>;
+}
+
+/// An open dashboard session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Session {
+    /// The name of the admin token it was opened with.
+    pub admin: String,
+    /// When it ends (Unix milliseconds).
+    pub expires_at: i64,
+}
+
+/// When a device was last seen, as a list filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastSeen {
+    /// Checked in at or after this time.
+    Since(i64),
+    /// Checked in, but not since this time.
+    Before(i64),
+    /// Never checked in.
+    Never,
+}
+
+/// The order of a device list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceOrder {
+    /// By name.
+    #[default]
+    Name,
+    /// Longest unseen first (never seen last), then by name.
+    LastSeen,
+}
+
+/// Which devices a list shows: every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceFilter {
+    /// Part of the name (ASCII letters in any case).
+    pub search: Option<String>,
+    /// Has this tag.
+    pub tag: Option<String>,
+    /// Runs this version.
+    pub version: Option<String>,
+    /// Its engine reported this state (`idle`, `downloading`, `installed`, `trial`).
+    pub state: Option<String>,
+    /// Last check-in.
+    pub last_seen: Option<LastSeen>,
+}
+
+/// A device's unfinished assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct OpenAssignment {
+    /// The deployment.
+    pub deployment_id: i64,
+    /// The assignment's state.
+    pub state: String,
+    /// The release's version.
+    pub version: String,
+}
+
+/// A device as a list shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct DeviceSummary {
+    /// The device.
+    #[serde(flatten)]
+    pub device: Device,
+    /// Its unfinished assignment, if any.
+    pub assignment: Option<OpenAssignment>,
+}
+
+/// One page of a device list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct DevicePage {
+    /// Devices matching the filter, on every page.
+    pub total: i64,
+    /// This page's devices.
+    pub devices: Vec<DeviceSummary>,
+}
+
+/// How many devices share a value (a version, a state, a tag); `value` is
+/// `None` for devices that never reported one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Tally {
+    /// The value.
+    pub value: Option<String>,
+    /// Number of devices.
+    pub devices: i64,
+}
+
+/// The fleet in numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FleetCounts {
+    /// Every device.
+    pub devices: i64,
+    /// Devices that never checked in.
+    pub never_seen: i64,
+    /// Devices that checked in, but not since the time asked about.
+    pub unseen: i64,
+    /// Devices per running version, most common first.
+    pub by_version: Vec<Tally>,
+    /// Devices per engine state, most common first.
+    pub by_state: Vec<Tally>,
+    /// Devices per tag, by tag.
+    pub by_tag: Vec<Tally>,
+}
+
+/// A device whose update failed or rolled back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
+pub struct Problem {
+    /// The device's name.
+    pub device: String,
+    /// The deployment.
+    pub deployment_id: i64,
+    /// The release's version.
+    pub version: String,
+    /// `failed` or `rolled_back`.
+    pub state: String,
+    /// Why (a reason code such as `boot_failed`).
+    pub reason: Option<String>,
+    /// When.
+    pub updated_at: i64,
+}
+
+/// One of a device's assignments, with its release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
+pub struct DeviceAssignment {
+    /// The deployment.
+    pub deployment_id: i64,
+    /// The deployment's target.
+    pub target: String,
+    /// The release's version.
+    pub version: String,
+    /// The release's SHA-256.
+    pub sha256: String,
+    /// The assignment's state.
+    pub state: String,
+    /// Why it failed, rolled back, was skipped or cancelled.
+    pub reason: Option<String>,
+    /// When the deployment was created.
+    pub created_at: i64,
+    /// The assignment's last change.
+    pub updated_at: i64,
+}
+
+/// Devices of a deployment per assignment state and reason.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AssignmentTally {
+    /// The deployment.
+    pub deployment_id: i64,
+    /// The state.
+    pub state: String,
+    /// The reason (skipped, failed, rolled back, cancelled), if any.
+    pub reason: Option<String>,
+    /// Number of devices.
+    pub devices: i64,
+}
+
+/// Read-only views over devices and deployments for people (the
+/// dashboard): paged, filtered lists, tallies and histories. Each answers
+/// from indexes or one scan of the devices, whatever the fleet's size.
+#[async_trait]
+pub trait ViewStore: Send + Sync {
+    /// The devices matching `filter`, in `order`, `limit` of them from `offset`.
+    async fn search_devices(
+        &self,
+        filter: &DeviceFilter,
+        order: DeviceOrder,
+        limit: i64,
+        offset: i64,
+    ) -> StoreResult<DevicePage>;
+    /// The fleet in numbers; `unseen` counts devices not seen since `seen_since`.
+    async fn fleet_counts(&self, seen_since: i64) -> StoreResult<FleetCounts>;
+    /// The latest failed and rolled-back assignments, newest first.
+    async fn recent_problems(&self, limit: i64) -> StoreResult<Vec<Problem>>;
+    /// A device's assignments, newest first.
+    async fn device_assignments(
+        &self,
+        device_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<DeviceAssignment>>;
+    /// Deployments with an unfinished assignment, newest first.
+    async fn deployments_in_progress(&self) -> StoreResult<Vec<i64>>;
+    /// Devices per state and reason of each deployment in `deployment_ids`.
+    async fn assignment_tallies(&self, deployment_ids: &[i64])
+    -> StoreResult<Vec<AssignmentTally>>;
+    /// A deployment's assignments in `states` (all when empty), by device
+    /// name, `limit` from `offset`, and how many there are in all.
+    async fn assignments_page(
+        &self,
+        deployment_id: i64,
+        states: &[String],
+        limit: i64,
+        offset: i64,
+    ) -> StoreResult<(i64, Vec<Assignment>)>;
+    /// How many of a deployment's devices run each version now.
+    async fn running_versions(&self, deployment_id: i64) -> StoreResult<Vec<Tally>>;
+    /// Audit records older than `before` (an id; newest when `None`), newest first.
+    async fn audit_before(&self, before: Option<i64>, limit: i64) -> StoreResult<Vec<AuditRecord>>;
+}
+
 /// Everything the server stores.
 pub trait Store:
-    ReleaseStore + DeviceStore + DeploymentStore + EventStore + AuditStore + CredentialStore
+    ReleaseStore
+    + DeviceStore
+    + DeploymentStore
+    + EventStore
+    + AuditStore
+    + CredentialStore
+    + SessionStore
+    + ViewStore
 {
 }
 
 impl<T> Store for T where
-    T: ReleaseStore + DeviceStore + DeploymentStore + EventStore + AuditStore + CredentialStore
+    T: ReleaseStore
+        + DeviceStore
+        + DeploymentStore
+        + EventStore
+        + AuditStore
+        + CredentialStore
+        + SessionStore
+        + ViewStore
 {
 }

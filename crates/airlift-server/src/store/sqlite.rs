@@ -11,13 +11,15 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, FromRow, Row, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, FromRow, QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{
-    Assignment, AuditRecord, AuditStore, CredentialStore, Deployment, DeploymentStore, Device,
-    DeviceStatus, DeviceStore, EnrollmentSecret, EventOutcome, EventStore, NewAssignment, NewEvent,
-    NewRelease, NextState, Offer, Release, ReleaseStore, StoreError, StoreResult, StoredEvent,
-    Target, Write,
+    Assignment, AssignmentTally, AuditRecord, AuditStore, CredentialStore, Deployment,
+    DeploymentStore, Device, DeviceAssignment, DeviceFilter, DeviceOrder, DevicePage, DeviceStatus,
+    DeviceStore, DeviceSummary, EnrollmentSecret, EventOutcome, EventStore, FleetCounts, LastSeen,
+    NewAssignment, NewEvent, NewRelease, NextState, Offer, OpenAssignment, Problem, Release,
+    ReleaseStore, Session, SessionStore, StoreError, StoreResult, StoredEvent, Tally, Target,
+    ViewStore, Write,
 };
 use crate::deploy::AssignmentState;
 use crate::now_ms;
@@ -107,6 +109,15 @@ impl SqliteStore {
 
     async fn begin(&self) -> StoreResult<Transaction<'static, Sqlite>> {
         self.pool.begin().await.map_err(backend)
+    }
+
+    /// The (value, count) rows `sql` selects, as tallies.
+    async fn tally(&self, sql: &'static str) -> StoreResult<Vec<Tally>> {
+        let rows = sqlx::query(sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        tallies(&rows)
     }
 }
 
@@ -867,5 +878,372 @@ impl CredentialStore for SqliteStore {
             )));
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn open_session(
+        &self,
+        session_hash: &[u8; 32],
+        admin_token_hash: &[u8; 32],
+        now: i64,
+        expires_at: i64,
+    ) -> StoreResult<Option<String>> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let admin = sqlx::query(
+            "INSERT INTO sessions (token_hash, admin_token_id, created_at, expires_at) \
+             SELECT ?, id, ?, ? FROM admin_tokens WHERE token_hash = ? \
+             RETURNING (SELECT name FROM admin_tokens WHERE id = admin_token_id)",
+        )
+        .bind(&session_hash[..])
+        .bind(now)
+        .bind(expires_at)
+        .bind(&admin_token_hash[..])
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?
+        .map(|row| row.try_get::<String, _>(0))
+        .transpose()
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(admin)
+    }
+
+    async fn session(&self, session_hash: &[u8; 32], now: i64) -> StoreResult<Option<Session>> {
+        let row = sqlx::query(
+            "SELECT a.name, s.expires_at FROM sessions s \
+             JOIN admin_tokens a ON a.id = s.admin_token_id \
+             WHERE s.token_hash = ? AND s.expires_at > ?",
+        )
+        .bind(&session_hash[..])
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|row| {
+            Ok(Session {
+                admin: row.try_get(0)?,
+                expires_at: row.try_get(1)?,
+            })
+        })
+        .transpose()
+        .map_err(|e: sqlx::Error| backend(e))
+    }
+
+    async fn close_session(&self, session_hash: &[u8; 32]) -> StoreResult<bool> {
+        let deleted = sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
+            .bind(&session_hash[..])
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+}
+
+/// The columns [`device_from_row`] reads, for a query over `devices d`.
+const DEVICE_COLUMNS: &str = "d.id, d.name, d.created_at, d.last_seen, d.chip_id, d.project, \
+     d.version, d.sha256, d.security_version, d.slot, d.state, d.boot_count, \
+     (SELECT group_concat(tag, char(10)) FROM device_tags t WHERE t.device_id = d.id) AS tags";
+
+/// The states of an unfinished assignment, as an SQL list.
+const OPEN_STATES: &str = "('pending', 'offered', 'downloading', 'installed', 'booted')";
+
+/// Appends `filter` as conditions on `devices d` (after a `WHERE 1`).
+fn push_device_filter(query: &mut QueryBuilder<Sqlite>, filter: &DeviceFilter) {
+    if let Some(search) = &filter.search {
+        let escaped = search
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        query
+            .push(" AND d.name LIKE ")
+            .push_bind(format!("%{escaped}%"))
+            .push(" ESCAPE '\\'");
+    }
+    if let Some(tag) = &filter.tag {
+        query
+            .push(" AND d.id IN (SELECT device_id FROM device_tags WHERE tag = ")
+            .push_bind(tag.clone())
+            .push(")");
+    }
+    if let Some(version) = &filter.version {
+        query.push(" AND d.version = ").push_bind(version.clone());
+    }
+    if let Some(state) = &filter.state {
+        query.push(" AND d.state = ").push_bind(state.clone());
+    }
+    match filter.last_seen {
+        Some(LastSeen::Since(at)) => {
+            query.push(" AND d.last_seen >= ").push_bind(at);
+        }
+        Some(LastSeen::Before(at)) => {
+            query.push(" AND d.last_seen < ").push_bind(at);
+        }
+        Some(LastSeen::Never) => {
+            query.push(" AND d.last_seen IS NULL");
+        }
+        None => {}
+    }
+}
+
+/// Every row as a `T`.
+fn all<T: for<'r> FromRow<'r, SqliteRow>>(rows: &[SqliteRow]) -> StoreResult<Vec<T>> {
+    rows.iter()
+        .map(T::from_row)
+        .collect::<Result<_, _>>()
+        .map_err(backend)
+}
+
+fn tallies(rows: &[SqliteRow]) -> StoreResult<Vec<Tally>> {
+    rows.iter()
+        .map(|row| {
+            Ok(Tally {
+                value: row.try_get(0)?,
+                devices: row.try_get(1)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(backend)
+}
+
+#[async_trait]
+impl ViewStore for SqliteStore {
+    async fn search_devices(
+        &self,
+        filter: &DeviceFilter,
+        order: DeviceOrder,
+        limit: i64,
+        offset: i64,
+    ) -> StoreResult<DevicePage> {
+        let mut count = QueryBuilder::new("SELECT count(*) FROM devices d WHERE 1");
+        push_device_filter(&mut count, filter);
+        let total: i64 = count
+            .build()
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(backend)?;
+        // The open assignment (at most one, see DeploymentStore::open_offer)
+        // comes from the assignments_by_device index, for this page only.
+        let mut page = QueryBuilder::new(format!(
+            "SELECT {DEVICE_COLUMNS}, a.deployment_id AS open_deployment, \
+             a.state AS open_state, r.version AS open_version \
+             FROM devices d \
+             LEFT JOIN assignments a ON a.device_id = d.id AND a.state IN {OPEN_STATES} \
+             AND a.deployment_id = (SELECT max(deployment_id) FROM assignments \
+                 WHERE device_id = d.id AND state IN {OPEN_STATES}) \
+             LEFT JOIN deployments p ON p.id = a.deployment_id \
+             LEFT JOIN releases r ON r.id = p.release_id WHERE 1"
+        ));
+        push_device_filter(&mut page, filter);
+        page.push(match order {
+            DeviceOrder::Name => " ORDER BY d.name",
+            DeviceOrder::LastSeen => " ORDER BY d.last_seen IS NULL, d.last_seen, d.name",
+        });
+        page.push(" LIMIT ")
+            .push_bind(limit)
+            .push(" OFFSET ")
+            .push_bind(offset);
+        let rows = page.build().fetch_all(&self.pool).await.map_err(backend)?;
+        let devices = rows
+            .iter()
+            .map(|row| {
+                let assignment = match row.try_get::<Option<i64>, _>("open_deployment")? {
+                    Some(deployment_id) => Some(OpenAssignment {
+                        deployment_id,
+                        state: row.try_get("open_state")?,
+                        version: row.try_get("open_version")?,
+                    }),
+                    None => None,
+                };
+                Ok(DeviceSummary {
+                    device: device_from_row(row)?,
+                    assignment,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(backend)?;
+        Ok(DevicePage { total, devices })
+    }
+
+    async fn fleet_counts(&self, seen_since: i64) -> StoreResult<FleetCounts> {
+        let row = sqlx::query(
+            "SELECT count(*), count(*) FILTER (WHERE last_seen IS NULL), \
+             count(*) FILTER (WHERE last_seen < ?) FROM devices",
+        )
+        .bind(seen_since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        let (devices, never_seen, unseen) =
+            (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))()
+                .map_err(backend)?;
+        let by_version = self
+            .tally(
+                "SELECT version, count(*) AS n FROM devices GROUP BY version \
+                 ORDER BY n DESC, version IS NULL, version",
+            )
+            .await?;
+        let by_state = self
+            .tally(
+                "SELECT state, count(*) AS n FROM devices GROUP BY state \
+                 ORDER BY n DESC, state IS NULL, state",
+            )
+            .await?;
+        let by_tag = self
+            .tally("SELECT tag, count(*) FROM device_tags GROUP BY tag ORDER BY tag")
+            .await?;
+        Ok(FleetCounts {
+            devices,
+            never_seen,
+            unseen,
+            by_version,
+            by_state,
+            by_tag,
+        })
+    }
+
+    async fn recent_problems(&self, limit: i64) -> StoreResult<Vec<Problem>> {
+        // The condition repeats the partial index's, so SQLite uses it.
+        let rows = sqlx::query(
+            "SELECT d.name AS device, a.deployment_id, r.version, a.state, a.reason, \
+             a.updated_at FROM assignments a INDEXED BY assignments_problems \
+             JOIN devices d ON d.id = a.device_id \
+             JOIN deployments p ON p.id = a.deployment_id \
+             JOIN releases r ON r.id = p.release_id \
+             WHERE a.state IN ('failed', 'rolled_back') ORDER BY a.updated_at DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        all(&rows)
+    }
+
+    async fn device_assignments(
+        &self,
+        device_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<DeviceAssignment>> {
+        let rows = sqlx::query(
+            "SELECT a.deployment_id, p.target, r.version, r.sha256, a.state, a.reason, \
+             p.created_at, a.updated_at FROM assignments a \
+             JOIN deployments p ON p.id = a.deployment_id \
+             JOIN releases r ON r.id = p.release_id \
+             WHERE a.device_id = ? ORDER BY a.deployment_id DESC LIMIT ?",
+        )
+        .bind(device_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        all(&rows)
+    }
+
+    async fn deployments_in_progress(&self) -> StoreResult<Vec<i64>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT DISTINCT deployment_id FROM assignments INDEXED BY assignments_open \
+             WHERE state IN {OPEN_STATES} ORDER BY deployment_id DESC"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+    }
+
+    async fn assignment_tallies(
+        &self,
+        deployment_ids: &[i64],
+    ) -> StoreResult<Vec<AssignmentTally>> {
+        if deployment_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = QueryBuilder::new(
+            "SELECT deployment_id, state, reason, count(*) AS devices FROM assignments \
+             WHERE deployment_id IN (",
+        );
+        let mut ids = query.separated(", ");
+        for id in deployment_ids {
+            ids.push_bind(*id);
+        }
+        query.push(") GROUP BY deployment_id, state, reason");
+        let rows = query.build().fetch_all(&self.pool).await.map_err(backend)?;
+        all(&rows)
+    }
+
+    async fn assignments_page(
+        &self,
+        deployment_id: i64,
+        states: &[String],
+        limit: i64,
+        offset: i64,
+    ) -> StoreResult<(i64, Vec<Assignment>)> {
+        let push_states = |query: &mut QueryBuilder<Sqlite>| {
+            if !states.is_empty() {
+                query.push(" AND a.state IN (");
+                let mut list = query.separated(", ");
+                for state in states {
+                    list.push_bind(state.clone());
+                }
+                query.push(")");
+            }
+        };
+        let mut count = QueryBuilder::new("SELECT count(*) FROM assignments a WHERE ");
+        count.push("a.deployment_id = ").push_bind(deployment_id);
+        push_states(&mut count);
+        let total: i64 = count
+            .build()
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(backend)?;
+        let mut page = QueryBuilder::new(
+            "SELECT a.deployment_id, a.device_id, d.name, a.wave, a.state, a.reason, \
+             a.updated_at FROM assignments a JOIN devices d ON d.id = a.device_id WHERE ",
+        );
+        page.push("a.deployment_id = ").push_bind(deployment_id);
+        push_states(&mut page);
+        page.push(" ORDER BY d.name LIMIT ")
+            .push_bind(limit)
+            .push(" OFFSET ")
+            .push_bind(offset);
+        let rows = page.build().fetch_all(&self.pool).await.map_err(backend)?;
+        Ok((total, all(&rows)?))
+    }
+
+    async fn running_versions(&self, deployment_id: i64) -> StoreResult<Vec<Tally>> {
+        let rows = sqlx::query(
+            "SELECT d.version, count(*) AS n FROM assignments a \
+             JOIN devices d ON d.id = a.device_id WHERE a.deployment_id = ? \
+             GROUP BY d.version ORDER BY n DESC, d.version IS NULL, d.version",
+        )
+        .bind(deployment_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        tallies(&rows)
+    }
+
+    async fn audit_before(&self, before: Option<i64>, limit: i64) -> StoreResult<Vec<AuditRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, detail FROM audit \
+             WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        all(&rows)
     }
 }

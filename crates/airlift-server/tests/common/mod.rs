@@ -131,6 +131,25 @@ impl TestServer {
         body["token"].as_str().unwrap().to_owned()
     }
 
+    /// Signs the dashboard in with the admin token (and the guard header);
+    /// returns the answer's whole `Set-Cookie` value and its body.
+    pub async fn sign_in(&self) -> (String, Value) {
+        let response = self
+            .client
+            .post(format!("{}/api/v1/session", self.url))
+            .header("x-airlift-csrf", "1")
+            .json(&json!({"token": self.admin_token}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (cookie, response.json().await.unwrap())
+    }
+
     pub async fn deploy(&self, release: &Value, target: &str) -> Value {
         self.admin_json(
             Method::POST,
