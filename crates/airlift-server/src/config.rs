@@ -56,6 +56,9 @@ pub struct Config {
     pub enrollment_secret: Option<Secret>,
     /// Bytes of artifacts kept in memory for downloads (`AIRLIFT_ARTIFACT_CACHE_BYTES`).
     pub artifact_cache_bytes: u64,
+    /// Milliseconds between two steps of the rollout scheduler
+    /// (`AIRLIFT_ROLLOUT_TICK_MS`); 0 runs no scheduler (tests step it themselves).
+    pub rollout_tick_ms: u64,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             public_url: None,
             enrollment_secret: None,
             artifact_cache_bytes: 256 * 1024 * 1024,
+            rollout_tick_ms: 1000,
         }
     }
 }
@@ -157,6 +161,10 @@ impl Config {
             "AIRLIFT_ARTIFACT_CACHE_BYTES" => {
                 self.artifact_cache_bytes =
                     parse("AIRLIFT_ARTIFACT_CACHE_BYTES", value, "a byte count")?
+            }
+            "AIRLIFT_ROLLOUT_TICK_MS" => {
+                self.rollout_tick_ms =
+                    parse("AIRLIFT_ROLLOUT_TICK_MS", value, "a number of milliseconds")?
             }
             _ => {}
         }

@@ -13,6 +13,8 @@
 //!   never see SQL.
 //! - [`deploy`] holds the deployment rules (who is offered what, and how
 //!   device events move each device's assignment).
+//! - [`rollout`] holds the staged rollouts' rules as pure functions of the
+//!   stored state and a time; [`scheduler`] applies them.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -37,6 +39,8 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod metrics;
+pub mod rollout;
+pub mod scheduler;
 pub mod store;
 
 pub use config::{Config, Secret};
@@ -103,6 +107,8 @@ pub struct ServerState {
     pub statuses: StatusBuffer,
     /// Device events, committed in groups.
     pub events: EventWriter,
+    /// This instance's name in leases (random, new at every start).
+    pub instance: String,
 }
 
 impl ServerState {
@@ -169,6 +175,8 @@ impl Server {
         let initial_admin_token = create_admin_token_if_none(&sqlite, &dir).await?;
         let store: Arc<dyn Store> = Arc::new(sqlite.clone());
         let events = EventWriter::start(store.clone());
+        let instance =
+            auth::new_token("instance-").map_err(|e| dir_error(std::io::Error::other(e)))?;
         let state = AppState(Arc::new(ServerState {
             config,
             store,
@@ -179,6 +187,7 @@ impl Server {
             offers: OfferCache::default(),
             statuses: StatusBuffer::default(),
             events,
+            instance,
         }));
         Ok(Server {
             state,
@@ -201,8 +210,17 @@ impl Server {
     ) -> Result<(), ServerError> {
         let router = app(self.state.clone());
         let flusher = tokio::spawn(flush_statuses_every_second(self.state.clone()));
+        let tick = self.state.config.rollout_tick_ms;
+        let scheduler = (tick > 0).then(|| {
+            let every = std::time::Duration::from_millis(tick);
+            let holder = self.state.instance.clone();
+            tokio::spawn(scheduler::run(self.state.clone(), every, holder))
+        });
         let result = connection::serve(listener, router, self.state.clone(), shutdown).await;
         flusher.abort();
+        if let Some(scheduler) = scheduler {
+            scheduler.abort();
+        }
         if let Err(err) = self.state.flush_statuses().await {
             tracing::error!(error = %err, "cannot write the last device statuses");
         }

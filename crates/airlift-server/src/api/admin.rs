@@ -526,7 +526,7 @@ pub struct NewDeployment {
 }
 
 /// A release reference given as a number (`1`) or as text (`"1"`, a SHA-256).
-fn id_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(crate) fn id_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum IdOrText {
@@ -584,7 +584,7 @@ async fn deployment_detail(state: &AppState, id: i64) -> Result<DeploymentDetail
     })
 }
 
-async fn find_release(state: &AppState, reference: &str) -> Result<Release, ApiError> {
+pub(crate) async fn find_release(state: &AppState, reference: &str) -> Result<Release, ApiError> {
     if let Ok(id) = reference.parse::<i64>() {
         return Ok(state.store.release(id).await?);
     }

@@ -14,6 +14,8 @@
 //! | `GET /api/v1/devices/{name}`, `.../events` | admin | status and open assignment; event history |
 //! | `POST/GET /api/v1/deployments` | admin | deploy `{release, target: device:NAME \| tag:T \| all}`; list |
 //! | `GET /api/v1/deployments/{id}`, `POST .../cancel` | admin | progress counts per state and per device; cancel |
+//! | `POST/GET /api/v1/rollouts` | admin | staged rollout `{release, target, waves, soak_ms, success_threshold, failure_threshold, deadline_ms, max_parallel, penalty_failures, start}`; list |
+//! | `GET /api/v1/rollouts/{id}`, `POST .../start\|pause\|resume\|advance\|cancel` | admin | plan, state, progress per wave, device set, history; operator commands |
 //! | `GET /api/v1/events`, `GET /api/v1/audit` | admin | fleet events; audit log |
 //! | `POST/GET /api/v1/enrollment-secrets`, `DELETE .../{name}` | admin | fleet enrolment secrets |
 //! | `POST /api/v1/device/enroll` | enrolment secret | a device gets its token |
@@ -42,6 +44,7 @@ use crate::metrics::Metrics;
 
 pub mod admin;
 pub mod device;
+pub mod rollouts;
 
 /// The authenticated admin of a request.
 #[derive(Debug, Clone)]
@@ -99,6 +102,13 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
         .routes(routes!(admin::create_deployment, admin::list_deployments))
         .routes(routes!(admin::get_deployment))
         .routes(routes!(admin::cancel_deployment))
+        .routes(routes!(rollouts::create_rollout, rollouts::list_rollouts))
+        .routes(routes!(rollouts::get_rollout))
+        .routes(routes!(rollouts::start_rollout))
+        .routes(routes!(rollouts::pause_rollout))
+        .routes(routes!(rollouts::resume_rollout))
+        .routes(routes!(rollouts::advance_rollout))
+        .routes(routes!(rollouts::cancel_rollout))
         .routes(routes!(admin::list_events))
         .routes(routes!(admin::list_audit))
         .routes(routes!(
