@@ -592,7 +592,8 @@ pub fn decide(s: &Snapshot, now: i64) -> Step {
         };
         reason.by = BY_FAILURE_THRESHOLD.to_owned();
         reason.message = format!(
-            "{failures} failures{accepted} ({}) in wave{} reached the failure threshold of {} ({limit} of {} devices)",
+            "{failures} failure{}{accepted} ({}) in wave{} reached the failure threshold of {} ({limit} of {} devices)",
+            if failures == 1 { "" } else { "s" },
             reasons.join(", "),
             if step.opened == 1 {
                 " 1".to_owned()
