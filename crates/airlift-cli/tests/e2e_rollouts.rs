@@ -13,6 +13,20 @@ use serde_json::Value;
 
 const DEVICES: usize = 1000;
 const WAVES: &str = "5%,10%,25%,50%,100%";
+/// A plan that opens each wave once every device of the open ones
+/// confirmed, and pauses at the first failure.
+const STRICT: [&str; 10] = [
+    "--waves",
+    WAVES,
+    "--soak",
+    "200ms",
+    "--success",
+    "100%",
+    "--pause-at",
+    "1",
+    "--deadline",
+    "5m",
+];
 
 /// A server, a release 2.0.0 and a simulated fleet of 1,000 devices running
 /// 1.0.0, all enrolled and checked in.
@@ -132,6 +146,32 @@ impl Fleet {
             },
         );
         last.into_inner()
+    }
+
+    /// Waits for the rollout to end; checks it finished with every device confirmed.
+    fn finished(&self, id: &Value) -> Value {
+        let done = self.wait(id, "the rollout to finish", |r| r["state"] != "running");
+        assert_eq!(done["state"], "finished", "{:#}", done["pause_reason"]);
+        let total = &done["total"];
+        assert_eq!(
+            (total["confirmed"].as_u64(), total["failures"].as_u64()),
+            (Some(DEVICES as u64), Some(0))
+        );
+        done
+    }
+
+    /// Waits for the simulator to see every device on 2.0.0 and checks
+    /// that none was lost and none installed it twice.
+    fn every_device_installed_once(&mut self) {
+        let summary = self.summary(false);
+        let every = |key: &str| serde_json::json!({key: DEVICES});
+        assert_eq!(
+            summary["versions"],
+            every("2.0.0"),
+            "none lost: {summary:#}"
+        );
+        assert_eq!(summary["installs"], every("1"), "none twice: {summary:#}");
+        assert_eq!(summary["crashed"], 0);
     }
 
     /// The simulator's summary once it ended (by itself, or stopped with
@@ -295,45 +335,15 @@ fn a_release_crashing_on_30_percent_pauses_in_wave_1_where_the_rehearsal_said_it
 #[test]
 fn a_good_release_runs_every_wave_to_the_end_with_every_device_confirmed() {
     let mut fleet = Fleet::start(&["--until-version", "2.0.0", "--duration", "300"]);
-    let created = fleet.rollout(&[
-        "--waves",
-        WAVES,
-        "--soak",
-        "200ms",
-        "--success",
-        "100%",
-        "--pause-at",
-        "1",
-        "--deadline",
-        "5m",
-    ]);
-    let id = created["id"].clone();
-    let done = fleet.wait(&id, "the rollout to finish", |r| r["state"] != "running");
-    assert_eq!(done["state"], "finished", "{:#}", done["pause_reason"]);
-    assert_eq!(
-        (
-            done["total"]["confirmed"].as_u64(),
-            done["total"]["failures"].as_u64()
-        ),
-        (Some(1000), Some(0))
-    );
+    let id = fleet.rollout(&STRICT)["id"].clone();
+    let done = fleet.finished(&id);
     let mut expected = vec!["created", "started"];
     for _ in 2..=5 {
         expected.extend_from_slice(&["soak_started", "wave_opened"]);
     }
     expected.push("finished");
     assert_eq!(kinds(&done), expected);
-    let summary = fleet.summary(false);
-    assert_eq!(
-        summary["versions"],
-        serde_json::json!({"2.0.0": 1000}),
-        "{summary:#}"
-    );
-    assert_eq!(
-        summary["installs"],
-        serde_json::json!({"1": 1000}),
-        "{summary:#}"
-    );
+    fleet.every_device_installed_once();
 }
 
 #[test]
@@ -403,21 +413,7 @@ fn devices_silent_after_installing_hit_their_deadline_and_pause_the_rollout() {
 #[test]
 fn a_server_killed_mid_wave_and_restarted_continues_with_no_device_offered_twice_and_none_lost() {
     let mut fleet = Fleet::start(&["--until-version", "2.0.0", "--duration", "300"]);
-    let created = fleet.rollout(&[
-        "--waves",
-        WAVES,
-        "--soak",
-        "200ms",
-        "--success",
-        "100%",
-        "--pause-at",
-        "1",
-        "--deadline",
-        "5m",
-        "--max-parallel",
-        "100",
-    ]);
-    let id = created["id"].clone();
+    let id = fleet.rollout(&[&STRICT[..], &["--max-parallel", "100"]].concat())["id"].clone();
     let mid = fleet.wait(&id, "300 devices confirmed", |r| {
         r["total"]["confirmed"].as_u64().unwrap() >= 300
     });
@@ -430,15 +426,7 @@ fn a_server_killed_mid_wave_and_restarted_continues_with_no_device_offered_twice
     let listen = fleet.server.url.trim_start_matches("http://").to_owned();
     let data = fleet.server.data.clone();
     fleet.server = Server::start_at(&data, &listen, &[("AIRLIFT_ROLLOUT_TICK_MS", "100")]);
-    let done = fleet.wait(&id, "the rollout to finish", |r| r["state"] != "running");
-    assert_eq!(done["state"], "finished", "{:#}", done["pause_reason"]);
-    assert_eq!(
-        (
-            done["total"]["confirmed"].as_u64(),
-            done["total"]["failures"].as_u64()
-        ),
-        (Some(1000), Some(0))
-    );
+    let done = fleet.finished(&id);
     let opened: Vec<&Value> = done["events"]
         .as_array()
         .unwrap()
@@ -447,18 +435,7 @@ fn a_server_killed_mid_wave_and_restarted_continues_with_no_device_offered_twice
         .map(|e| &e["detail"]["wave"])
         .collect();
     assert_eq!(opened, [2, 3, 4, 5], "each wave opened once");
-    let summary = fleet.summary(false);
-    assert_eq!(
-        summary["versions"],
-        serde_json::json!({"2.0.0": 1000}),
-        "none lost: {summary:#}"
-    );
-    assert_eq!(
-        summary["installs"],
-        serde_json::json!({"1": 1000}),
-        "none twice: {summary:#}"
-    );
-    assert_eq!(summary["crashed"], 0);
+    fleet.every_device_installed_once();
 }
 
 /// Every device event the server stored: (device, kind).

@@ -757,60 +757,52 @@ async fn rollout_requests_are_checked_and_refused_with_the_json_error_shape() {
     let server = server().await;
     server.device("dev-00", &["fleet"]).await;
     let release = server.release(&image("v2", 0, 10)).await;
-    let check = |body: Value, status: StatusCode, code: &'static str| {
-        let server = &server;
-        async move {
-            let response = server
-                .admin(Method::POST, "/api/v1/rollouts", Some(body.clone()))
-                .await;
-            assert_eq!(response.status(), status, "{body}");
-            let answer: Value = response.json().await.unwrap();
-            assert_eq!(error_code(&answer), code, "{body}: {answer}");
-        }
-    };
     let id = release["id"].clone();
-    check(
-        json!({"release": id, "target": "tags:x"}),
-        StatusCode::BAD_REQUEST,
-        "bad_target",
-    )
-    .await;
-    check(
-        json!({"release": id, "target": "devices:a,,b"}),
-        StatusCode::BAD_REQUEST,
-        "bad_target",
-    )
-    .await;
-    check(
-        json!({"release": id, "target": "all", "waves": ["10%", "5%"]}),
-        StatusCode::BAD_REQUEST,
-        "bad_plan",
-    )
-    .await;
-    check(
-        json!({"release": id, "target": "all", "waves": ["ten"]}),
-        StatusCode::BAD_REQUEST,
-        "bad_json",
-    )
-    .await;
-    check(
-        json!({"release": id, "target": "all", "success_threshold": "9"}),
-        StatusCode::BAD_REQUEST,
-        "bad_plan",
-    )
-    .await;
-    check(
-        json!({"release": 999, "target": "all"}),
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
-    check(
-        json!({"release": id, "target": "devices:dev-00,ghost"}),
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
+    let bad = StatusCode::BAD_REQUEST;
+    for (body, status, code) in [
+        (
+            json!({"release": id, "target": "tags:x"}),
+            bad,
+            "bad_target",
+        ),
+        (
+            json!({"release": id, "target": "devices:a,,b"}),
+            bad,
+            "bad_target",
+        ),
+        (
+            json!({"release": id, "target": "all", "waves": ["10%", "5%"]}),
+            bad,
+            "bad_plan",
+        ),
+        (
+            json!({"release": id, "target": "all", "waves": ["ten"]}),
+            bad,
+            "bad_json",
+        ),
+        (
+            json!({"release": id, "target": "all", "success_threshold": "9"}),
+            bad,
+            "bad_plan",
+        ),
+        (
+            json!({"release": 999, "target": "all"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            json!({"release": id, "target": "devices:dev-00,ghost"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ] {
+        let response = server
+            .admin(Method::POST, "/api/v1/rollouts", Some(body.clone()))
+            .await;
+        assert_eq!(response.status(), status, "{body}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(error_code(&answer), code, "{body}: {answer}");
+    }
     let missing = server.admin(Method::GET, "/api/v1/rollouts/77", None).await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     let missing = server

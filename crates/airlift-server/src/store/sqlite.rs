@@ -389,54 +389,12 @@ impl DeploymentStore for SqliteStore {
     ) -> StoreResult<Deployment> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        let id: i64 = sqlx::query(
-            "INSERT INTO deployments (release_id, target, state, created_at) \
-             VALUES (?, ?, 'active', ?) RETURNING id",
-        )
-        .bind(release_id)
-        .bind(target)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(backend)?;
-        // A few statements per 500 devices, not two per device: a deployment
-        // to 10,000 devices is one short transaction. The SQL built here
-        // holds only placeholders (AssertSqlSafe); values are bound.
-        for chunk in assignments.chunks(500) {
-            let pending: Vec<i64> = chunk
-                .iter()
-                .filter(|a| a.state == AssignmentState::Pending.as_str())
-                .map(|a| a.device_id)
-                .collect();
-            if !pending.is_empty() {
-                let sql = format!(
-                    "UPDATE assignments SET state = 'cancelled', reason = 'superseded', \
-                     updated_at = ? WHERE device_id IN ({}) AND state IN {UNFINISHED}",
-                    vec!["?"; pending.len()].join(", ")
-                );
-                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
-                for device_id in &pending {
-                    query = query.bind(device_id);
-                }
-                query.execute(&mut *tx).await.map_err(backend)?;
-            }
-            let sql = format!(
-                "INSERT INTO assignments (deployment_id, device_id, wave, state, reason, \
-                 updated_at) VALUES {}",
-                vec!["(?, ?, 0, ?, ?, ?)"; chunk.len()].join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for a in chunk {
-                query = query
-                    .bind(id)
-                    .bind(a.device_id)
-                    .bind(&a.state)
-                    .bind(&a.reason)
-                    .bind(now);
-            }
-            query.execute(&mut *tx).await.map_err(backend)?;
-        }
+        let id = insert_deployment(&mut tx, release_id, target, now).await?;
+        let rows: Vec<NewRow<'_>> = assignments
+            .iter()
+            .map(|a| (a.device_id, 0, a.state.as_str(), a.reason.as_deref()))
+            .collect();
+        insert_assignments(&mut tx, id, &rows, now).await?;
         tx.commit().await.map_err(backend)?;
         self.deployment(id).await
     }
@@ -902,6 +860,77 @@ impl CredentialStore for SqliteStore {
 
 type Conn = sqlx::SqliteConnection;
 
+async fn insert_deployment(
+    conn: &mut Conn,
+    release_id: i64,
+    target: &str,
+    now: i64,
+) -> StoreResult<i64> {
+    sqlx::query(
+        "INSERT INTO deployments (release_id, target, state, created_at) \
+         VALUES (?, ?, 'active', ?) RETURNING id",
+    )
+    .bind(release_id)
+    .bind(target)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .and_then(|row| row.try_get(0))
+    .map_err(backend)
+}
+
+/// An assignment to insert: device, wave, state, reason.
+type NewRow<'a> = (i64, u32, &'a str, Option<&'a str>);
+
+/// Inserts a new deployment's assignments, a few statements per 500
+/// devices (not two per device: a deployment to 10,000 devices is one
+/// short transaction). The newest work wins a device: a `pending`
+/// assignment supersedes the device's unfinished assignments elsewhere, a
+/// `waiting` one (a rollout's) its waiting ones (the open ones go when its
+/// wave opens). The SQL built here holds only placeholders and constants.
+async fn insert_assignments(
+    conn: &mut Conn,
+    deployment_id: i64,
+    rows: &[NewRow<'_>],
+    now: i64,
+) -> StoreResult<()> {
+    for chunk in rows.chunks(500) {
+        for (state, superseded) in [("pending", UNFINISHED), ("waiting", "('waiting')")] {
+            let devices: Vec<i64> = chunk.iter().filter(|r| r.2 == state).map(|r| r.0).collect();
+            if devices.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "UPDATE assignments SET state = 'cancelled', reason = 'superseded', \
+                 updated_at = ? WHERE state IN {superseded} AND device_id IN ({})",
+                vec!["?"; devices.len()].join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
+            for device_id in &devices {
+                query = query.bind(device_id);
+            }
+            query.execute(&mut *conn).await.map_err(backend)?;
+        }
+        let sql = format!(
+            "INSERT INTO assignments (deployment_id, device_id, wave, state, reason, \
+             updated_at) VALUES {}",
+            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (device_id, wave, state, reason) in chunk {
+            query = query
+                .bind(deployment_id)
+                .bind(device_id)
+                .bind(wave)
+                .bind(state)
+                .bind(reason)
+                .bind(now);
+        }
+        query.execute(&mut *conn).await.map_err(backend)?;
+    }
+    Ok(())
+}
+
 const ROLLOUT_COLUMNS: &str = "id, release_id, deployment_id, target, plan, state, waves, opened, \
      succeeded_at, acknowledged_failures, paused_by, pause_reason, created_by, created_at, updated_at";
 
@@ -1284,54 +1313,13 @@ impl RolloutStore for SqliteStore {
         rollout.state = Command::Start
             .apply(rollout.state, rollout.opened, rollout.waves.len())
             .map_err(|e| StoreError::Conflict(format!("rollout {id} cannot start: {e}")))?;
-        let deployment_id: i64 = sqlx::query(
-            "INSERT INTO deployments (release_id, target, state, created_at) \
-             VALUES (?, ?, 'active', ?) RETURNING id",
-        )
-        .bind(rollout.release_id)
-        .bind(&rollout.target)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(backend)?;
-        // The newest rollout wins a device: its earlier rollouts' waiting
-        // assignments are superseded (their open ones are when its wave opens).
-        for chunk in assignments.chunks(500) {
-            let waiting: Vec<i64> = chunk
-                .iter()
-                .filter(|a| a.state == AssignmentState::Waiting.as_str())
-                .map(|a| a.device_id)
-                .collect();
-            if !waiting.is_empty() {
-                let sql = format!(
-                    "UPDATE assignments SET state = 'cancelled', reason = 'superseded', \
-                     updated_at = ? WHERE state = 'waiting' AND device_id IN ({})",
-                    vec!["?"; waiting.len()].join(", ")
-                );
-                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
-                for device_id in &waiting {
-                    query = query.bind(device_id);
-                }
-                query.execute(&mut *tx).await.map_err(backend)?;
-            }
-            let sql = format!(
-                "INSERT INTO assignments (deployment_id, device_id, wave, state, reason, \
-                 updated_at) VALUES {}",
-                vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for a in chunk {
-                query = query
-                    .bind(deployment_id)
-                    .bind(a.device_id)
-                    .bind(a.wave)
-                    .bind(a.state)
-                    .bind(&a.reason)
-                    .bind(now);
-            }
-            query.execute(&mut *tx).await.map_err(backend)?;
-        }
+        let deployment_id =
+            insert_deployment(&mut tx, rollout.release_id, &rollout.target, now).await?;
+        let rows: Vec<NewRow<'_>> = assignments
+            .iter()
+            .map(|a| (a.device_id, a.wave, a.state, a.reason.as_deref()))
+            .collect();
+        insert_assignments(&mut tx, deployment_id, &rows, now).await?;
         rollout.deployment_id = Some(deployment_id);
         rollout.waves = waves.to_vec();
         rollout.opened = u32::from(!waves.is_empty());
