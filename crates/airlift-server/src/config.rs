@@ -201,12 +201,14 @@ mod tests {
             Some(&file),
             env(&[
                 ("AIRLIFT_POLL_SECONDS", "7"),
+                ("AIRLIFT_ROLLOUT_TICK_MS", "250"),
                 ("AIRLIFT_TOKEN", "client-only"),
                 ("HOME", "/"),
             ]),
         )
         .unwrap();
         assert_eq!(config.poll_seconds, 7);
+        assert_eq!(config.rollout_tick_ms, 250);
         assert_eq!(config.max_upload_bytes, 1000);
         assert_eq!(config.data_dir, PathBuf::from("/srv/a"));
         assert_eq!(config.listen, Config::default().listen);

@@ -753,6 +753,47 @@ async fn a_restarted_server_continues_the_rollout_where_it_stopped() {
 }
 
 #[tokio::test]
+async fn a_stale_cached_offer_is_not_handed_to_a_device_whose_room_was_taken_back() {
+    let server = server().await;
+    let tokens = fleet(&server, 2).await;
+    let release = server.release(&image("v2", 0, 11)).await;
+    let rollout = create(&server, &release, json!({"waves": ["1"]})).await;
+    let deployment = rollout["deployment_id"].as_i64().unwrap();
+    let waiting = devices_in(&rollout, 2, Some("waiting"));
+    // This instance's cache says pending (as another instance's could, or a
+    // check-in that read it just before a pause): the database says waiting.
+    let stale = airlift_server::store::Offer {
+        deployment_id: deployment,
+        state: "pending".into(),
+        release: server
+            .state
+            .store
+            .release(release["id"].as_i64().unwrap())
+            .await
+            .unwrap(),
+    };
+    server.state.offers.set(
+        rollout["assignments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["device_name"] == waiting[0].as_str())
+            .unwrap()["device_id"]
+            .as_i64()
+            .unwrap(),
+        Some(std::sync::Arc::new(stale)),
+    );
+    assert_eq!(offered(&server, &tokens[&waiting[0]]).await, None);
+    assert_eq!(
+        offered(&server, &tokens[&waiting[0]]).await,
+        None,
+        "and the entry is gone"
+    );
+    let after = show(&server, &rollout["id"]).await;
+    assert_eq!(devices_in(&after, 2, Some("waiting")), waiting);
+}
+
+#[tokio::test]
 async fn rollout_requests_are_checked_and_refused_with_the_json_error_shape() {
     let server = server().await;
     server.device("dev-00", &["fleet"]).await;
