@@ -28,8 +28,17 @@ pub const LEASE_TICKS: u32 = 5;
 
 /// Steps every active rollout at `now` (Unix ms); returns what each step did.
 pub async fn tick(state: &AppState, now: i64) -> Result<Vec<StepOutcome>, StoreError> {
+    let active = state.store.active_rollouts().await?;
+    step_each(state, &active, now).await
+}
+
+async fn step_each(
+    state: &AppState,
+    ids: &[i64],
+    now: i64,
+) -> Result<Vec<StepOutcome>, StoreError> {
     let mut outcomes = Vec::new();
-    for id in state.store.active_rollouts().await? {
+    for &id in ids {
         if let Some(outcome) = step(state, id, now).await? {
             outcomes.push(outcome);
         }
@@ -102,6 +111,15 @@ pub async fn run(state: AppState, every: Duration, holder: String) {
     loop {
         interval.tick().await;
         let now = crate::now_ms();
+        // A fleet without rollouts costs a read per tick, not a write.
+        let active = match state.store.active_rollouts().await {
+            Ok(active) if active.is_empty() => continue,
+            Ok(active) => active,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot list the active rollouts");
+                continue;
+            }
+        };
         match state.store.try_lease(LEASE, &holder, now, ttl).await {
             Ok(held) => {
                 if held != leading {
@@ -114,7 +132,7 @@ pub async fn run(state: AppState, every: Duration, holder: String) {
                 leading = false;
             }
         }
-        if leading && let Err(err) = tick(&state, now).await {
+        if leading && let Err(err) = step_each(&state, &active, now).await {
             tracing::error!(error = %err, "rollout scheduler step failed");
         }
     }
