@@ -425,11 +425,20 @@ impl WaveTally {
 /// The tallies of waves `1..=last` (index 0 of `tallies` holds the devices
 /// in no wave: skipped when the rollout started) added up.
 pub fn tally_upto(tallies: &[WaveTally], last: usize) -> WaveTally {
-    let mut sum = WaveTally::default();
-    for t in tallies.iter().skip(1).take(last) {
-        sum.merge(t);
+    sum(tallies.iter().skip(1).take(last))
+}
+
+/// Every device of the rollout, those in no wave included.
+pub fn tally_all(tallies: &[WaveTally]) -> WaveTally {
+    sum(tallies.iter())
+}
+
+fn sum<'a>(tallies: impl Iterator<Item = &'a WaveTally>) -> WaveTally {
+    let mut total = WaveTally::default();
+    for t in tallies {
+        total.merge(t);
     }
-    sum
+    total
 }
 
 /// Why a rollout is paused: who or which threshold, with the numbers.
@@ -644,7 +653,7 @@ pub fn decide(s: &Snapshot, now: i64) -> Step {
             transition: true,
         });
     }
-    let all = tally_upto(&tallies, tallies.len());
+    let all = tally_all(&tallies);
     if step.opened >= waves && all.waiting() + all.updating() == 0 {
         step.state = RolloutState::Finished;
         step.notes.push(Note {

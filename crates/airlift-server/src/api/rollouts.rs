@@ -14,7 +14,7 @@ use crate::AppState;
 use crate::deploy::{AssignmentState, skip_reason};
 use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use crate::rollout::{
-    Amount, Command, PENALTY_BOX, Plan, RolloutState, WaveTally, assign_waves, tally_upto,
+    Amount, Command, PENALTY_BOX, Plan, RolloutState, WaveTally, assign_waves, tally_all,
 };
 use crate::scheduler;
 use crate::store::{
@@ -181,15 +181,7 @@ async fn detail(state: &AppState, id: i64) -> Result<RolloutDetail, ApiError> {
             WaveProgress::of(wave, wave <= rollout.opened, tally)
         })
         .collect();
-    let mut all = tally_upto(&tallies, tallies.len());
-    if let Some(unplaced) = tallies.first() {
-        for (name, n) in &unplaced.states {
-            if let Some(state) = AssignmentState::parse(name) {
-                all.add(state, None, *n);
-            }
-        }
-        all.held_back += unplaced.held_back;
-    }
+    let all = tally_all(&tallies);
     let held: Vec<&Assignment> = assignments
         .iter()
         .filter(|a| a.reason.as_deref() == Some(PENALTY_BOX))

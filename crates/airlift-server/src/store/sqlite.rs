@@ -22,7 +22,9 @@ use super::{
 };
 use crate::deploy::AssignmentState;
 use crate::now_ms;
-use crate::rollout::{Command, PauseReason, RolloutState, Snapshot, WaveTally, tally_upto};
+use crate::rollout::{
+    Command, PauseReason, RolloutState, Snapshot, WaveTally, tally_all, tally_upto,
+};
 
 /// Assignment states not over yet: what a new deployment supersedes.
 const UNFINISHED: &str = "('waiting', 'pending', 'offered', 'downloading', 'installed', 'booted')";
@@ -1010,7 +1012,6 @@ async fn read_tallies(conn: &mut Conn, rollout: &Rollout) -> StoreResult<Vec<Wav
     Ok(tallies)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn add_rollout_event(
     conn: &mut Conn,
     rollout: &Rollout,
@@ -1374,7 +1375,7 @@ impl RolloutStore for SqliteStore {
                 unoffered = unoffer(&mut tx, deployment_id, now).await?;
             }
             (Command::Resume, _) => {
-                let accepted = tally_upto(&tallies, tallies.len()).failures();
+                let accepted = tally_all(&tallies).failures();
                 detail = serde_json::json!({"accepted_failures": accepted,
                     "paused_by": rollout.paused_by});
                 rollout.accepted_failures = accepted;
