@@ -284,11 +284,14 @@ fn print_detail(d: &Value, devices: bool) {
     println!("  history:");
     for e in events {
         let at = (e["at"].as_i64().unwrap_or(start) - start) as f64 / 1000.0;
+        let wave = match e["wave"].as_u64() {
+            Some(0) | None => String::new(),
+            Some(n) => format!(" (wave {n})"),
+        };
         println!(
-            "    +{at:.1}s {} by {} (wave {}): {}",
+            "    +{at:.1}s {} by {}{wave}: {}",
             field(e, "kind"),
             field(e, "actor"),
-            field(e, "wave"),
             event_summary(e)
         );
     }
@@ -317,6 +320,7 @@ fn print_detail(d: &Value, devices: bool) {
 pub fn event_summary(e: &Value) -> String {
     let d = &e["detail"];
     match e["kind"].as_str().unwrap_or("") {
+        "created" => format!("release {} to {}", field(d, "release"), field(d, "target")),
         "started" => format!(
             "{} devices ({} skipped, {} held back), waves {}",
             field(d, "devices"),
