@@ -521,7 +521,7 @@ pub struct NewDeployment {
     /// The release: its id (a JSON number or string) or its SHA-256.
     #[serde(deserialize_with = "id_or_text")]
     pub release: String,
-    /// `device:NAME`, `tag:T` or `all`.
+    /// `device:NAME`, `devices:A,B,...`, `tag:T` or `all`.
     pub target: String,
 }
 
@@ -584,6 +584,18 @@ async fn deployment_detail(state: &AppState, id: i64) -> Result<DeploymentDetail
     })
 }
 
+/// A deployment's or rollout's target, or the 400 that explains the syntax.
+pub(crate) fn parse_target(text: &str) -> Result<Target, ApiError> {
+    Target::parse(text).ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_target",
+            format!(
+                "target {text:?} is invalid: expected device:NAME, devices:A,B,..., tag:T or all"
+            ),
+        )
+    })
+}
+
 pub(crate) async fn find_release(state: &AppState, reference: &str) -> Result<Release, ApiError> {
     if let Ok(id) = reference.parse::<i64>() {
         return Ok(state.store.release(id).await?);
@@ -606,15 +618,7 @@ pub async fn create_deployment(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<NewDeployment>,
 ) -> Result<(StatusCode, Extension<AuditNote>, ApiJson<DeploymentDetail>), ApiError> {
-    let target = Target::parse(&request.target).ok_or_else(|| {
-        ApiError::bad_request(
-            "bad_target",
-            format!(
-                "target {:?} is invalid: expected device:NAME, tag:T or all",
-                request.target
-            ),
-        )
-    })?;
+    let target = parse_target(&request.target)?;
     let release = find_release(&state, &request.release).await?;
     state.flush_statuses().await?;
     let devices = state.store.devices_for_target(&target).await?;

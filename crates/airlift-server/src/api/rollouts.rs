@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::admin::parse_target;
 use super::{Admin, AuditNote};
 use crate::AppState;
 use crate::deploy::{AssignmentState, skip_reason};
@@ -17,9 +18,7 @@ use crate::rollout::{
     Amount, Command, PENALTY_BOX, Plan, RolloutState, WaveTally, assign_waves, tally_all,
 };
 use crate::scheduler;
-use crate::store::{
-    Assignment, NewRollout, Release, Rollout, RolloutEvent, Target, WaveAssignment,
-};
+use crate::store::{Assignment, NewRollout, Release, Rollout, RolloutEvent, WaveAssignment};
 
 /// A rollout to create.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -212,17 +211,6 @@ fn note(id: i64, detail: serde_json::Value) -> Extension<AuditNote> {
     Extension(AuditNote {
         target: format!("rollout:{id}"),
         detail,
-    })
-}
-
-fn parse_target(text: &str) -> Result<Target, ApiError> {
-    Target::parse(text).ok_or_else(|| {
-        ApiError::bad_request(
-            "bad_target",
-            format!(
-                "target {text:?} is invalid: expected tag:T, devices:A,B,..., device:NAME or all"
-            ),
-        )
     })
 }
 

@@ -167,7 +167,7 @@ pub struct Deployment {
     pub id: i64,
     /// The release.
     pub release_id: i64,
-    /// `device:NAME`, `tag:T` or `all`.
+    /// `device:NAME`, `devices:A,B,...`, `tag:T` or `all`.
     pub target: String,
     /// `active` or `cancelled`.
     pub state: String,
@@ -642,4 +642,32 @@ impl<T> Store for T where
         + CredentialStore
         + RolloutStore
 {
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn targets_parse_and_print_back() {
+        for (text, expected) in [
+            ("all", Some(Target::All)),
+            ("tag:lab", Some(Target::Tag("lab".into()))),
+            ("device:d1", Some(Target::Device("d1".into()))),
+            (
+                "devices:a,b",
+                Some(Target::Devices(vec!["a".into(), "b".into()])),
+            ),
+            ("devices:", None),
+            ("devices:a,,b", None),
+            ("tag:", None),
+            ("everyone", None),
+        ] {
+            let parsed = Target::parse(text);
+            assert_eq!(parsed, expected, "{text}");
+            if let Some(target) = parsed {
+                assert_eq!(target.to_string(), text);
+            }
+        }
+    }
 }
