@@ -72,7 +72,7 @@ impl Fleet {
             .arg(&v1)
             .arg("--trust")
             .arg(server.signing_pub())
-            .args(["--poll", "0.5", "--health-check", "0.02", "--json"])
+            .args(["--poll", "1", "--health-check", "0.02", "--json"])
             .args(sim_args)
             .env("AIRLIFT_SERVER", &server.url)
             .env("AIRLIFT_TOKEN", server.admin_token())
@@ -359,7 +359,7 @@ fn devices_silent_after_installing_hit_their_deadline_and_pause_the_rollout() {
         "--pause-at",
         "2",
         "--deadline",
-        "10s",
+        "15s",
     ]);
     let id = created["id"].clone();
     let paused = fleet.wait(&id, "the rollout to pause", |r| r["state"] != "running");
