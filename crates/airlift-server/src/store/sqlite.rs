@@ -937,33 +937,32 @@ const ROLLOUT_COLUMNS: &str = "id, release_id, deployment_id, target, plan, stat
      succeeded_at, acknowledged_failures, paused_by, pause_reason, created_by, created_at, updated_at";
 
 fn rollout_from_row(row: &SqliteRow) -> StoreResult<Rollout> {
-    let get = |e: sqlx::Error| backend(e);
-    let plan: String = row.try_get("plan").map_err(get)?;
-    let state: String = row.try_get("state").map_err(get)?;
-    let waves: String = row.try_get("waves").map_err(get)?;
-    let pause_reason: Option<String> = row.try_get("pause_reason").map_err(get)?;
-    let opened: i64 = row.try_get("opened").map_err(get)?;
-    let accepted: i64 = row.try_get("acknowledged_failures").map_err(get)?;
+    let plan: String = row.try_get("plan").map_err(backend)?;
+    let state: String = row.try_get("state").map_err(backend)?;
+    let waves: String = row.try_get("waves").map_err(backend)?;
+    let pause_reason: Option<String> = row.try_get("pause_reason").map_err(backend)?;
+    let opened: i64 = row.try_get("opened").map_err(backend)?;
+    let accepted: i64 = row.try_get("acknowledged_failures").map_err(backend)?;
     Ok(Rollout {
-        id: row.try_get("id").map_err(get)?,
-        release_id: row.try_get("release_id").map_err(get)?,
-        deployment_id: row.try_get("deployment_id").map_err(get)?,
-        target: row.try_get("target").map_err(get)?,
+        id: row.try_get("id").map_err(backend)?,
+        release_id: row.try_get("release_id").map_err(backend)?,
+        deployment_id: row.try_get("deployment_id").map_err(backend)?,
+        target: row.try_get("target").map_err(backend)?,
         plan: serde_json::from_str(&plan).map_err(backend)?,
         state: RolloutState::parse(&state)
             .ok_or_else(|| backend(format!("unknown rollout state {state:?}")))?,
         waves: serde_json::from_str(&waves).map_err(backend)?,
         opened: u32::try_from(opened).map_err(backend)?,
-        succeeded_at: row.try_get("succeeded_at").map_err(get)?,
+        succeeded_at: row.try_get("succeeded_at").map_err(backend)?,
         accepted_failures: u64::try_from(accepted).map_err(backend)?,
-        paused_by: row.try_get("paused_by").map_err(get)?,
+        paused_by: row.try_get("paused_by").map_err(backend)?,
         pause_reason: pause_reason
             .map(|r| serde_json::from_str(&r))
             .transpose()
             .map_err(backend)?,
-        created_by: row.try_get("created_by").map_err(get)?,
-        created_at: row.try_get("created_at").map_err(get)?,
-        updated_at: row.try_get("updated_at").map_err(get)?,
+        created_by: row.try_get("created_by").map_err(backend)?,
+        created_at: row.try_get("created_at").map_err(backend)?,
+        updated_at: row.try_get("updated_at").map_err(backend)?,
     })
 }
 
