@@ -182,6 +182,13 @@ async function drop(path, outcome) {
   return waitText(page, "#upload-status", outcome, `the outcome of dropping ${basename(path)}`);
 }
 
+/** The page's heading takes the focus once the page has rendered (an effect after the first paint). */
+async function headingHasFocus(what) {
+  await page
+    .waitForFunction(() => document.activeElement?.tagName === "H1", null, { timeout: 10_000 })
+    .catch(async () => assert.fail(`${what}: the focus is on ${await page.evaluate(() => document.activeElement?.tagName)}`));
+}
+
 const scenarios = {
   async story(browser) {
     const context = await open(browser);
@@ -195,13 +202,13 @@ const scenarios = {
 
     // Keyboard only: from the page's heading (which has the focus), back
     // through the header to Firmware, Enter; the new page's heading takes the focus.
-    assert.equal(await page.evaluate(() => document.activeElement?.tagName), "H1", "the page's heading has the focus");
+    await headingHasFocus("the page's heading has the focus");
     for (let i = 0; i < 10 && (await page.evaluate(() => document.activeElement?.textContent)) !== "Firmware"; i += 1) {
       await page.keyboard.press("Shift+Tab");
     }
     await page.keyboard.press("Enter");
     await heading("Firmware");
-    assert.equal(await page.evaluate(() => document.activeElement?.tagName), "H1", "the new page's heading has the focus");
+    await headingHasFocus("the new page's heading has the focus");
     log("ok: reached Firmware with the keyboard");
 
     // A real ESP-IDF image, dropped: its parsed details.

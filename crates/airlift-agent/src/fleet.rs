@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::AgentError;
-use crate::device::{Agent, AgentConfig, Happening, enroll};
+use crate::device::{Agent, AgentConfig, Behaviour, Behaviours, Happening, enroll};
 use crate::flash::{CowFlash, SectorPool};
 
 /// The server's network link as the whole fleet shares it: a rate in bytes
@@ -172,6 +172,10 @@ pub struct Stats {
     pub checkins: AtomicU64,
     /// Devices that stopped with an error (bricked, broken flash).
     pub crashed: AtomicU64,
+    /// Devices gone silent for good after installing ([`Faults::silence`]).
+    pub silenced: AtomicU64,
+    /// Updates each device installed (what a rollout must never make twice).
+    installs: Vec<AtomicU8>,
     started: Instant,
     /// Nanoseconds from `started` to the latest final event (confirmed,
     /// rolled back, failed).
@@ -227,6 +231,10 @@ pub struct Summary {
     pub checkins: u64,
     /// Devices that stopped with an error.
     pub crashed: u64,
+    /// Devices gone silent for good after installing an update.
+    pub silenced: u64,
+    /// Devices by the number of updates they installed (`"1": 998`).
+    pub installs: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -241,6 +249,8 @@ impl Stats {
             bytes: AtomicU64::new(0),
             checkins: AtomicU64::new(0),
             crashed: AtomicU64::new(0),
+            silenced: AtomicU64::new(0),
+            installs: (0..devices).map(|_| AtomicU8::new(0)).collect(),
             started: Instant::now(),
             last_final: AtomicU64::new(0),
         }
@@ -274,6 +284,11 @@ impl Stats {
             Happening::Event(kind, _) => {
                 self.events[event_index(*kind)].fetch_add(1, Ordering::Relaxed);
                 match kind {
+                    EventKind::Installed => {
+                        if let Some(n) = self.installs.get(device) {
+                            n.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     EventKind::Downloading => self.set_phase(device, Phase::Downloading),
                     EventKind::Rebooting => self.set_phase(device, Phase::Rebooting),
                     EventKind::Confirmed | EventKind::Failed => {
@@ -372,6 +387,11 @@ impl Stats {
             bytes: self.bytes.load(Ordering::Relaxed),
             checkins: self.checkins.load(Ordering::Relaxed),
             crashed: self.crashed.load(Ordering::Relaxed),
+            silenced: self.silenced.load(Ordering::Relaxed),
+            installs: self.installs.iter().fold(BTreeMap::new(), |mut h, n| {
+                *h.entry(n.load(Ordering::Relaxed).to_string()).or_insert(0) += 1;
+                h
+            }),
         }
     }
 }
@@ -390,6 +410,9 @@ impl Summary {
         {
             let _ = write!(s, " {p}={n}");
         }
+        if self.silenced > 0 {
+            let _ = write!(s, " silenced={}", self.silenced);
+        }
         let _ = write!(
             s,
             " | confirmed {} rolled back {} failed {} | retries {} power cuts {} | {:.1} MB",
@@ -404,37 +427,106 @@ impl Summary {
     }
 }
 
+/// Faults a share of a simulated fleet has, for rehearsals and fault
+/// tests. Which devices is a function of their names (the same on every
+/// run), and exact: a share of 0.3 of 1,000 devices is 300 devices.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// `(VERSION, behaviour, share)`: that share of the devices behaves so
+    /// when it runs VERSION (the first devices in the faults' order).
+    pub behaviours: Vec<(String, Behaviour, f64)>,
+    /// Share of the devices that go silent for good once they reported an
+    /// update installed, as a board that lost its network or its power
+    /// while rebooting into it (the last devices in the faults' order).
+    pub silence: f64,
+}
+
+impl Faults {
+    /// Each device's extra behaviour rules and whether it goes silent.
+    pub fn of(&self, names: &[String]) -> Vec<(Vec<(String, Behaviour)>, bool)> {
+        let mut order: Vec<(u64, usize)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (fault_hash(name), i))
+            .collect();
+        order.sort_unstable();
+        let share = |s: f64| ((s.clamp(0.0, 1.0) * names.len() as f64).round()) as usize;
+        let silent_from = names.len() - share(self.silence);
+        let mut fates = vec![(Vec::new(), false); names.len()];
+        for (rank, (_, i)) in order.iter().enumerate() {
+            for (version, behaviour, s) in &self.behaviours {
+                if rank < share(*s) {
+                    fates[*i].0.push((version.clone(), *behaviour));
+                }
+            }
+            fates[*i].1 = rank >= silent_from;
+        }
+        fates
+    }
+}
+
+/// FNV-1a with a final mix: a stable order of device names.
+fn fault_hash(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
 /// Starts one task per device. `devices` are `(name, token)`; every device
 /// boots from `base` (a provisioned flash image) with `template`'s settings
-/// (its name and seed are set per device). Returns the tasks; they run
-/// until aborted.
+/// (its name and seed are set per device) and the `faults` its name draws.
+/// Returns the tasks; they run until aborted.
 pub fn spawn_fleet(
     devices: Vec<(String, String)>,
     base: Arc<[u8]>,
     template: &AgentConfig,
+    faults: &Faults,
     http: &reqwest::Client,
     stats: &Arc<Stats>,
 ) -> Result<JoinSet<()>, AgentError> {
     let mut set = JoinSet::new();
     let pool = Arc::new(SectorPool::new());
-    for (i, (name, token)) in devices.into_iter().enumerate() {
+    let names: Vec<String> = devices.iter().map(|(name, _)| name.clone()).collect();
+    let fates = faults.of(&names);
+    for (i, ((name, token), (rules, silent))) in devices.into_iter().zip(fates).enumerate() {
+        let mut behaviours = template.behaviours.0.clone();
+        behaviours.extend(rules);
         let config = AgentConfig {
             name,
             token: Some(token),
             seed: template.seed.wrapping_add(i as u64 * 7919),
+            behaviours: Behaviours(behaviours),
             ..template.clone()
         };
+        let silenced = Arc::new(tokio::sync::Notify::new());
         let stats_for_device = stats.clone();
+        let silence = silenced.clone();
         let agent = Agent::new(
             CowFlash::with_pool(base.clone(), pool.clone()),
             config,
             http.clone(),
         )?
-        .observe(Arc::new(move |_, what| stats_for_device.record(i, what)));
+        .observe(Arc::new(move |_, what| {
+            stats_for_device.record(i, what);
+            if silent && matches!(what, Happening::Event(EventKind::Rebooting, _)) {
+                silence.notify_one();
+            }
+        }));
         let stats = stats.clone();
         set.spawn(async move {
-            if agent.run().await.is_err() {
-                stats.crashed.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                result = agent.run() => {
+                    if result.is_err() {
+                        stats.crashed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                () = silenced.notified() => {
+                    stats.silenced.fetch_add(1, Ordering::Relaxed);
+                }
             }
         });
     }
@@ -575,6 +667,32 @@ pub async fn plain_downloads(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn faults_fall_on_exact_shares_of_the_fleet_chosen_by_name() {
+        let names: Vec<String> = (0..1000).map(|i| format!("sim-{i:05}")).collect();
+        let faults = Faults {
+            behaviours: vec![("2.0.0".into(), Behaviour::Crash, 0.3)],
+            silence: 0.1,
+        };
+        let fates = faults.of(&names);
+        let crash = fates.iter().filter(|(rules, _)| !rules.is_empty()).count();
+        let silent = fates.iter().filter(|(_, silent)| *silent).count();
+        let both = fates.iter().filter(|(r, s)| !r.is_empty() && *s).count();
+        assert_eq!((crash, silent, both), (300, 100, 0));
+        assert_eq!(fates, faults.of(&names), "the same devices every time");
+        let mut reversed = names.clone();
+        reversed.reverse();
+        let mut again = faults.of(&reversed);
+        again.reverse();
+        assert_eq!(again, fates, "chosen by name, not by position");
+        assert!(
+            Faults::default()
+                .of(&names)
+                .iter()
+                .all(|(r, s)| r.is_empty() && !s)
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_link_carries_its_rate_shared_by_all_and_banks_no_idle_time() {

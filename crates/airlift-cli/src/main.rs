@@ -38,6 +38,9 @@ enum Command {
     /// Follow and cancel deployments.
     #[command(subcommand)]
     Deployment(cmd::deploy::DeploymentCommand),
+    /// Staged rollouts: waves, soak, thresholds that pause them; rehearsals.
+    #[command(subcommand)]
+    Rollout(cmd::rollout::RolloutCommand),
     /// Inspect and build ESP-IDF partition tables.
     #[command(subcommand)]
     Partitions(cmd::partitions::PartitionsCommand),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Device(c) => cmd::device::run(c),
         Command::Deploy(args) => cmd::deploy::run_deploy(args),
         Command::Deployment(c) => cmd::deploy::run(c),
+        Command::Rollout(c) => cmd::rollout::run(c),
         Command::Partitions(c) => cmd::partitions::run(c),
         Command::Otadata(c) => cmd::otadata::run(c),
         Command::Flash(c) => cmd::flash::run(c),

@@ -196,3 +196,87 @@ fn a_release_signed_offline_is_uploaded_with_its_manifest_and_keeps_its_signatur
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("manifest_mismatch"));
 }
+
+#[test]
+fn operator_drives_a_rollout_through_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let file = dir.path().join("fw.bin");
+    std::fs::write(&file, image("2.0.0", 8000)).unwrap();
+    let release = server.cli_json(&["release", "upload", file.to_str().unwrap()])["id"].to_string();
+    for name in ["d1", "d2", "d3", "d4"] {
+        server.cli_json(&["device", "add", name, "--tag", "lab"]);
+    }
+    let draft = server.cli_json(&[
+        "rollout",
+        "create",
+        &release,
+        "--to",
+        "devices:d1,d2,d3,d4",
+        "--waves",
+        "1,2",
+        "--soak",
+        "10m",
+        "--pause-at",
+        "25%",
+        "--deadline",
+        "2h",
+        "--max-parallel",
+        "3",
+        "--draft",
+    ]);
+    let id = draft["id"].to_string();
+    assert_eq!(draft["state"], "draft");
+    assert_eq!(
+        draft["plan"],
+        serde_json::json!({"waves": ["1", "2"], "soak_ms": 600_000, "success_threshold": "95%",
+            "failure_threshold": "25%", "deadline_ms": 7_200_000, "max_parallel": 3,
+            "penalty_failures": 2})
+    );
+    let step = |command: &str, state: &str, opened: i64| {
+        let r = server.cli_json(&["rollout", command, &id]);
+        assert_eq!(
+            (r["state"].as_str(), r["opened"].as_i64()),
+            (Some(state), Some(opened)),
+            "{command}"
+        );
+        r
+    };
+    let started = step("start", "running", 1);
+    assert_eq!(started["waves"], serde_json::json!([1, 2, 4]));
+    step("pause", "paused", 1);
+    step("resume", "running", 1);
+    step("advance", "running", 2);
+    let cancelled = step("cancel", "cancelled", 2);
+    assert_eq!(
+        cancelled["total"]["states"],
+        serde_json::json!({"cancelled": 4})
+    );
+    let refused = server.cli(&["rollout", "resume", &id]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("cannot resume: the rollout is cancelled"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // Text output for humans.
+    let text =
+        String::from_utf8(server.cli(&["rollout", "show", &id, "--devices"]).stdout).unwrap();
+    for expected in [
+        "-> devices:d1,d2,d3,d4 (cancelled",
+        "plan: waves 1, 2; soak 10m; next wave at 95% confirmed; pause at 25% failed; deadline 2h; at most 3 updating at once",
+        "wave 3 (not open): 2 devices",
+        "paused by admin (wave 1): paused by admin",
+        "advanced by admin (wave 2): wave 2 opened",
+        "d4",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in:\n{text}");
+    }
+    let list = String::from_utf8(server.cli(&["rollout", "list"]).stdout).unwrap();
+    assert!(
+        list.contains("devices:d1,d2,d3,d4") && list.contains("cancelled"),
+        "{list}"
+    );
+}

@@ -70,6 +70,9 @@ pub struct Config {
     pub cookie_same_site: SameSite,
     /// Hours a dashboard session lasts (`AIRLIFT_SESSION_HOURS`).
     pub session_hours: u32,
+    /// Milliseconds between two steps of the rollout scheduler
+    /// (`AIRLIFT_ROLLOUT_TICK_MS`); 0 runs no scheduler (tests step it themselves).
+    pub rollout_tick_ms: u64,
 }
 
 /// The `SameSite` attribute of the dashboard's session cookie.
@@ -97,6 +100,7 @@ impl Default for Config {
             secure_cookie: false,
             cookie_same_site: SameSite::Strict,
             session_hours: 12,
+            rollout_tick_ms: 1000,
         }
     }
 }
@@ -223,6 +227,10 @@ impl Config {
             "AIRLIFT_SESSION_HOURS" => {
                 self.session_hours = parse("AIRLIFT_SESSION_HOURS", value, "a number of hours")?
             }
+            "AIRLIFT_ROLLOUT_TICK_MS" => {
+                self.rollout_tick_ms =
+                    parse("AIRLIFT_ROLLOUT_TICK_MS", value, "a number of milliseconds")?
+            }
             _ => {}
         }
         Ok(())
@@ -290,12 +298,14 @@ mod tests {
             Some(&file),
             env(&[
                 ("AIRLIFT_POLL_SECONDS", "7"),
+                ("AIRLIFT_ROLLOUT_TICK_MS", "250"),
                 ("AIRLIFT_TOKEN", "client-only"),
                 ("HOME", "/"),
             ]),
         )
         .unwrap();
         assert_eq!(config.poll_seconds, 7);
+        assert_eq!(config.rollout_tick_ms, 250);
         assert_eq!(config.max_upload_bytes, 1000);
         assert_eq!(config.data_dir, PathBuf::from("/srv/a"));
         assert_eq!(config.listen, Config::default().listen);

@@ -2,20 +2,19 @@
 //! device's assignment through its states.
 //!
 //! ```text
-//! pending -> offered -> downloading -> installed -> booted -> confirmed
+//! (waiting ->) pending -> offered -> downloading -> installed -> booted -> confirmed
 //!    any unfinished state -> failed | rolled_back | cancelled
-//! skipped: never offered (already running it, other chip, security version too low)
+//! skipped: never offered (already running it, other chip, security version
+//!          too low, held back by a rollout's penalty box)
 //! ```
 //! Success for a device is `confirmed` only: the device reports it after
 //! booting the new image and passing its health check.
 //!
-//! Staged rollouts fit this model without a new state machine: every
-//! assignment row carries a `wave` (0 today). A staged deployment will create
-//! its rows with wave numbers (1% of the devices in wave 1, 10% in wave 2,
-//! ...), offer only the waves opened so far (one more condition in
-//! `open_offer`), open the next wave after a soak time, and set the
-//! deployment's state to `paused` when the failed and rolled-back counts of
-//! the open waves pass a threshold; cancel works as it does now.
+//! Staged rollouts ([`crate::rollout`]) use the same rows: a rollout's
+//! deployment numbers each assignment's `wave`, and a device whose wave is
+//! not open (or that waits for room under the rollout's limit of devices
+//! updating at once) is `waiting`: not offered, and moved by no device
+//! event; the rollout scheduler moves it to `pending` and back.
 
 use airlift_protocol::EventKind;
 use serde::Serialize;
@@ -26,6 +25,9 @@ use crate::store::{DeviceStatus, Release};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AssignmentState {
+    /// In a rollout: waiting for its wave to open, or for room under the
+    /// rollout's limit of devices updating at once. Not offered.
+    Waiting,
     /// Waiting for the device's next check-in.
     Pending,
     /// Sent to the device in a check-in answer.
@@ -50,7 +52,8 @@ pub enum AssignmentState {
 
 impl AssignmentState {
     /// Every state, in lifecycle order.
-    pub const ALL: [AssignmentState; 10] = [
+    pub const ALL: [AssignmentState; 11] = [
+        Self::Waiting,
         Self::Pending,
         Self::Offered,
         Self::Downloading,
@@ -66,6 +69,7 @@ impl AssignmentState {
     /// The name stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Waiting => "waiting",
             Self::Pending => "pending",
             Self::Offered => "offered",
             Self::Downloading => "downloading",
@@ -92,10 +96,10 @@ impl AssignmentState {
         )
     }
 
-    /// Whether the assignment is the device's open offer (not over and not
-    /// skipped): what [`crate::store::DeploymentStore::open_offer`] finds.
+    /// Whether the assignment is the device's open offer (not over, not
+    /// waiting): what [`crate::store::DeploymentStore::open_offer`] finds.
     pub fn is_open(self) -> bool {
-        !self.is_final()
+        !self.is_final() && self != Self::Waiting
     }
 
     /// Whether the device should be given the update when it checks in.
@@ -107,7 +111,8 @@ impl AssignmentState {
 /// The state a device event moves an assignment to, or `None` when the event
 /// does not change it (a late or duplicate event, or the assignment is over).
 pub fn after_event(current: AssignmentState, event: EventKind) -> Option<AssignmentState> {
-    if current.is_final() {
+    // A waiting device was never offered the update: its event is stale or forged.
+    if !current.is_open() {
         return None;
     }
     let next = match event {
@@ -194,6 +199,14 @@ mod tests {
         check(Failed, EventKind::Confirmed, None);
         check(Cancelled, EventKind::Downloading, None);
         check(Skipped, EventKind::Confirmed, None);
+    }
+
+    #[test]
+    fn no_event_moves_a_device_that_waits_for_its_wave() {
+        for kind in EVENT_KINDS {
+            check(Waiting, kind, None);
+        }
+        assert!(!Waiting.is_open() && !Waiting.is_final() && !Waiting.offers_update());
     }
 
     #[test]

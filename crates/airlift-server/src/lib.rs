@@ -13,6 +13,8 @@
 //!   never see SQL.
 //! - [`deploy`] holds the deployment rules (who is offered what, and how
 //!   device events move each device's assignment).
+//! - [`rollout`] holds the staged rollouts' rules as pure functions of the
+//!   stored state and a time; [`scheduler`] applies them.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -39,6 +41,8 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod metrics;
+pub mod rollout;
+pub mod scheduler;
 pub mod store;
 
 pub use config::{Config, Secret};
@@ -111,6 +115,8 @@ pub struct ServerState {
     pub events: EventWriter,
     /// What dashboards watch to update without reloading.
     pub changes: Arc<Changes>,
+    /// This instance's name in leases (random, new at every start).
+    pub instance: String,
 }
 
 impl ServerState {
@@ -181,6 +187,8 @@ impl Server {
         let store: Arc<dyn Store> = Arc::new(sqlite.clone());
         let changes = Arc::new(Changes::default());
         let events = EventWriter::start(store.clone(), changes.clone());
+        let instance =
+            auth::new_token("instance-").map_err(|e| dir_error(std::io::Error::other(e)))?;
         let state = AppState(Arc::new(ServerState {
             config,
             store,
@@ -192,6 +200,7 @@ impl Server {
             statuses: StatusBuffer::default(),
             events,
             changes,
+            instance,
         }));
         Ok(Server {
             state,
@@ -221,8 +230,17 @@ impl Server {
             shutdown.await;
             changes.close();
         };
+        let tick = self.state.config.rollout_tick_ms;
+        let scheduler = (tick > 0).then(|| {
+            let every = std::time::Duration::from_millis(tick);
+            let holder = self.state.instance.clone();
+            tokio::spawn(scheduler::run(self.state.clone(), every, holder))
+        });
         let result = connection::serve(listener, router, self.state.clone(), shutdown).await;
         flusher.abort();
+        if let Some(scheduler) = scheduler {
+            scheduler.abort();
+        }
         if let Err(err) = self.state.flush_statuses().await {
             tracing::error!(error = %err, "cannot write the last device statuses");
         }

@@ -117,6 +117,23 @@ async fn every_admin_and_device_route_refuses_a_missing_or_wrong_token() {
             }
         }
     }
+    for (method, path) in [
+        ("POST", "/api/v1/rollouts"),
+        ("GET", "/api/v1/rollouts"),
+        ("GET", "/api/v1/rollouts/1"),
+        ("POST", "/api/v1/rollouts/1/start"),
+        ("POST", "/api/v1/rollouts/1/pause"),
+        ("POST", "/api/v1/rollouts/1/resume"),
+        ("POST", "/api/v1/rollouts/1/advance"),
+        ("POST", "/api/v1/rollouts/1/cancel"),
+    ] {
+        assert!(
+            operations.iter().any(|(m, p, s)| m.as_str() == method
+                && p == path
+                && s.as_deref() == Some("admin_token")),
+            "{method} {path} is not in the OpenAPI document as an admin route"
+        );
+    }
 
     for (method, path, scheme) in &operations {
         let Some(scheme) = scheme else { continue };

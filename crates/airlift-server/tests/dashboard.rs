@@ -462,7 +462,7 @@ async fn deployment_progress_counts_devices_that_cannot_take_it_apart_with_their
     let bad = server
         .admin(
             Method::GET,
-            &format!("/api/v1/deployments/{id}?state=waiting"),
+            &format!("/api/v1/deployments/{id}?state=exploded"),
             None,
         )
         .await;

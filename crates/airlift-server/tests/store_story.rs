@@ -279,6 +279,232 @@ async fn story(store: Arc<dyn Store>) {
     );
 }
 
+/// Rollouts: a draft, its start with a fixed device set, scheduler steps,
+/// operator commands, the penalty box's counts, and the scheduler's lease.
+async fn rollout_story(store: Arc<dyn Store>) {
+    use airlift_server::rollout::{Command, Plan, RolloutState, decide};
+    use airlift_server::store::{NewRollout, WaveAssignment};
+
+    let (release, _) = store.insert_release(release("dd", 5)).await.unwrap();
+    let mut devices = Vec::new();
+    for n in 0..5u8 {
+        let device = store
+            .create_device(&format!("r{n}"), &["fleet".into()], &[100 + n; 32])
+            .await
+            .unwrap();
+        devices.push(device.id);
+    }
+    let plan: Plan = serde_json::from_value(serde_json::json!({
+        "waves": ["2", "100%"], "soak_ms": 0, "success_threshold": "100%",
+        "failure_threshold": "1", "deadline_ms": 1000, "max_parallel": 0, "penalty_failures": 2
+    }))
+    .unwrap();
+    let draft = store
+        .create_rollout(NewRollout {
+            release_id: release.id,
+            target: "tag:fleet".into(),
+            plan: plan.clone(),
+            created_by: "ci".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (draft.state, draft.deployment_id, draft.opened),
+        (RolloutState::Draft, None, 0)
+    );
+    assert_eq!(
+        store.step_rollout(draft.id, 0, decide).await.unwrap(),
+        None,
+        "a draft does not step"
+    );
+    assert_eq!(store.active_rollouts().await.unwrap(), Vec::<i64>::new());
+
+    let place = |device_id, wave, state, reason: Option<&str>| WaveAssignment {
+        device_id,
+        wave,
+        state,
+        reason: reason.map(str::to_owned),
+    };
+    let assignments = [
+        place(devices[0], 1, "waiting", None),
+        place(devices[1], 1, "waiting", None),
+        place(devices[2], 2, "waiting", None),
+        place(devices[3], 2, "waiting", None),
+        place(devices[4], 0, "skipped", Some("penalty_box")),
+    ];
+    let started = store
+        .start_rollout(draft.id, "ci", &[2, 4], &assignments, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (started.state, started.opened, started.waves.clone()),
+        (RolloutState::Running, 1, vec![2, 4])
+    );
+    let deployment = started.deployment_id.unwrap();
+    assert!(matches!(
+        store
+            .start_rollout(draft.id, "ci", &[2, 4], &assignments, 11)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let tallies = store.rollout_tallies(draft.id).await.unwrap();
+    assert_eq!(
+        (
+            tallies[0].held_back,
+            tallies[1].waiting(),
+            tallies[2].waiting()
+        ),
+        (1, 2, 2)
+    );
+    assert!(
+        store.open_offer(devices[0]).await.unwrap().is_none(),
+        "waiting: not offered"
+    );
+
+    let step = store
+        .step_rollout(draft.id, 20, decide)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(step.promoted, [devices[0], devices[1]]);
+    assert_eq!(
+        store
+            .open_offer(devices[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .deployment_id,
+        deployment
+    );
+    assert_eq!(store.active_rollouts().await.unwrap(), [draft.id]);
+
+    // An operator pause takes the offers back; resume accepts the failures so far.
+    let (paused, unoffered) = store
+        .command_rollout(draft.id, Command::Pause, "ci", 30)
+        .await
+        .unwrap();
+    assert_eq!(paused.state, RolloutState::Paused);
+    assert_eq!(paused.paused_by.as_deref(), Some("ci"));
+    assert_eq!(unoffered, [devices[0], devices[1]]);
+    assert!(matches!(
+        store
+            .command_rollout(draft.id, Command::Pause, "ci", 31)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let (resumed, _) = store
+        .command_rollout(draft.id, Command::Resume, "ci", 40)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            resumed.state,
+            resumed.paused_by.clone(),
+            resumed.accepted_failures
+        ),
+        (RolloutState::Running, None, 0)
+    );
+    let step = store
+        .step_rollout(draft.id, 50, decide)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(step.promoted.len(), 2);
+
+    // A device offered and silent past the deadline fails and pauses the rollout.
+    let offered = Write::Transition {
+        deployment_id: deployment,
+        device_id: devices[0],
+        from: "pending",
+        to: "offered",
+        reason: None,
+    };
+    store
+        .record_writes(&[offered], airlift_server::deploy::next_state)
+        .await
+        .unwrap();
+    let late = airlift_server::now_ms() + 1000;
+    let step = store
+        .step_rollout(draft.id, late, decide)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(step.failed, [devices[0]]);
+    assert_eq!(step.rollout.state, RolloutState::Paused);
+    assert_eq!(step.rollout.paused_by.as_deref(), Some("failure_threshold"));
+    let failed = store
+        .assignment(deployment, devices[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (failed.state.as_str(), failed.reason.as_deref()),
+        ("failed", Some("deadline"))
+    );
+    assert_eq!(
+        store.release_failures(release.id).await.unwrap()[&devices[0]],
+        1
+    );
+
+    let (cancelled, unoffered) = store
+        .command_rollout(draft.id, Command::Cancel, "ci", late + 1)
+        .await
+        .unwrap();
+    assert_eq!(cancelled.state, RolloutState::Cancelled);
+    assert_eq!(unoffered.len(), 3, "the other wave 1 device and wave 2");
+    assert_eq!(
+        store.deployment(deployment).await.unwrap().state,
+        "cancelled"
+    );
+    let kinds: Vec<String> = store
+        .rollout_events(draft.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "created",
+            "started",
+            "paused",
+            "resumed",
+            "deadline",
+            "paused",
+            "cancelled"
+        ]
+    );
+    assert_eq!(store.list_rollouts().await.unwrap()[0].id, draft.id);
+    assert_eq!(store.rollout(draft.id).await.unwrap(), cancelled);
+
+    // One holder of a lease at a time, until it expires.
+    for (holder, now, held) in [
+        ("a", 1_000, true),
+        ("b", 1_001, false),
+        ("a", 1_400, true),
+        ("b", 1_899, false),
+        ("b", 1_900, true),
+        ("a", 1_901, false),
+    ] {
+        assert_eq!(
+            store
+                .try_lease("scheduler", holder, now, 500)
+                .await
+                .unwrap(),
+            held,
+            "{holder} at {now}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_store_tells_the_rollout_story() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    rollout_story(Arc::new(store)).await;
+}
+
 #[tokio::test]
 async fn sqlite_store_tells_the_whole_story() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlift_agent::device::{AgentConfig, Behaviour, Behaviours, http_client};
-use airlift_agent::fleet::{Enrolment, Stats, deploy, enrol_all, spawn_fleet, watch};
+use airlift_agent::fleet::{Enrolment, Faults, Stats, deploy, enrol_all, spawn_fleet, watch};
 use airlift_agent::provision;
 use airlift_engine::sim::test_image;
 use airlift_format::manifest::parse_public_key_file;
@@ -36,7 +36,8 @@ pub struct DemoArgs {
     pub exit: bool,
 }
 
-async fn upload(
+/// Uploads a release image; returns its id.
+pub(crate) async fn upload(
     http: &reqwest::Client,
     base: &str,
     admin: &str,
@@ -114,7 +115,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             ..AgentConfig::default()
         };
         let stats = Arc::new(Stats::new(devices));
-        let mut fleet = spawn_fleet(names.into_iter().zip(tokens).collect(), base_image, &template, &http, &stats)?;
+        let mut fleet = spawn_fleet(names.into_iter().zip(tokens).collect(), base_image, &template, &Faults::default(), &http, &stats)?;
         println!(
             "2. {devices} simulated ESP32s (tag demo) boot firmware 1.0.0 from their own flash: the same engine,\n   protocol and bootloader rules as a real board; each trusts the server's signing key."
         );

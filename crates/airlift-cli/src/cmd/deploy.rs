@@ -12,7 +12,7 @@ use super::client::{Api, ServerArgs, age, field, print_json};
 pub struct DeployArgs {
     /// The release: its id or SHA-256.
     pub release: String,
-    /// Who gets it: `device:NAME`, `tag:T` or `all`.
+    /// Who gets it: `device:NAME`, `devices:A,B,...`, `tag:T` or `all`.
     #[arg(long)]
     pub to: String,
     /// Print JSON instead of text.

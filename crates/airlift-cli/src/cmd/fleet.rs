@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use airlift_agent::device::{AgentConfig, Behaviour, Behaviours, http_client};
 use airlift_agent::fleet::{
-    Enrolment, Link, Stats, deploy, enrol_all, plain_downloads, spawn_fleet, watch,
+    Enrolment, Faults, Link, Stats, deploy, enrol_all, plain_downloads, spawn_fleet, watch,
 };
 use airlift_agent::provision;
 use airlift_format::manifest::parse_public_key_file;
@@ -74,9 +74,14 @@ pub struct SimArgs {
     /// Probability that a download connection drops part way.
     #[arg(long, default_value_t = 0.0)]
     pub drop_rate: f64,
-    /// Simulated firmware behaviour: VERSION=healthy|crash|hang (repeat).
-    #[arg(long = "behave", value_parser = Behaviours::parse_rule)]
-    pub behave: Vec<(String, Behaviour)>,
+    /// Simulated firmware behaviour: VERSION=healthy|crash|hang, of every
+    /// device or, with @SHARE (2.0.0=crash@0.3), of that share of them (repeat).
+    #[arg(long = "behave", value_parser = parse_behave)]
+    pub behave: Vec<(String, Behaviour, Option<f64>)>,
+    /// Share of the devices (0 to 1) that go silent for good once they
+    /// reported an update installed.
+    #[arg(long, default_value_t = 0.0)]
+    pub silence_rate: f64,
     /// Seconds a healthy image takes before confirming.
     #[arg(long, default_value_t = 0.2)]
     pub health_check: f64,
@@ -92,7 +97,7 @@ pub struct SimArgs {
     #[arg(long)]
     pub link_mbps: Option<f64>,
     /// Stop when every device runs VERSION confirmed or ended its update
-    /// (rolled back or failed); exit 1 if --duration passes first.
+    /// (rolled back, failed or went silent); exit 1 if --duration passes first.
     #[arg(long)]
     pub until_version: Option<String>,
     /// Stop after this many seconds [default: run until Ctrl-C or --until-version].
@@ -124,6 +129,49 @@ pub struct SimArgs {
     /// Print the final summary as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `VERSION=BEHAVIOUR[@SHARE]`.
+pub fn parse_behave(rule: &str) -> Result<(String, Behaviour, Option<f64>), String> {
+    let (rule, share) = match rule.rsplit_once('@') {
+        Some((rule, share)) => {
+            let share: f64 = share
+                .parse()
+                .ok()
+                .filter(|s| (0.0..=1.0).contains(s))
+                .ok_or_else(|| format!("share {share:?} is not a number from 0 to 1"))?;
+            (rule, Some(share))
+        }
+        None => (rule, None),
+    };
+    let (version, behaviour) = Behaviours::parse_rule(rule)?;
+    Ok((version, behaviour, share))
+}
+
+/// The `--behave` rules that apply to every device, and the faults of shares.
+pub fn split_behaviours(
+    rules: &[(String, Behaviour, Option<f64>)],
+    silence: f64,
+) -> anyhow::Result<(Behaviours, Faults)> {
+    if !(0.0..=1.0).contains(&silence) {
+        bail!("--silence-rate must be a share from 0 to 1, not {silence}");
+    }
+    let every = rules
+        .iter()
+        .filter(|(_, _, share)| share.is_none())
+        .map(|(v, b, _)| (v.clone(), *b))
+        .collect();
+    let shares = rules
+        .iter()
+        .filter_map(|(v, b, share)| share.map(|s| (v.clone(), *b, s)))
+        .collect();
+    Ok((
+        Behaviours(every),
+        Faults {
+            behaviours: shares,
+            silence,
+        },
+    ))
 }
 
 /// User plus system CPU seconds of process `pid` (Linux; 100 clock ticks per second).
@@ -196,10 +244,11 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         bail!("--link-mbps must be a positive number of Mbit/s");
     }
     let link = args.link_mbps.map(|m| Arc::new(Link::megabits(m)));
+    let (behaviours, faults) = split_behaviours(&args.behave, args.silence_rate)?;
     let template = AgentConfig {
         server: Some(args.server.clone()),
         poll: Some(secs(args.poll, "poll")?),
-        behaviours: Behaviours(args.behave.clone()),
+        behaviours,
         health_check: secs(args.health_check, "health-check")?,
         watchdog: secs(args.watchdog, "watchdog")?,
         drop_rate: args.drop_rate,
@@ -243,16 +292,17 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
             downloads: Some(http_client()?),
             ..template
         };
-        let mut fleet = spawn_fleet(names.into_iter().zip(fleet_tokens).collect(), base, &template, &http, &stats)?;
+        let mut fleet = spawn_fleet(names.into_iter().zip(fleet_tokens).collect(), base, &template, &faults, &http, &stats)?;
         let terminal = std::io::stderr().is_terminal();
         let until = args.until_version.clone();
         let devices = args.devices as u64;
         let done = move |s: &Stats| match &until {
             Some(v) => {
                 let (confirmed, rolled_back, failed) = s.finals();
+                let silenced = s.silenced.load(std::sync::atomic::Ordering::Relaxed);
+                let ended = rolled_back + failed + silenced;
                 // The event counts first: cheap, and checked every few ms.
-                confirmed + rolled_back + failed >= devices
-                    && s.confirmed_on(v) as u64 + rolled_back + failed >= devices
+                confirmed + ended >= devices && s.confirmed_on(v) as u64 + ended >= devices
             }
             None => false,
         };

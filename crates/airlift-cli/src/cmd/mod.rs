@@ -11,6 +11,8 @@ pub mod image;
 pub mod keys;
 pub mod otadata;
 pub mod partitions;
+pub mod rehearse;
 pub mod release;
+pub mod rollout;
 pub mod serve;
 pub mod sim;

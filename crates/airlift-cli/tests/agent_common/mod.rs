@@ -31,8 +31,13 @@ impl Server {
     /// `airlift serve --listen 127.0.0.1:0` on `data`, with extra env. Its
     /// stdout (the admin token on a first start) stays in `child.stdout`.
     pub fn start(data: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_at(data, "127.0.0.1:0", env)
+    }
+
+    /// The same on `listen` (a restart on the address devices know).
+    pub fn start_at(data: &Path, listen: &str, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(AIRLIFT)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args(["serve", "--listen", listen, "--data"])
             .arg(data)
             .env("AIRLIFT_LOG", "warn")
             .env("AIRLIFT_POLL_SECONDS", "1")

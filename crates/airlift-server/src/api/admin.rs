@@ -527,12 +527,12 @@ pub struct NewDeployment {
     /// The release: its id (a JSON number or string) or its SHA-256.
     #[serde(deserialize_with = "id_or_text")]
     pub release: String,
-    /// `device:NAME`, `tag:T` or `all`.
+    /// `device:NAME`, `devices:A,B,...`, `tag:T` or `all`.
     pub target: String,
 }
 
 /// A release reference given as a number (`1`) or as text (`"1"`, a SHA-256).
-fn id_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(crate) fn id_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum IdOrText {
@@ -718,7 +718,19 @@ pub(crate) async fn deployment_summaries(
     Ok(summaries)
 }
 
-async fn find_release(state: &AppState, reference: &str) -> Result<Release, ApiError> {
+/// A deployment's or rollout's target, or the 400 that explains the syntax.
+pub(crate) fn parse_target(text: &str) -> Result<Target, ApiError> {
+    Target::parse(text).ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_target",
+            format!(
+                "target {text:?} is invalid: expected device:NAME, devices:A,B,..., tag:T or all"
+            ),
+        )
+    })
+}
+
+pub(crate) async fn find_release(state: &AppState, reference: &str) -> Result<Release, ApiError> {
     if let Ok(id) = reference.parse::<i64>() {
         return Ok(state.store.release(id).await?);
     }
@@ -740,15 +752,7 @@ pub async fn create_deployment(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<NewDeployment>,
 ) -> Result<(StatusCode, Extension<AuditNote>, ApiJson<DeploymentDetail>), ApiError> {
-    let target = Target::parse(&request.target).ok_or_else(|| {
-        ApiError::bad_request(
-            "bad_target",
-            format!(
-                "target {:?} is invalid: expected device:NAME, tag:T or all",
-                request.target
-            ),
-        )
-    })?;
+    let target = parse_target(&request.target)?;
     let release = find_release(&state, &request.release).await?;
     state.flush_statuses().await?;
     let devices = state.store.devices_for_target(&target).await?;

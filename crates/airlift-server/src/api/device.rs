@@ -286,14 +286,18 @@ async fn offer_update(
     }
     if current == AssignmentState::Pending {
         let (from, to) = (AssignmentState::Pending, AssignmentState::Offered);
-        transition(state, device_id, offer.deployment_id, from, to, None).await?;
+        // Only a device whose assignment really moved is offered the update:
+        // a rollout may have taken its room back since the offer was cached.
+        if !transition(state, device_id, offer.deployment_id, from, to, None).await? {
+            return Ok(None);
+        }
     }
     Ok(Some(update_for(state, offer)?))
 }
 
 /// Moves the device's assignment in `deployment_id` from `from` to `to` if
 /// it is still in `from` (a compare-and-set, group-committed with the
-/// fleet's events), and keeps the offer cache in step.
+/// fleet's events), and keeps the offer cache in step. True when it moved.
 async fn transition(
     state: &AppState,
     device_id: i64,
@@ -301,16 +305,21 @@ async fn transition(
     from: AssignmentState,
     to: AssignmentState,
     reason: Option<&'static str>,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let outcome = state
         .events
         .transition(deployment_id, device_id, from.as_str(), to.as_str(), reason)
         .await?;
     match outcome {
-        EventOutcome::Changed(to) => moved(state, device_id, Some(deployment_id), to),
-        _ => state.offers.forget(device_id),
+        EventOutcome::Changed(to) => {
+            moved(state, device_id, Some(deployment_id), to);
+            Ok(true)
+        }
+        _ => {
+            state.offers.forget(device_id);
+            Ok(false)
+        }
     }
-    Ok(())
 }
 
 /// A device reports progress or the result of an update: one event, or a

@@ -15,6 +15,8 @@
 //! | `GET /api/v1/devices/{name}`, `.../events` | admin | status and open assignment; event history |
 //! | `POST/GET /api/v1/deployments` | admin | deploy `{release, target: device:NAME \| tag:T \| all}`; list |
 //! | `GET /api/v1/deployments/{id}`, `POST .../cancel` | admin | progress counts per state and per device (`?state=&limit=&offset=`); cancel |
+//! | `POST/GET /api/v1/rollouts` | admin | staged rollout `{release, target, waves, soak_ms, success_threshold, failure_threshold, deadline_ms, max_parallel, penalty_failures, start}`; list |
+//! | `GET /api/v1/rollouts/{id}`, `POST .../start\|pause\|resume\|advance\|cancel` | admin | plan, state, progress per wave, device set, history; operator commands |
 //! | `GET /api/v1/events`, `GET /api/v1/audit` | admin | fleet events; audit log (`?before=ID`) |
 //! | `GET /api/v1/fleet`, `GET /api/v1/fleet/devices` | admin | overview; device list paged, searched, filtered |
 //! | `GET /api/v1/fleet/changes` | admin | server-sent change notices for open dashboards |
@@ -53,6 +55,7 @@ pub mod fleet;
 pub mod session;
 
 use session::Via;
+pub mod rollouts;
 
 /// The authenticated admin of a request.
 #[derive(Debug, Clone)]
@@ -144,6 +147,13 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
         .routes(routes!(admin::create_deployment, admin::list_deployments))
         .routes(routes!(admin::get_deployment))
         .routes(routes!(admin::cancel_deployment))
+        .routes(routes!(rollouts::create_rollout, rollouts::list_rollouts))
+        .routes(routes!(rollouts::get_rollout))
+        .routes(routes!(rollouts::start_rollout))
+        .routes(routes!(rollouts::pause_rollout))
+        .routes(routes!(rollouts::resume_rollout))
+        .routes(routes!(rollouts::advance_rollout))
+        .routes(routes!(rollouts::cancel_rollout))
         .routes(routes!(admin::list_events))
         .routes(routes!(admin::list_audit))
         .routes(routes!(

@@ -4,9 +4,13 @@
 //! PostgreSQL backend can join the SQLite one; [`Store`] bundles them. Every
 //! timestamp is Unix milliseconds.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::rollout::{Command, Note, PauseReason, Plan, RolloutState, Snapshot, Step, WaveTally};
 
 pub mod sqlite;
 
@@ -123,15 +127,21 @@ pub enum Target {
     Device(String),
     /// Every device with the tag.
     Tag(String),
+    /// The devices named (rollouts list them explicitly).
+    Devices(Vec<String>),
     /// Every device.
     All,
 }
 
 impl Target {
-    /// Parses `device:NAME`, `tag:T` or `all`.
+    /// Parses `device:NAME`, `devices:A,B,...`, `tag:T` or `all`.
     pub fn parse(text: &str) -> Option<Target> {
         match text.split_once(':') {
             Some(("device", name)) if !name.is_empty() => Some(Target::Device(name.to_owned())),
+            Some(("devices", names)) => {
+                let names: Vec<String> = names.split(',').map(str::to_owned).collect();
+                (!names.iter().any(String::is_empty)).then_some(Target::Devices(names))
+            }
             Some(("tag", tag)) if !tag.is_empty() => Some(Target::Tag(tag.to_owned())),
             None if text == "all" => Some(Target::All),
             _ => None,
@@ -144,6 +154,7 @@ impl std::fmt::Display for Target {
         match self {
             Target::Device(name) => write!(f, "device:{name}"),
             Target::Tag(tag) => write!(f, "tag:{tag}"),
+            Target::Devices(names) => write!(f, "devices:{}", names.join(",")),
             Target::All => f.write_str("all"),
         }
     }
@@ -156,7 +167,7 @@ pub struct Deployment {
     pub id: i64,
     /// The release.
     pub release_id: i64,
-    /// `device:NAME`, `tag:T` or `all`.
+    /// `device:NAME`, `devices:A,B,...`, `tag:T` or `all`.
     pub target: String,
     /// `active` or `cancelled`.
     pub state: String,
@@ -667,6 +678,166 @@ pub trait ViewStore: Send + Sync {
     async fn audit_before(&self, before: Option<i64>, limit: i64) -> StoreResult<Vec<AuditRecord>>;
 }
 
+/// A staged rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Rollout {
+    /// Rollout id.
+    pub id: i64,
+    /// The release.
+    pub release_id: i64,
+    /// The deployment holding its assignments (from the start on).
+    pub deployment_id: Option<i64>,
+    /// `device:NAME`, `devices:A,B`, `tag:T` or `all`; resolved once, at the start.
+    pub target: String,
+    /// How it proceeds.
+    pub plan: Plan,
+    /// Its state.
+    pub state: RolloutState,
+    /// Cumulative device counts of the waves, fixed at the start.
+    pub waves: Vec<u64>,
+    /// Waves open.
+    pub opened: u32,
+    /// When the open waves reached the success threshold (the soak started).
+    pub succeeded_at: Option<i64>,
+    /// Failures an operator accepted by resuming (the threshold counts the others).
+    pub accepted_failures: u64,
+    /// Who paused it: an admin token's name, or `failure_threshold`.
+    pub paused_by: Option<String>,
+    /// Why it is paused, with the numbers.
+    pub pause_reason: Option<PauseReason>,
+    /// The admin token's name that created it.
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+}
+
+/// A rollout to create (as a draft).
+#[derive(Debug, Clone)]
+pub struct NewRollout {
+    /// See [`Rollout`].
+    pub release_id: i64,
+    /// See [`Rollout`].
+    pub target: String,
+    /// See [`Rollout`].
+    pub plan: Plan,
+    /// See [`Rollout`].
+    pub created_by: String,
+}
+
+/// A device's place in a rollout, written when it starts.
+#[derive(Debug, Clone)]
+pub struct WaveAssignment {
+    /// The device.
+    pub device_id: i64,
+    /// Its wave (1-based; 0 when skipped).
+    pub wave: u32,
+    /// `waiting`, or `skipped` with a reason.
+    pub state: &'static str,
+    /// Why it is skipped.
+    pub reason: Option<String>,
+}
+
+/// A rollout event: a transition, or something the scheduler did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct RolloutEvent {
+    /// Event id (increasing).
+    pub id: i64,
+    /// When.
+    pub at: i64,
+    /// An admin token's name, or `scheduler`.
+    pub actor: String,
+    /// `created`, `started`, `paused`, `resumed`, `advanced`, `cancelled`,
+    /// `soak_started`, `wave_opened`, `deadline`, `finished`.
+    pub kind: String,
+    /// The rollout's state after it.
+    pub state: String,
+    /// Waves open after it.
+    pub wave: u32,
+    /// Details.
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+/// The actor the scheduler's own rollout events and audit records name.
+pub const SCHEDULER: &str = "scheduler";
+
+/// What a scheduler step changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// The rollout after the step.
+    pub rollout: Rollout,
+    /// Devices moved to `pending`: the rollout's deployment is their open offer now.
+    pub promoted: Vec<i64>,
+    /// Devices moved back to `waiting` (no offer any more).
+    pub unoffered: Vec<i64>,
+    /// Devices that passed their deadline (now `failed`).
+    pub failed: Vec<i64>,
+    /// What happened.
+    pub notes: Vec<Note>,
+}
+
+/// The rollout rules ([`crate::rollout::decide`]), which
+/// [`RolloutStore::step_rollout`] applies inside its transaction.
+pub type Decide = fn(&Snapshot, i64) -> Step;
+
+/// Staged rollouts, their events, and the leases that let one server
+/// instance of several run the scheduler.
+#[async_trait]
+pub trait RolloutStore: Send + Sync {
+    /// Creates a draft (and its `created` event).
+    async fn create_rollout(&self, rollout: NewRollout) -> StoreResult<Rollout>;
+    /// All rollouts, newest first.
+    async fn list_rollouts(&self) -> StoreResult<Vec<Rollout>>;
+    /// One rollout.
+    async fn rollout(&self, id: i64) -> StoreResult<Rollout>;
+    /// Its devices per wave and state (index 0: devices in no wave).
+    async fn rollout_tallies(&self, id: i64) -> StoreResult<Vec<WaveTally>>;
+    /// Its events, oldest first.
+    async fn rollout_events(&self, id: i64) -> StoreResult<Vec<RolloutEvent>>;
+    /// Failed and rolled-back assignments of a release, per device (the penalty box).
+    async fn release_failures(&self, release_id: i64) -> StoreResult<HashMap<i64, u64>>;
+    /// Starts a draft in one transaction: creates its deployment with the
+    /// assignments given (a `waiting` one supersedes the device's waiting
+    /// assignments of other rollouts), fixes the waves and opens the first.
+    /// [`StoreError::Conflict`] when it is not a draft any more.
+    async fn start_rollout(
+        &self,
+        id: i64,
+        actor: &str,
+        waves: &[u64],
+        assignments: &[WaveAssignment],
+        now: i64,
+    ) -> StoreResult<Rollout>;
+    /// Applies an operator's pause, resume, advance or cancel (see
+    /// [`Command::apply`]; [`StoreError::Conflict`] when refused) and records
+    /// the event. Returns the rollout and the devices no longer offered it.
+    async fn command_rollout(
+        &self,
+        id: i64,
+        command: Command,
+        actor: &str,
+        now: i64,
+    ) -> StoreResult<(Rollout, Vec<i64>)>;
+    /// One scheduler step in one transaction: reads the rollout and its
+    /// devices, lets `decide` choose at `now`, applies the choice, records
+    /// its events (and an audit record per transition). `None` when the
+    /// rollout is not running or paused.
+    async fn step_rollout(
+        &self,
+        id: i64,
+        now: i64,
+        decide: Decide,
+    ) -> StoreResult<Option<StepOutcome>>;
+    /// Ids of the running and paused rollouts.
+    async fn active_rollouts(&self) -> StoreResult<Vec<i64>>;
+    /// Takes or renews the lease `name` for `holder` until `now + ttl_ms`;
+    /// false while another holder's lease has not expired.
+    async fn try_lease(&self, name: &str, holder: &str, now: i64, ttl_ms: i64)
+    -> StoreResult<bool>;
+}
+
 /// Everything the server stores.
 pub trait Store:
     ReleaseStore
@@ -677,6 +848,7 @@ pub trait Store:
     + CredentialStore
     + SessionStore
     + ViewStore
+    + RolloutStore
 {
 }
 
@@ -689,5 +861,34 @@ impl<T> Store for T where
         + CredentialStore
         + SessionStore
         + ViewStore
+        + RolloutStore
 {
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn targets_parse_and_print_back() {
+        for (text, expected) in [
+            ("all", Some(Target::All)),
+            ("tag:lab", Some(Target::Tag("lab".into()))),
+            ("device:d1", Some(Target::Device("d1".into()))),
+            (
+                "devices:a,b",
+                Some(Target::Devices(vec!["a".into(), "b".into()])),
+            ),
+            ("devices:", None),
+            ("devices:a,,b", None),
+            ("tag:", None),
+            ("everyone", None),
+        ] {
+            let parsed = Target::parse(text);
+            assert_eq!(parsed, expected, "{text}");
+            if let Some(target) = parsed {
+                assert_eq!(target.to_string(), text);
+            }
+        }
+    }
 }

@@ -14,15 +14,25 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, FromRow, QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{
-    Assignment, AssignmentTally, AuditRecord, AuditStore, CredentialStore, Deployment,
+    Assignment, AssignmentTally, AuditRecord, AuditStore, CredentialStore, Decide, Deployment,
     DeploymentStore, Device, DeviceAssignment, DeviceFilter, DeviceOrder, DevicePage, DeviceStatus,
     DeviceStore, DeviceSummary, EnrollmentSecret, EventOutcome, EventStore, FleetCounts, LastSeen,
-    NewAssignment, NewEvent, NewRelease, NextState, Offer, OpenAssignment, Problem, Release,
-    ReleaseStore, Session, SessionStore, StoreError, StoreResult, StoredEvent, Tally, Target,
-    ViewStore, Write,
+    NewAssignment, NewEvent, NewRelease, NewRollout, NextState, Offer, OpenAssignment, Problem,
+    Release, ReleaseStore, Rollout, RolloutEvent, RolloutStore, SCHEDULER, Session, SessionStore,
+    StepOutcome, StoreError, StoreResult, StoredEvent, Tally, Target, ViewStore, WaveAssignment,
+    Write,
 };
 use crate::deploy::AssignmentState;
 use crate::now_ms;
+use crate::rollout::{
+    Command, PauseReason, RolloutState, Snapshot, WaveTally, tally_all, tally_upto,
+};
+
+/// Assignment states not over yet: what a new deployment supersedes.
+const UNFINISHED: &str = "('waiting', 'pending', 'offered', 'downloading', 'installed', 'booted')";
+
+/// Assignment states of a device given an update and not done with it.
+const UPDATING: &str = "('offered', 'downloading', 'installed', 'booted')";
 
 /// The SQLite store.
 #[derive(Debug, Clone)]
@@ -196,15 +206,18 @@ impl ReleaseStore for SqliteStore {
     async fn delete_release(&self, id: i64) -> StoreResult<Release> {
         let mut tx = self.begin().await?;
         let release = self.release(id).await?;
-        let used: i64 = sqlx::query("SELECT count(*) FROM deployments WHERE release_id = ?")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(backend)?;
+        let used: i64 = sqlx::query(
+            "SELECT (SELECT count(*) FROM deployments WHERE release_id = ?1) \
+             + (SELECT count(*) FROM rollouts WHERE release_id = ?1 AND deployment_id IS NULL)",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(backend)?;
         if used > 0 {
             return Err(StoreError::Conflict(format!(
-                "release {id} is used by {used} deployment(s); it cannot be deleted"
+                "release {id} is used by {used} deployment(s) or rollout(s); it cannot be deleted"
             )));
         }
         sqlx::query("DELETE FROM releases WHERE id = ?")
@@ -314,6 +327,14 @@ impl DeviceStore for SqliteStore {
     async fn devices_for_target(&self, target: &Target) -> StoreResult<Vec<Device>> {
         match target {
             Target::Device(name) => Ok(vec![self.device_by_name(name).await?]),
+            Target::Devices(names) => {
+                let mut seen = std::collections::HashSet::new();
+                let mut devices = Vec::with_capacity(names.len());
+                for name in names.iter().filter(|n| seen.insert(*n)) {
+                    devices.push(self.device_by_name(name).await?);
+                }
+                Ok(devices)
+            }
             Target::All => self.list_devices().await,
             Target::Tag(tag) => {
                 let rows = sqlx::query(
@@ -381,55 +402,12 @@ impl DeploymentStore for SqliteStore {
     ) -> StoreResult<Deployment> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        let id: i64 = sqlx::query(
-            "INSERT INTO deployments (release_id, target, state, created_at) \
-             VALUES (?, ?, 'active', ?) RETURNING id",
-        )
-        .bind(release_id)
-        .bind(target)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(backend)?;
-        // A few statements per 500 devices, not two per device: a deployment
-        // to 10,000 devices is one short transaction. The SQL built here
-        // holds only placeholders (AssertSqlSafe); values are bound.
-        for chunk in assignments.chunks(500) {
-            let pending: Vec<i64> = chunk
-                .iter()
-                .filter(|a| a.state == AssignmentState::Pending.as_str())
-                .map(|a| a.device_id)
-                .collect();
-            if !pending.is_empty() {
-                let sql = format!(
-                    "UPDATE assignments SET state = 'cancelled', reason = 'superseded', \
-                     updated_at = ? WHERE device_id IN ({}) AND state IN \
-                     ('pending', 'offered', 'downloading', 'installed', 'booted')",
-                    vec!["?"; pending.len()].join(", ")
-                );
-                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
-                for device_id in &pending {
-                    query = query.bind(device_id);
-                }
-                query.execute(&mut *tx).await.map_err(backend)?;
-            }
-            let sql = format!(
-                "INSERT INTO assignments (deployment_id, device_id, wave, state, reason, \
-                 updated_at) VALUES {}",
-                vec!["(?, ?, 0, ?, ?, ?)"; chunk.len()].join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for a in chunk {
-                query = query
-                    .bind(id)
-                    .bind(a.device_id)
-                    .bind(&a.state)
-                    .bind(&a.reason)
-                    .bind(now);
-            }
-            query.execute(&mut *tx).await.map_err(backend)?;
-        }
+        let id = insert_deployment(&mut tx, release_id, target, now).await?;
+        let rows: Vec<NewRow<'_>> = assignments
+            .iter()
+            .map(|a| (a.device_id, 0, a.state.as_str(), a.reason.as_deref()))
+            .collect();
+        insert_assignments(&mut tx, id, &rows, now).await?;
         tx.commit().await.map_err(backend)?;
         self.deployment(id).await
     }
@@ -477,6 +455,17 @@ impl DeploymentStore for SqliteStore {
 
     async fn cancel_deployment(&self, id: i64) -> StoreResult<Deployment> {
         let mut tx = self.begin().await?;
+        let rollout: Option<i64> = sqlx::query("SELECT id FROM rollouts WHERE deployment_id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .and_then(|row| row.map(|r| r.try_get(0)).transpose())
+            .map_err(backend)?;
+        if let Some(rollout) = rollout {
+            return Err(StoreError::Conflict(format!(
+                "deployment {id} belongs to rollout {rollout}: cancel the rollout"
+            )));
+        }
         let changed = sqlx::query(
             "UPDATE deployments SET state = 'cancelled' WHERE id = ? AND state = 'active'",
         )
@@ -495,8 +484,8 @@ impl DeploymentStore for SqliteStore {
         }
         sqlx::query(
             "UPDATE assignments SET state = 'cancelled', reason = 'cancelled', updated_at = ? \
-             WHERE deployment_id = ? AND state IN \
-             ('pending', 'offered', 'downloading', 'installed', 'booted')",
+             WHERE deployment_id = ? AND state IN ('waiting', 'pending', 'offered', \
+             'downloading', 'installed', 'booted')",
         )
         .bind(now_ms())
         .bind(id)
@@ -559,7 +548,8 @@ impl DeploymentStore for SqliteStore {
         let found = sqlx::query(
             "SELECT 1 FROM assignments a JOIN deployments p ON p.id = a.deployment_id \
              JOIN releases r ON r.id = p.release_id \
-             WHERE a.device_id = ? AND r.sha256 = ? AND a.state NOT IN ('skipped', 'cancelled') \
+             WHERE a.device_id = ? AND r.sha256 = ? \
+             AND a.state NOT IN ('skipped', 'cancelled', 'waiting') \
              LIMIT 1",
         )
         .bind(device_id)
@@ -1246,4 +1236,724 @@ impl ViewStore for SqliteStore {
         .map_err(backend)?;
         all(&rows)
     }
+}
+
+type Conn = sqlx::SqliteConnection;
+
+async fn insert_deployment(
+    conn: &mut Conn,
+    release_id: i64,
+    target: &str,
+    now: i64,
+) -> StoreResult<i64> {
+    sqlx::query(
+        "INSERT INTO deployments (release_id, target, state, created_at) \
+         VALUES (?, ?, 'active', ?) RETURNING id",
+    )
+    .bind(release_id)
+    .bind(target)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .and_then(|row| row.try_get(0))
+    .map_err(backend)
+}
+
+/// An assignment to insert: device, wave, state, reason.
+type NewRow<'a> = (i64, u32, &'a str, Option<&'a str>);
+
+/// Inserts a new deployment's assignments, a few statements per 500
+/// devices (not two per device: a deployment to 10,000 devices is one
+/// short transaction). The newest work wins a device: a `pending`
+/// assignment supersedes the device's unfinished assignments elsewhere, a
+/// `waiting` one (a rollout's) its waiting ones (the open ones go when its
+/// wave opens). The SQL built here holds only placeholders and constants.
+async fn insert_assignments(
+    conn: &mut Conn,
+    deployment_id: i64,
+    rows: &[NewRow<'_>],
+    now: i64,
+) -> StoreResult<()> {
+    for chunk in rows.chunks(500) {
+        for (state, superseded) in [("pending", UNFINISHED), ("waiting", "('waiting')")] {
+            let devices: Vec<i64> = chunk.iter().filter(|r| r.2 == state).map(|r| r.0).collect();
+            if devices.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "UPDATE assignments SET state = 'cancelled', reason = 'superseded', \
+                 updated_at = ? WHERE state IN {superseded} AND device_id IN ({})",
+                vec!["?"; devices.len()].join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
+            for device_id in &devices {
+                query = query.bind(device_id);
+            }
+            query.execute(&mut *conn).await.map_err(backend)?;
+        }
+        let sql = format!(
+            "INSERT INTO assignments (deployment_id, device_id, wave, state, reason, \
+             updated_at) VALUES {}",
+            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (device_id, wave, state, reason) in chunk {
+            query = query
+                .bind(deployment_id)
+                .bind(device_id)
+                .bind(wave)
+                .bind(state)
+                .bind(reason)
+                .bind(now);
+        }
+        query.execute(&mut *conn).await.map_err(backend)?;
+    }
+    Ok(())
+}
+
+const ROLLOUT_COLUMNS: &str = "id, release_id, deployment_id, target, plan, state, waves, opened, \
+     succeeded_at, acknowledged_failures, paused_by, pause_reason, created_by, created_at, updated_at";
+
+fn rollout_from_row(row: &SqliteRow) -> StoreResult<Rollout> {
+    let plan: String = row.try_get("plan").map_err(backend)?;
+    let state: String = row.try_get("state").map_err(backend)?;
+    let waves: String = row.try_get("waves").map_err(backend)?;
+    let pause_reason: Option<String> = row.try_get("pause_reason").map_err(backend)?;
+    let opened: i64 = row.try_get("opened").map_err(backend)?;
+    let accepted: i64 = row.try_get("acknowledged_failures").map_err(backend)?;
+    Ok(Rollout {
+        id: row.try_get("id").map_err(backend)?,
+        release_id: row.try_get("release_id").map_err(backend)?,
+        deployment_id: row.try_get("deployment_id").map_err(backend)?,
+        target: row.try_get("target").map_err(backend)?,
+        plan: serde_json::from_str(&plan).map_err(backend)?,
+        state: RolloutState::parse(&state)
+            .ok_or_else(|| backend(format!("unknown rollout state {state:?}")))?,
+        waves: serde_json::from_str(&waves).map_err(backend)?,
+        opened: u32::try_from(opened).map_err(backend)?,
+        succeeded_at: row.try_get("succeeded_at").map_err(backend)?,
+        accepted_failures: u64::try_from(accepted).map_err(backend)?,
+        paused_by: row.try_get("paused_by").map_err(backend)?,
+        pause_reason: pause_reason
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(backend)?,
+        created_by: row.try_get("created_by").map_err(backend)?,
+        created_at: row.try_get("created_at").map_err(backend)?,
+        updated_at: row.try_get("updated_at").map_err(backend)?,
+    })
+}
+
+async fn read_rollout(conn: &mut Conn, id: i64) -> StoreResult<Rollout> {
+    let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?");
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+        .map_err(backend)?
+        .ok_or_else(|| StoreError::NotFound(format!("no rollout {id}")))?;
+    rollout_from_row(&row)
+}
+
+/// Devices per wave and state of a deployment, for a rollout of `waves` waves.
+async fn read_tallies(conn: &mut Conn, rollout: &Rollout) -> StoreResult<Vec<WaveTally>> {
+    let mut tallies = vec![WaveTally::default(); rollout.waves.len() + 1];
+    let Some(deployment_id) = rollout.deployment_id else {
+        return Ok(tallies);
+    };
+    let rows = sqlx::query(
+        "SELECT wave, state, reason, count(*) FROM assignments WHERE deployment_id = ? \
+         GROUP BY wave, state, reason",
+    )
+    .bind(deployment_id)
+    .fetch_all(conn)
+    .await
+    .map_err(backend)?;
+    for row in rows {
+        let wave: i64 = row.try_get(0).map_err(backend)?;
+        let state: String = row.try_get(1).map_err(backend)?;
+        let reason: Option<String> = row.try_get(2).map_err(backend)?;
+        let count: i64 = row.try_get(3).map_err(backend)?;
+        let state = AssignmentState::parse(&state)
+            .ok_or_else(|| backend(format!("unknown assignment state {state:?}")))?;
+        let wave = usize::try_from(wave).map_err(backend)?;
+        if tallies.len() <= wave {
+            tallies.resize(wave + 1, WaveTally::default());
+        }
+        tallies[wave].add(
+            state,
+            reason.as_deref(),
+            u64::try_from(count).map_err(backend)?,
+        );
+    }
+    Ok(tallies)
+}
+
+async fn add_rollout_event(
+    conn: &mut Conn,
+    rollout: &Rollout,
+    now: i64,
+    actor: &str,
+    kind: &str,
+    detail: &serde_json::Value,
+    audit: bool,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO rollout_events (rollout_id, at, actor, kind, state, wave, detail) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(rollout.id)
+    .bind(now)
+    .bind(actor)
+    .bind(kind)
+    .bind(rollout.state.as_str())
+    .bind(rollout.opened)
+    .bind(detail.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(backend)?;
+    if audit {
+        sqlx::query("INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
+            .bind(now)
+            .bind(actor)
+            .bind(format!("rollout {kind}"))
+            .bind(format!("rollout:{}", rollout.id))
+            .bind(detail.to_string())
+            .execute(conn)
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+async fn write_rollout(conn: &mut Conn, r: &Rollout) -> StoreResult<()> {
+    let pause_reason = r
+        .pause_reason
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(backend)?;
+    sqlx::query(
+        "UPDATE rollouts SET deployment_id = ?, state = ?, waves = ?, opened = ?, \
+         succeeded_at = ?, acknowledged_failures = ?, paused_by = ?, pause_reason = ?, \
+         updated_at = ? WHERE id = ?",
+    )
+    .bind(r.deployment_id)
+    .bind(r.state.as_str())
+    .bind(serde_json::to_string(&r.waves).map_err(backend)?)
+    .bind(r.opened)
+    .bind(r.succeeded_at)
+    .bind(i64::try_from(r.accepted_failures).map_err(backend)?)
+    .bind(&r.paused_by)
+    .bind(pause_reason)
+    .bind(r.updated_at)
+    .bind(r.id)
+    .execute(conn)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Moves the devices of `deployment_id` listed in `ids` from one of the
+/// states `from` (an SQL list) to `to`, with `reason` (or keeping theirs).
+/// The SQL built here holds only placeholders and constants.
+async fn move_devices(
+    conn: &mut Conn,
+    deployment_id: i64,
+    ids: &[i64],
+    from: &str,
+    to: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> StoreResult<()> {
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "UPDATE assignments SET state = ?, reason = coalesce(?, reason), updated_at = ? \
+             WHERE deployment_id = ? AND state IN {from} AND device_id IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(to)
+            .bind(reason)
+            .bind(now)
+            .bind(deployment_id);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        query.execute(&mut *conn).await.map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Device ids of a deployment's assignments in `state` (an SQL list) that
+/// have not changed since `before` (all when `None`).
+async fn devices_in(
+    conn: &mut Conn,
+    deployment_id: i64,
+    states: &str,
+    before: Option<i64>,
+) -> StoreResult<Vec<(i64, u32, AssignmentState)>> {
+    let sql = format!(
+        "SELECT device_id, wave, state FROM assignments WHERE deployment_id = ? \
+         AND state IN {states} AND (?2 IS NULL OR updated_at <= ?2) ORDER BY device_id"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(deployment_id)
+        .bind(before)
+        .fetch_all(conn)
+        .await
+        .map_err(backend)?;
+    rows.iter()
+        .map(|row| {
+            let state: String = row.try_get(2).map_err(backend)?;
+            Ok((
+                row.try_get(0).map_err(backend)?,
+                u32::try_from(row.try_get::<i64, _>(1).map_err(backend)?).map_err(backend)?,
+                AssignmentState::parse(&state)
+                    .ok_or_else(|| backend(format!("unknown assignment state {state:?}")))?,
+            ))
+        })
+        .collect()
+}
+
+/// Moves up to `n` waiting devices of waves `1..=opened` to `pending`,
+/// longest waiting first; their unfinished assignments elsewhere are
+/// superseded. Returns them.
+async fn promote(
+    conn: &mut Conn,
+    deployment_id: i64,
+    opened: u32,
+    n: u64,
+    now: i64,
+) -> StoreResult<Vec<i64>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "SELECT device_id FROM assignments WHERE deployment_id = ? AND state = 'waiting' \
+         AND wave BETWEEN 1 AND ? ORDER BY updated_at, wave, device_id LIMIT ?",
+    )
+    .bind(deployment_id)
+    .bind(opened)
+    .bind(i64::try_from(n).unwrap_or(i64::MAX))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(backend)?;
+    let ids: Vec<i64> = rows
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "UPDATE assignments SET state = 'cancelled', reason = 'superseded', updated_at = ? \
+             WHERE deployment_id != ? AND state IN ('pending', 'offered', 'downloading', \
+             'installed', 'booted') AND device_id IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(deployment_id);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        query.execute(&mut *conn).await.map_err(backend)?;
+    }
+    move_devices(
+        conn,
+        deployment_id,
+        &ids,
+        "('waiting')",
+        "pending",
+        None,
+        now,
+    )
+    .await?;
+    Ok(ids)
+}
+
+#[async_trait]
+impl RolloutStore for SqliteStore {
+    async fn create_rollout(&self, new: NewRollout) -> StoreResult<Rollout> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO rollouts (release_id, target, plan, state, created_by, created_at, \
+             updated_at) VALUES (?, ?, ?, 'draft', ?, ?, ?) RETURNING id",
+        )
+        .bind(new.release_id)
+        .bind(&new.target)
+        .bind(serde_json::to_string(&new.plan).map_err(backend)?)
+        .bind(&new.created_by)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(backend)?;
+        let rollout = read_rollout(&mut tx, id).await?;
+        let detail = serde_json::json!({"release": new.release_id, "target": new.target});
+        add_rollout_event(
+            &mut tx,
+            &rollout,
+            now,
+            &new.created_by,
+            "created",
+            &detail,
+            false,
+        )
+        .await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(rollout)
+    }
+
+    async fn list_rollouts(&self) -> StoreResult<Vec<Rollout>> {
+        let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY id DESC");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(rollout_from_row).collect()
+    }
+
+    async fn rollout(&self, id: i64) -> StoreResult<Rollout> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        read_rollout(&mut conn, id).await
+    }
+
+    async fn rollout_tallies(&self, id: i64) -> StoreResult<Vec<WaveTally>> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        let rollout = read_rollout(&mut conn, id).await?;
+        read_tallies(&mut conn, &rollout).await
+    }
+
+    async fn rollout_events(&self, id: i64) -> StoreResult<Vec<RolloutEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, kind, state, wave, detail FROM rollout_events \
+             WHERE rollout_id = ? ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let detail: String = row.try_get("detail").map_err(backend)?;
+                let wave: i64 = row.try_get("wave").map_err(backend)?;
+                Ok(RolloutEvent {
+                    id: row.try_get("id").map_err(backend)?,
+                    at: row.try_get("at").map_err(backend)?,
+                    actor: row.try_get("actor").map_err(backend)?,
+                    kind: row.try_get("kind").map_err(backend)?,
+                    state: row.try_get("state").map_err(backend)?,
+                    wave: u32::try_from(wave).map_err(backend)?,
+                    detail: serde_json::from_str(&detail).map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn release_failures(&self, release_id: i64) -> StoreResult<HashMap<i64, u64>> {
+        let rows = sqlx::query(
+            "SELECT a.device_id, count(*) FROM assignments a \
+             JOIN deployments p ON p.id = a.deployment_id \
+             WHERE p.release_id = ? AND a.state IN ('failed', 'rolled_back') GROUP BY a.device_id",
+        )
+        .bind(release_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.try_get(1).map_err(backend)?;
+                Ok((
+                    row.try_get(0).map_err(backend)?,
+                    u64::try_from(n).map_err(backend)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn start_rollout(
+        &self,
+        id: i64,
+        actor: &str,
+        waves: &[u64],
+        assignments: &[WaveAssignment],
+        now: i64,
+    ) -> StoreResult<Rollout> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let mut rollout = read_rollout(&mut tx, id).await?;
+        rollout.state = Command::Start
+            .apply(rollout.state, rollout.opened, rollout.waves.len())
+            .map_err(|e| StoreError::Conflict(format!("rollout {id} cannot start: {e}")))?;
+        let deployment_id =
+            insert_deployment(&mut tx, rollout.release_id, &rollout.target, now).await?;
+        let rows: Vec<NewRow<'_>> = assignments
+            .iter()
+            .map(|a| (a.device_id, a.wave, a.state, a.reason.as_deref()))
+            .collect();
+        insert_assignments(&mut tx, deployment_id, &rows, now).await?;
+        rollout.deployment_id = Some(deployment_id);
+        rollout.waves = waves.to_vec();
+        rollout.opened = u32::from(!waves.is_empty());
+        rollout.updated_at = now;
+        write_rollout(&mut tx, &rollout).await?;
+        let skipped = assignments
+            .iter()
+            .filter(|a| a.state == AssignmentState::Skipped.as_str())
+            .count();
+        let held_back = assignments
+            .iter()
+            .filter(|a| a.reason.as_deref() == Some(crate::rollout::PENALTY_BOX))
+            .count();
+        let detail = serde_json::json!({"deployment": deployment_id, "devices": assignments.len(),
+            "skipped": skipped, "held_back": held_back, "waves": waves});
+        add_rollout_event(&mut tx, &rollout, now, actor, "started", &detail, false).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(rollout)
+    }
+
+    async fn command_rollout(
+        &self,
+        id: i64,
+        command: Command,
+        actor: &str,
+        now: i64,
+    ) -> StoreResult<(Rollout, Vec<i64>)> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let mut rollout = read_rollout(&mut tx, id).await?;
+        let before = rollout.state;
+        rollout.state = command
+            .apply(rollout.state, rollout.opened, rollout.waves.len())
+            .map_err(|e| {
+                StoreError::Conflict(format!("rollout {id} cannot {}: {e}", command.name()))
+            })?;
+        rollout.updated_at = now;
+        let tallies = read_tallies(&mut tx, &rollout).await?;
+        let open = tally_upto(&tallies, rollout.opened as usize);
+        let mut unoffered = Vec::new();
+        let mut detail = serde_json::json!({"from": before.as_str()});
+        match (command, rollout.deployment_id) {
+            (Command::Pause, Some(deployment_id)) => {
+                let reason =
+                    PauseReason::operator(actor, rollout.opened, &open, rollout.accepted_failures);
+                detail = serde_json::to_value(&reason).map_err(backend)?;
+                rollout.paused_by = Some(actor.to_owned());
+                rollout.pause_reason = Some(reason);
+                unoffered = unoffer(&mut tx, deployment_id, now).await?;
+            }
+            (Command::Resume, _) => {
+                let accepted = tally_all(&tallies).failures();
+                detail = serde_json::json!({"accepted_failures": accepted,
+                    "paused_by": rollout.paused_by});
+                rollout.accepted_failures = accepted;
+                rollout.paused_by = None;
+                rollout.pause_reason = None;
+            }
+            (Command::Advance, _) => {
+                rollout.opened += 1;
+                rollout.succeeded_at = None;
+                detail = serde_json::json!({"wave": rollout.opened,
+                    "confirmed": open.confirmed(), "devices": open.eligible()});
+            }
+            (Command::Cancel, deployment_id) => {
+                if let Some(deployment_id) = deployment_id {
+                    sqlx::query("UPDATE deployments SET state = 'cancelled' WHERE id = ?")
+                        .bind(deployment_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    let sql = format!(
+                        "UPDATE assignments SET state = 'cancelled', reason = 'cancelled', \
+                         updated_at = ? WHERE deployment_id = ? AND state IN {UNFINISHED} \
+                         RETURNING device_id"
+                    );
+                    let rows = sqlx::query(AssertSqlSafe(sql))
+                        .bind(now)
+                        .bind(deployment_id)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    for row in rows {
+                        unoffered.push(row.try_get(0).map_err(backend)?);
+                    }
+                }
+                rollout.paused_by = None;
+                rollout.pause_reason = None;
+            }
+            (Command::Start | Command::Pause, _) => {}
+        }
+        write_rollout(&mut tx, &rollout).await?;
+        add_rollout_event(
+            &mut tx,
+            &rollout,
+            now,
+            actor,
+            command.event(),
+            &detail,
+            false,
+        )
+        .await?;
+        tx.commit().await.map_err(backend)?;
+        Ok((rollout, unoffered))
+    }
+
+    async fn step_rollout(
+        &self,
+        id: i64,
+        now: i64,
+        decide: Decide,
+    ) -> StoreResult<Option<StepOutcome>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let mut rollout = read_rollout(&mut tx, id).await?;
+        let Some(deployment_id) = rollout.deployment_id.filter(|_| rollout.state.is_active())
+        else {
+            return Ok(None);
+        };
+        let cutoff =
+            now.saturating_sub(i64::try_from(rollout.plan.deadline_ms).unwrap_or(i64::MAX));
+        let snapshot = Snapshot {
+            state: rollout.state,
+            plan: rollout.plan.clone(),
+            waves: rollout.waves.clone(),
+            opened: rollout.opened,
+            succeeded_at: rollout.succeeded_at,
+            accepted_failures: rollout.accepted_failures,
+            tallies: read_tallies(&mut tx, &rollout).await?,
+            overdue: devices_in(&mut tx, deployment_id, UPDATING, Some(cutoff)).await?,
+            stale_pending: devices_in(&mut tx, deployment_id, "('pending')", Some(cutoff))
+                .await?
+                .into_iter()
+                .map(|(id, wave, _)| (id, wave))
+                .collect(),
+        };
+        let step = decide(&snapshot, now);
+        move_devices(
+            &mut tx,
+            deployment_id,
+            &step.fail,
+            UPDATING,
+            AssignmentState::Failed.as_str(),
+            Some(crate::rollout::DEADLINE),
+            now,
+        )
+        .await?;
+        let mut unoffered = Vec::new();
+        if step.pause.is_some() {
+            unoffered = unoffer(&mut tx, deployment_id, now).await?;
+        }
+        move_devices(
+            &mut tx,
+            deployment_id,
+            &step.requeue,
+            "('pending')",
+            AssignmentState::Waiting.as_str(),
+            None,
+            now,
+        )
+        .await?;
+        unoffered.extend_from_slice(&step.requeue);
+        let promoted = promote(&mut tx, deployment_id, step.opened, step.promote, now).await?;
+        let changed = rollout.state != step.state
+            || rollout.opened != step.opened
+            || rollout.succeeded_at != step.succeeded_at;
+        rollout.state = step.state;
+        rollout.opened = step.opened;
+        rollout.succeeded_at = step.succeeded_at;
+        if let Some(reason) = &step.pause {
+            rollout.paused_by = Some(reason.by.clone());
+            rollout.pause_reason = Some(reason.clone());
+        }
+        if changed {
+            rollout.updated_at = now;
+            write_rollout(&mut tx, &rollout).await?;
+        }
+        for note in &step.notes {
+            add_rollout_event(
+                &mut tx,
+                &rollout,
+                now,
+                SCHEDULER,
+                note.kind,
+                &note.detail,
+                note.transition,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(StepOutcome {
+            rollout,
+            promoted,
+            unoffered,
+            failed: step.fail,
+            notes: step.notes,
+        }))
+    }
+
+    async fn active_rollouts(&self) -> StoreResult<Vec<i64>> {
+        let rows =
+            sqlx::query("SELECT id FROM rollouts WHERE state IN ('running', 'paused') ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> StoreResult<bool> {
+        let taken = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+             expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now.saturating_add(ttl_ms))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        Ok(taken == 1)
+    }
+}
+
+/// Moves every `pending` device of the deployment back to `waiting` (not
+/// offered any more); returns them.
+async fn unoffer(conn: &mut Conn, deployment_id: i64, now: i64) -> StoreResult<Vec<i64>> {
+    let rows = sqlx::query(
+        "UPDATE assignments SET state = 'waiting', updated_at = ? \
+         WHERE deployment_id = ? AND state = 'pending' RETURNING device_id",
+    )
+    .bind(now)
+    .bind(deployment_id)
+    .fetch_all(conn)
+    .await
+    .map_err(backend)?;
+    rows.iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(backend)
 }

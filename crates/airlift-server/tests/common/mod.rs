@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use airlift_format::image::{Chip, ImageBuilder};
-use airlift_server::{Config, Server};
+use airlift_server::{AppState, Config, Server};
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -15,6 +15,8 @@ pub struct TestServer {
     pub admin_token: String,
     pub dir: tempfile::TempDir,
     pub client: Client,
+    /// The server's state, for what tests do in-process (scheduler ticks).
+    pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -25,7 +27,11 @@ impl TestServer {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
+        Self::open(tempfile::tempdir().unwrap(), configure).await
+    }
+
+    /// Starts a server on `dir`, new or left by an earlier one.
+    pub async fn open(dir: tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config {
             data_dir: dir.path().to_owned(),
             ..Config::default()
@@ -34,7 +40,13 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = Server::open(config).await.unwrap();
-        let admin_token = server.initial_admin_token.clone().unwrap();
+        let admin_token = server.initial_admin_token.clone().unwrap_or_else(|| {
+            std::fs::read_to_string(dir.path().join("admin.token"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        });
+        let state = server.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -49,6 +61,7 @@ impl TestServer {
             admin_token,
             dir,
             client: Client::new(),
+            state,
             stop: Some(stop),
             task: Some(task),
         }
