@@ -75,6 +75,7 @@ mod device;
 mod error;
 mod install;
 mod layout;
+pub mod otadata_io;
 pub mod store;
 
 #[cfg(feature = "sim")]
