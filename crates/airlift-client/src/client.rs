@@ -363,10 +363,8 @@ impl Client {
             return Ok(());
         };
         running.confirmed = true;
-        let detail: Detail = Text::format(format_args!(
-            "{} passed its health check",
-            running.version
-        ));
+        let detail: Detail =
+            Text::format(format_args!("{} passed its health check", running.version));
         self.finish(dev, EventKind::Confirmed, None, &detail, clock, j)
     }
 
@@ -494,9 +492,7 @@ impl Client {
             .as_ref()
             .and_then(|u| parse_sha_hex(&u.sha256));
         let withdrawn = self.notes.pending.as_ref().is_some_and(|p| {
-            p.source == Source::Server
-                && Some(p.sha256) != running_sha
-                && offered != Some(p.sha256)
+            p.source == Source::Server && Some(p.sha256) != running_sha && offered != Some(p.sha256)
         });
         if withdrawn {
             // Cancelled or superseded: forget it (the engine's progress
@@ -688,7 +684,14 @@ impl Client {
     ) -> Result<Option<Activated>, Failure> {
         // Verification takes microseconds once the bytes are in: its event
         // goes out with the result (installed and rebooting, or failed).
-        self.event(attempt.deployment, EventKind::Verifying, None, "", now_ms, j);
+        self.event(
+            attempt.deployment,
+            EventKind::Verifying,
+            None,
+            "",
+            now_ms,
+            j,
+        );
         match session.finish()? {
             Finished::Activated(a) => {
                 let detail: Detail = Text::format(format_args!(
@@ -703,7 +706,14 @@ impl Client {
                     now_ms,
                     j,
                 );
-                self.event(attempt.deployment, EventKind::Rebooting, None, "", now_ms, j);
+                self.event(
+                    attempt.deployment,
+                    EventKind::Rebooting,
+                    None,
+                    "",
+                    now_ms,
+                    j,
+                );
                 Ok(Some(a))
             }
             Finished::Restarted { resumed_at } => {

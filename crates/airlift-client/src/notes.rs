@@ -145,7 +145,10 @@ fn kind_code(k: EventKind) -> u8 {
 }
 
 fn kind_of(c: u8) -> EventKind {
-    KINDS.get(usize::from(c)).copied().unwrap_or(EventKind::Failed)
+    KINDS
+        .get(usize::from(c))
+        .copied()
+        .unwrap_or(EventKind::Failed)
 }
 
 fn reason_code(r: Option<Reason>) -> u8 {

@@ -148,7 +148,6 @@ impl<'d, 'k, F: NorFlash> Session<'d, 'k, F> {
         self.size() - self.resume_offset()
     }
 
-
     /// What to download next; `None` once every byte is in.
     pub fn request(&self) -> Option<Fetch> {
         (self.left() > 0).then(|| Fetch {
@@ -178,7 +177,9 @@ impl<'d, 'k, F: NorFlash> Session<'d, 'k, F> {
         }
         match self.install()?.write(data) {
             Ok(()) => Ok(Chunk::Written(data.len())),
-            Err(e) => self.restart_or(failure(e)).map(|resumed_at| Chunk::Restarted { resumed_at }),
+            Err(e) => self
+                .restart_or(failure(e))
+                .map(|resumed_at| Chunk::Restarted { resumed_at }),
         }
     }
 

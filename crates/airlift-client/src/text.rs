@@ -43,7 +43,11 @@ impl<const N: usize> Write for Text<N> {
         }
         // Cannot fail: `end` bytes fit.
         let _ = self.0.push_str(&s[..end]);
-        if end < s.len() { Err(fmt::Error) } else { Ok(()) }
+        if end < s.len() {
+            Err(fmt::Error)
+        } else {
+            Ok(())
+        }
     }
 }
 

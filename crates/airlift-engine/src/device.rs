@@ -1,9 +1,7 @@
 //! The device: boot guard, confirm, and the entry point of installs.
 
 use airlift_format::image::APP_DESC_MAGIC;
-use airlift_format::otadata::{
-    OtaSelectEntry, OtaState, active_entry, boot_slot, plan_activation,
-};
+use airlift_format::otadata::{OtaSelectEntry, OtaState, active_entry, boot_slot, plan_activation};
 use airlift_format::partition::TABLE_OFFSET;
 use embedded_storage::nor_flash::NorFlash;
 

@@ -21,12 +21,21 @@ pub enum SimCommand {
 }
 
 /// Which simulated ESP-IDF bootloader to boot with.
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Bootloader {
     /// Built without app rollback (the esp-rs default).
     Plain,
     /// Built with CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE.
     Rollback,
+}
+
+impl From<Bootloader> for BootloaderKind {
+    fn from(b: Bootloader) -> BootloaderKind {
+        match b {
+            Bootloader::Plain => BootloaderKind::Plain,
+            Bootloader::Rollback => BootloaderKind::Rollback,
+        }
+    }
 }
 
 /// Arguments of `airlift sim power-cut`.
@@ -139,10 +148,7 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
         cfg.paths.retain(|p| args.paths.contains(&p.to_string()));
     }
     cfg.max_attempts = args.max_attempts;
-    cfg.bootloader = match args.bootloader {
-        Bootloader::Plain => BootloaderKind::Plain,
-        Bootloader::Rollback => BootloaderKind::Rollback,
-    };
+    cfg.bootloader = args.bootloader.into();
     let mut reports: Vec<PathReport> = Vec::new();
     for path in cfg.paths.clone() {
         let report = campaign::run_path(&cfg, path)
@@ -156,10 +162,7 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let json = ReportJson {
             partitions: table_name,
-            bootloader: match args.bootloader {
-                Bootloader::Plain => "plain",
-                Bootloader::Rollback => "rollback",
-            },
+            bootloader: BootloaderKind::from(args.bootloader).name(),
             max_attempts: args.max_attempts,
             paths: reports
                 .iter()

@@ -115,7 +115,10 @@ pub fn read_slot<F: ReadNorFlash>(flash: &mut F, region: Region) -> Result<SlotC
 }
 
 /// The image `read_slot` finds, when the bootloader would start it.
-pub fn bootable<F: ReadNorFlash>(flash: &mut F, region: Region) -> Result<Option<ImageInfo>, Error> {
+pub fn bootable<F: ReadNorFlash>(
+    flash: &mut F,
+    region: Region,
+) -> Result<Option<ImageInfo>, Error> {
     Ok(match read_slot(flash, region)? {
         SlotContent::Image(info) if info.is_valid() => Some(*info),
         _ => None,
@@ -128,7 +131,9 @@ pub fn boot<F: NorFlash>(
     layout: &Layout,
     kind: BootloaderKind,
 ) -> Result<Boot<ImageInfo>, Error> {
-    boot_with(flash, layout, kind, |flash, _, region| bootable(flash, region))
+    boot_with(flash, layout, kind, |flash, _, region| {
+        bootable(flash, region)
+    })
 }
 
 /// One boot: otadata rewritten as the `kind` of bootloader does, the slot
@@ -262,10 +267,7 @@ pub fn run_bootloader_trusting(
             booted: b.slot(),
         },
         Err(_) => SimBoot {
-            selected: layout.resolve(boot_slot(
-                &[OtaSelectEntry::BLANK; 2],
-                layout.app_count,
-            )),
+            selected: layout.resolve(boot_slot(&[OtaSelectEntry::BLANK; 2], layout.app_count)),
             booted: None,
         },
     }
