@@ -128,7 +128,7 @@ pub struct Refusal {
     /// The protocol reason code.
     pub reason: Reason,
     /// What was wrong.
-    pub message: Text<{ crate::download::MESSAGE_MAX }>,
+    pub message: Text<DETAIL_MAX>,
 }
 
 /// An update attempt that may start: the signed manifest and where it came from.

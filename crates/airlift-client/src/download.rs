@@ -22,8 +22,10 @@ use crate::text::Text;
 /// Retries of one install's download before it gives up.
 pub const MAX_RETRIES: u32 = 5;
 
-/// Longest message about a download problem.
-pub const MESSAGE_MAX: usize = 160;
+/// Longest message about a download problem (the transport's own words
+/// included, cut: small enough that a `Result` carrying one stays cheap to
+/// move, which matters without a heap to box it in).
+pub const MESSAGE_MAX: usize = 96;
 
 /// A message about a download problem.
 pub type Message = Text<MESSAGE_MAX>;

@@ -379,10 +379,10 @@ impl NoteStore {
                 w.item(flash, TAG_HISTORY, &buf[2..2 + len])?;
             }
         }
-        if let Some(h) = add {
-            if skip == 0 {
-                w.item(flash, TAG_HISTORY, encode_history(h).bytes())?;
-            }
+        if let Some(h) = add
+            && skip == 0
+        {
+            w.item(flash, TAG_HISTORY, encode_history(h).bytes())?;
         }
         w.commit(flash)
     }

@@ -86,12 +86,12 @@ fn entry(n: u8) -> HistoryEntry {
         at: 1_700_000_000 + u64::from(n),
         version: Text::<32>::format(format_args!("{n}.0.0")).0,
         sha256: [n; 32],
-        source: if n % 2 == 0 {
+        source: if n.is_multiple_of(2) {
             Source::Server
         } else {
             Source::Upload
         },
-        deployment: (n % 2 == 0).then_some(u64::from(n)),
+        deployment: n.is_multiple_of(2).then_some(u64::from(n)),
         result: EventKind::Failed,
         reason: Some(Reason::Verification),
         detail: Text::<128>::format(format_args!(

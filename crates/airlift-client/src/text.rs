@@ -63,6 +63,13 @@ impl<const N: usize> From<heapless::String<N>> for Text<N> {
     }
 }
 
+impl<const N: usize> From<&str> for Text<N> {
+    /// `s`, cut to `N` bytes.
+    fn from(s: &str) -> Text<N> {
+        Text::from_str_cut(s)
+    }
+}
+
 /// A SHA-256 as lowercase hex, for the wire.
 pub fn sha_hex(sha: &[u8; 32]) -> airlift_protocol::Sha256Hex {
     Text::<64>::format(format_args!("{}", Hex(sha))).0

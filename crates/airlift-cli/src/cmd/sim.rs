@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use airlift_engine::sim::campaign::{self, CampaignConfig, PathReport};
+use airlift_client::sim::NotesPath;
+use airlift_engine::sim::campaign::{self, CampaignConfig};
 use airlift_engine::sim::{BootloaderKind, FLASH_SIZE};
 use airlift_format::partition::{self, PartitionEntry};
 use anyhow::{Context, bail};
@@ -15,8 +16,9 @@ use serde::Serialize;
 pub enum SimCommand {
     /// Cut power at every flash operation of every update path (and tear
     /// each operation in half), reboot, and check the device always boots a
-    /// complete image and can finish the update. Exit 0 only with zero
-    /// failures.
+    /// complete image and can finish the update; then the same for every
+    /// write of the device's notes (they read back as before or after the
+    /// write). Exit 0 only with zero failures.
     PowerCut(PowerCutArgs),
 }
 
@@ -135,8 +137,14 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
     } else {
         cfg.chunk_size = args.chunk_size;
     }
+    let mut notes_paths = NotesPath::ALL.to_vec();
     if !args.paths.is_empty() {
-        let known: Vec<String> = cfg.paths.iter().map(ToString::to_string).collect();
+        let known: Vec<String> = cfg
+            .paths
+            .iter()
+            .map(ToString::to_string)
+            .chain(notes_paths.iter().map(|p| p.name().to_owned()))
+            .collect();
         for name in &args.paths {
             if !known.contains(name) {
                 bail!(
@@ -146,17 +154,40 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
             }
         }
         cfg.paths.retain(|p| args.paths.contains(&p.to_string()));
+        notes_paths.retain(|p| args.paths.iter().any(|name| name == p.name()));
     }
     cfg.max_attempts = args.max_attempts;
     cfg.bootloader = args.bootloader.into();
-    let mut reports: Vec<PathReport> = Vec::new();
+    let mut reports: Vec<Row> = Vec::new();
     for path in cfg.paths.clone() {
-        let report = campaign::run_path(&cfg, path)
+        let r = campaign::run_path(&cfg, path)
             .map_err(|e| anyhow::anyhow!("power-cut campaign could not run: {e}"))?;
+        reports.push(Row {
+            path: r.path.to_string(),
+            ops: r.ops,
+            cut_points: r.cut_points,
+            torn_points: r.torn_points,
+            failures: r.failures,
+            examples: r.examples,
+        });
         if !args.json {
-            print_line(&report);
+            print_line(&reports[reports.len() - 1]);
         }
-        reports.push(report);
+    }
+    for path in notes_paths {
+        let r = airlift_client::sim::run_path(path)
+            .map_err(|e| anyhow::anyhow!("power-cut campaign could not run: {e}"))?;
+        reports.push(Row {
+            path: r.path.name().to_owned(),
+            ops: r.ops,
+            cut_points: r.cut_points,
+            torn_points: r.torn_points,
+            failures: r.failures,
+            examples: r.examples,
+        });
+        if !args.json {
+            print_line(&reports[reports.len() - 1]);
+        }
     }
     let failures: u64 = reports.iter().map(|r| r.failures).sum();
     if args.json {
@@ -167,7 +198,7 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
             paths: reports
                 .iter()
                 .map(|r| PathJson {
-                    path: r.path.to_string(),
+                    path: r.path.clone(),
                     ops: r.ops,
                     cut_points: r.cut_points,
                     torn_points: r.torn_points,
@@ -192,13 +223,20 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_line(r: &PathReport) {
+/// One path's result, of the engine's campaign or the client's notes.
+struct Row {
+    path: String,
+    ops: u64,
+    cut_points: u64,
+    torn_points: u64,
+    failures: u64,
+    examples: Vec<String>,
+}
+
+fn print_line(r: &Row) {
     println!(
         "{:<22} cut points {:>5}  torn points {:>5}  failures {}",
-        r.path.to_string(),
-        r.cut_points,
-        r.torn_points,
-        r.failures
+        r.path, r.cut_points, r.torn_points, r.failures
     );
     for e in &r.examples {
         println!("    {e}");
