@@ -392,7 +392,7 @@ impl Runtime {
                 }
             };
             match command {
-                None if self.config.server.is_none() => {
+                None if !client.config().has_server => {
                     wait = Duration::from_millis(OFFLINE_WAIT_MS);
                 }
                 None => {
@@ -460,10 +460,9 @@ impl Runtime {
                             self.local(dev, client, Origin::Pull, Source::Bytes(image), &manifest)
                                 .await?
                         }
-                        (Err(message), _) | (_, Err(message)) => Err(Refusal {
-                            reason: Reason::Download,
-                            message,
-                        }),
+                        (Err(message), _) | (_, Err(message)) => {
+                            Err(airlift_client::Refusal::download(&message).into())
+                        }
                     };
                     let done = result.is_ok();
                     let _ = reply.send(result);
@@ -545,13 +544,11 @@ impl Runtime {
                     "idle",
                     refusal.is_none().then_some(message.clone()),
                 );
-                Err(refusal.map_or(
-                    Refusal {
-                        reason: Reason::Download,
-                        message,
-                    },
-                    Refusal::from,
-                ))
+                // A server's download that broke off is no refusal: it
+                // resumes at the next check-in (no one waits for a reply).
+                Err(refusal
+                    .unwrap_or_else(|| airlift_client::Refusal::download(&message))
+                    .into())
             }
         };
         self.send_events(client).await;

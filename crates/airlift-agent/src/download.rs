@@ -87,7 +87,8 @@ impl Runtime {
                         self.happen(&Happening::Retry);
                     }
                     session.interrupted(why)?;
-                    tokio::time::sleep(self.config.retry_delay).await;
+                    let wait = client.config().retry_delay_ms;
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
                 }
             }
         }

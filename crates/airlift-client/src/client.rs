@@ -131,6 +131,17 @@ pub struct Refusal {
     pub message: Text<DETAIL_MAX>,
 }
 
+impl Refusal {
+    /// A local install whose image or manifest could not be fetched (the
+    /// device page's pull): nothing was written.
+    pub fn download(message: &str) -> Refusal {
+        Refusal {
+            reason: Reason::Download,
+            message: Text::from_str_cut(message),
+        }
+    }
+}
+
 /// An update attempt that may start: the signed manifest and where it came from.
 #[derive(Debug, Clone)]
 pub struct Attempt {

@@ -37,6 +37,15 @@
 //!    resume later; the engine's error becomes a protocol
 //!    [`Reason`](airlift_protocol::Reason) by [`reason_of`].
 //!
+//! # What it keeps on flash
+//!
+//! Beside the engine's data partition, in a partition of its own (the
+//! `nvs` partition of the PC agent's layout), two kinds of power-safe
+//! [records](records): the [notes](notes) about updates (sectors 0 and 1)
+//! and the provisioned [settings](settings) (sectors 2 and 3: Wi-Fi, server,
+//! token, boot-attempt limit). `airlift sim power-cut` cuts power at every
+//! flash operation of their writes.
+//!
 //! # Memory
 //!
 //! A [`Client`] holds the running image, the notes' RAM part, the event
@@ -57,6 +66,7 @@ pub mod notes;
 pub mod outbox;
 pub mod records;
 mod session;
+pub mod settings;
 pub mod text;
 
 #[cfg(feature = "sim")]

@@ -118,46 +118,26 @@ pub struct Notes {
     pub last_result: Option<Outcome>,
 }
 
-const KINDS: [EventKind; 8] = [
-    EventKind::Downloading,
-    EventKind::Verifying,
-    EventKind::Installed,
-    EventKind::Rebooting,
-    EventKind::Booted,
-    EventKind::Confirmed,
-    EventKind::RolledBack,
-    EventKind::Failed,
-];
-const REASONS: [Reason; 9] = [
-    Reason::Verification,
-    Reason::Signature,
-    Reason::Chip,
-    Reason::TooBig,
-    Reason::SecurityVersion,
-    Reason::Download,
-    Reason::Flash,
-    Reason::BootFailed,
-    Reason::Other,
-];
+// On flash a kind or a reason is its index in the protocol's list of them.
 
 fn kind_code(k: EventKind) -> u8 {
-    KINDS.iter().position(|x| *x == k).unwrap_or(7) as u8
+    EventKind::ALL.iter().position(|x| *x == k).unwrap_or(7) as u8
 }
 
 fn kind_of(c: u8) -> EventKind {
-    KINDS
+    EventKind::ALL
         .get(usize::from(c))
         .copied()
         .unwrap_or(EventKind::Failed)
 }
 
 fn reason_code(r: Option<Reason>) -> u8 {
-    r.and_then(|r| REASONS.iter().position(|x| *x == r))
+    r.and_then(|r| Reason::ALL.iter().position(|x| *x == r))
         .map_or(0xFF, |i| i as u8)
 }
 
 fn reason_of(c: u8) -> Option<Reason> {
-    REASONS.get(usize::from(c)).copied()
+    Reason::ALL.get(usize::from(c)).copied()
 }
 
 /// Appends and reads fields of an item.

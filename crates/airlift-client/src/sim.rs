@@ -1,25 +1,29 @@
 //! The power-cut campaign of the client's own flash records, in the manner
 //! of the engine's (`airlift_engine::sim::campaign`), for `airlift sim
-//! power-cut`: for every write path of the notes, count its flash
-//! operations, then for each operation cut power before it, and tear it
-//! (first half done, and second half done); after each cut, read the notes
-//! back and check they are the notes before the write or after it, whole
-//! (history included), then check the same write, retried, completes.
+//! power-cut`: for every write path of the notes and the settings, count
+//! its flash operations, then for each operation cut power before it, and
+//! tear it (first half done, and second half done); after each cut, read
+//! the records back and check they are those before the write or after it,
+//! whole (the notes' history included), then check the same write, retried,
+//! completes.
 
 use std::format;
 use std::string::String;
 use std::vec::Vec;
 
 use airlift_engine::Region;
+use airlift_engine::sim::campaign::PathReport;
 use airlift_engine::sim::{Fault, FaultKind, SimFlash};
 use airlift_protocol::{EventKind, Reason};
 
 use crate::notes::{HISTORY_MAX, HistoryEntry, NoteStore, Notes, Outcome, Pending, Source};
+use crate::records::RecordError;
+use crate::settings::{Settings, SettingsStore};
 use crate::text::Text;
 
-/// A write path of the notes.
+/// A write path of the client's records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NotesPath {
+pub enum RecordPath {
     /// An update begins: the pending update is written.
     Begin,
     /// An update ends: the result, and a history entry appended.
@@ -28,46 +32,42 @@ pub enum NotesPath {
     HistoryFull,
     /// The server withdrew the update: the pending update is forgotten.
     Withdraw,
+    /// Provisioning rewrites the settings (a new server and token).
+    Settings,
 }
 
-impl NotesPath {
+impl RecordPath {
     /// Every path.
-    pub const ALL: [NotesPath; 4] = [
-        NotesPath::Begin,
-        NotesPath::Result,
-        NotesPath::HistoryFull,
-        NotesPath::Withdraw,
+    pub const ALL: [RecordPath; 5] = [
+        RecordPath::Begin,
+        RecordPath::Result,
+        RecordPath::HistoryFull,
+        RecordPath::Withdraw,
+        RecordPath::Settings,
     ];
 
     /// Its name in reports.
     pub fn name(self) -> &'static str {
         match self {
-            NotesPath::Begin => "notes-begin",
-            NotesPath::Result => "notes-result",
-            NotesPath::HistoryFull => "notes-history-full",
-            NotesPath::Withdraw => "notes-withdraw",
+            RecordPath::Begin => "notes-begin",
+            RecordPath::Result => "notes-result",
+            RecordPath::HistoryFull => "notes-history-full",
+            RecordPath::Withdraw => "notes-withdraw",
+            RecordPath::Settings => "settings-write",
         }
     }
 }
 
-/// The result of one path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotesReport {
-    /// The path.
-    pub path: NotesPath,
-    /// Flash operations (erase or program) on the path.
-    pub ops: u64,
-    /// Cut-before points tried (one per operation).
-    pub cut_points: u64,
-    /// Torn points tried (two per operation).
-    pub torn_points: u64,
-    /// Points after which a check failed.
-    pub failures: u64,
-    /// The first few failures, explained.
-    pub examples: Vec<String>,
+/// The result of one records path.
+pub type RecordReport = PathReport<RecordPath>;
+
+impl core::fmt::Display for RecordPath {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
-/// Where the campaign keeps the notes: the `nvs` partition of Airlift's
+/// Where the campaign keeps the records: the `nvs` partition of Airlift's
 /// default layout.
 pub const REGION: Region = Region::new(0x9000, 0x4000);
 
@@ -109,7 +109,7 @@ struct Case {
     add: Option<HistoryEntry>,
 }
 
-fn case(path: NotesPath) -> Case {
+fn case(path: RecordPath) -> Case {
     let failed = Some(Outcome {
         deployment: Some(3),
         kind: EventKind::Failed,
@@ -120,15 +120,15 @@ fn case(path: NotesPath) -> Case {
         last_result: failed,
     };
     match path {
-        NotesPath::Begin => Case {
+        RecordPath::Begin => Case {
             before: with(None),
             history: 3,
             after: with(Some(pending(7))),
             add: None,
         },
-        NotesPath::Result | NotesPath::HistoryFull => Case {
+        RecordPath::Result | RecordPath::HistoryFull => Case {
             before: with(Some(pending(7))),
-            history: if path == NotesPath::Result {
+            history: if path == RecordPath::Result {
                 3
             } else {
                 HISTORY_MAX
@@ -143,7 +143,8 @@ fn case(path: NotesPath) -> Case {
             },
             add: Some(entry(100)),
         },
-        NotesPath::Withdraw => Case {
+        // The settings are not notes: `run_path` writes them itself.
+        RecordPath::Withdraw | RecordPath::Settings => Case {
             before: with(Some(pending(7))),
             history: 3,
             after: with(None),
@@ -163,16 +164,37 @@ fn read(store: &NoteStore, flash: &mut SimFlash) -> Result<State, String> {
     Ok((notes, history))
 }
 
-/// Runs every notes path.
-pub fn run() -> Result<Vec<NotesReport>, String> {
-    NotesPath::ALL.iter().map(|&p| run_path(p)).collect()
+/// Runs every path.
+pub fn run() -> Result<Vec<RecordReport>, String> {
+    RecordPath::ALL.iter().map(|&p| run_path(p)).collect()
 }
 
-/// Runs one notes path.
-pub fn run_path(path: NotesPath) -> Result<NotesReport, String> {
+/// Runs one path.
+pub fn run_path(path: RecordPath) -> Result<RecordReport, String> {
+    let mut pre = SimFlash::new(0x10000);
+    if path == RecordPath::Settings {
+        let store = SettingsStore::new(REGION).map_err(|e| format!("{e}"))?;
+        let settings = |n: u8| Settings {
+            wifi_ssid: Text::<32>::format(format_args!("lab-{n}")).0,
+            wifi_password: Text::<64>::format(format_args!("correct horse {n}")).0,
+            server: Text::<255>::format(format_args!("https://updates-{n}.example.com")).0,
+            token: Text::<128>::format(format_args!("{}", "t".repeat(100 + usize::from(n)))).0,
+            max_attempts: n,
+        };
+        store
+            .save(&mut pre, &settings(1))
+            .map_err(|e| format!("setup: {e}"))?;
+        let after = settings(2);
+        return cut_everywhere(
+            path,
+            &pre,
+            |flash| store.save(flash, &after),
+            |flash| store.load(flash).map_err(|e| format!("{e}")),
+            |got| (*got != Some(after.clone())).then(|| format!("{got:?}")),
+        );
+    }
     let store = NoteStore::new(REGION).map_err(|e| format!("{e}"))?;
     let c = case(path);
-    let mut pre = SimFlash::new(0x10000);
     // The history, one save per entry, as a device would have written it.
     for n in 0..c.history {
         let n = u8::try_from(n).map_err(|_| "history too long")?;
@@ -184,14 +206,38 @@ pub fn run_path(path: NotesPath) -> Result<NotesReport, String> {
         .save(&mut pre, &c.before, None)
         .map_err(|e| format!("setup: {e}"))?;
     let before = read(&store, &mut pre)?;
+    let expected_len = (c.history + usize::from(c.add.is_some())).min(HISTORY_MAX);
+    let newest = c.add.clone().or(before.1.last().cloned());
+    cut_everywhere(
+        path,
+        &pre,
+        |flash| store.save(flash, &c.after, c.add.as_ref()),
+        |flash| read(&store, flash),
+        |got| {
+            (got.0 != c.after || got.1.len() != expected_len || got.1.last() != newest.as_ref())
+                .then(|| format!("{got:?}"))
+        },
+    )
+}
+
+/// The write on `pre` without a cut (checked by `wrong`), then cut at every
+/// one of its operations: what `read` finds after each cut must be what it
+/// found before the write or after it, and the write, retried, completes.
+fn cut_everywhere<S: PartialEq + core::fmt::Debug>(
+    path: RecordPath,
+    pre: &SimFlash,
+    write: impl Fn(&mut SimFlash) -> Result<(), RecordError>,
+    read: impl Fn(&mut SimFlash) -> Result<S, String>,
+    wrong: impl Fn(&S) -> Option<String>,
+) -> Result<RecordReport, String> {
+    let mut start = pre.clone();
+    let before = read(&mut start)?;
     let mut whole = pre.clone();
     whole.arm();
-    store
-        .save(&mut whole, &c.after, c.add.as_ref())
-        .map_err(|e| format!("{} without a power cut failed: {e}", path.name()))?;
+    write(&mut whole).map_err(|e| format!("{path} without a power cut failed: {e}"))?;
     let ops = whole.ops();
-    let after = read(&store, &mut whole)?;
-    let mut report = NotesReport {
+    let after = read(&mut whole)?;
+    let mut report = RecordReport {
         path,
         ops,
         cut_points: 0,
@@ -199,15 +245,11 @@ pub fn run_path(path: NotesPath) -> Result<NotesReport, String> {
         failures: 0,
         examples: Vec::new(),
     };
-    let expected_len = (c.history + usize::from(c.add.is_some())).min(HISTORY_MAX);
-    if after.0 != c.after
-        || after.1.len() != expected_len
-        || after.1.last() != c.add.as_ref().or(before.1.last())
-    {
+    if let Some(got) = wrong(&after) {
         report.failures += 1;
         report
             .examples
-            .push(format!("no cut: the notes read back are {after:?}"));
+            .push(format!("no cut: the records read back are {got}"));
     }
     for k in 0..ops {
         for kind in [FaultKind::CutBefore, FaultKind::Tear, FaultKind::TearLate] {
@@ -218,29 +260,29 @@ pub fn run_path(path: NotesPath) -> Result<NotesReport, String> {
             let mut flash = pre.clone();
             flash.set_fault_at_arm(Some(Fault { op: k, kind }));
             flash.arm();
-            let result = store.save(&mut flash, &c.after, c.add.as_ref());
+            let result = write(&mut flash);
             let mut problem = None;
             if !flash.is_dead() {
                 problem = Some(format!("the cut was never reached ({result:?})"));
             } else {
                 flash.power_cycle();
-                match read(&store, &mut flash) {
+                match read(&mut flash) {
                     Ok(got) if got == before || got == after => {
                         // The write, retried, completes.
                         let retried = if got == after {
                             Ok(())
                         } else {
-                            store.save(&mut flash, &c.after, c.add.as_ref())
+                            write(&mut flash)
                         };
-                        match (retried, read(&store, &mut flash)) {
+                        match (retried, read(&mut flash)) {
                             (Ok(()), Ok(again)) if again == after => {}
                             (r, again) => {
                                 problem = Some(format!("the retried write gave {r:?}, {again:?}"))
                             }
                         }
                     }
-                    Ok(got) => problem = Some(format!("the notes read back are {got:?}")),
-                    Err(e) => problem = Some(format!("the notes cannot be read: {e}")),
+                    Ok(got) => problem = Some(format!("the records read back are {got:?}")),
+                    Err(e) => problem = Some(format!("the records cannot be read: {e}")),
                 }
             }
             if let Some(p) = problem {

@@ -7,7 +7,8 @@ use airlift_client::notes::{
     HISTORY_MAX, HistoryEntry, NoteStore, Notes, Outcome, Pending, Source,
 };
 use airlift_client::records::{RecordError, RecordPair};
-use airlift_client::sim::{self, NotesPath};
+use airlift_client::settings::{Settings, SettingsStore};
+use airlift_client::sim::{self, RecordPath};
 use airlift_engine::Region;
 use airlift_engine::sim::SimFlash;
 use airlift_protocol::{EventKind, Reason};
@@ -108,13 +109,49 @@ fn a_record_region_needs_two_sectors() {
 }
 
 #[test]
-fn power_cut_at_every_operation_of_every_notes_write_leaves_the_old_or_the_new_notes() {
+fn settings_read_back_as_provisioned_beside_the_notes_and_keep_secrets_out_of_debug() {
+    let mut flash = SimFlash::new(0x10000);
+    let settings = SettingsStore::new(NVS).unwrap();
+    assert_eq!(
+        settings.load(&mut flash).unwrap(),
+        None,
+        "never provisioned"
+    );
+    let s = Settings {
+        wifi_ssid: "lab".try_into().unwrap(),
+        wifi_password: "correct horse battery staple".try_into().unwrap(),
+        server: "https://updates.example.com".try_into().unwrap(),
+        token: "a".repeat(128).as_str().try_into().unwrap(),
+        max_attempts: 5,
+    };
+    settings.save(&mut flash, &s).unwrap();
+    let notes = NoteStore::new(NVS).unwrap();
+    notes
+        .save(&mut flash, &Notes::default(), Some(&entry(1, 20)))
+        .unwrap();
+    assert_eq!(settings.load(&mut flash).unwrap(), Some(s.clone()));
+    assert_eq!(history(&notes, &mut flash), [entry(1, 20)]);
+    let shown = format!("{s:?}");
+    assert!(
+        !shown.contains("horse") && !shown.contains("aaaa"),
+        "{shown}"
+    );
+    assert!(shown.contains("updates.example.com"), "{shown}");
+    assert_eq!(
+        SettingsStore::new(Region::new(0x9000, 0x2000)).map(|_| ()),
+        Err(RecordError::TooSmall { size: 0x2000 }),
+        "the settings need sectors 2 and 3"
+    );
+}
+
+#[test]
+fn power_cut_at_every_operation_of_every_record_write_leaves_the_old_or_the_new_records() {
     let reports = sim::run().unwrap();
     let names: Vec<&str> = reports.iter().map(|r| r.path.name()).collect();
     assert_eq!(
         names,
-        NotesPath::ALL.map(NotesPath::name),
-        "every write path of the notes"
+        RecordPath::ALL.map(RecordPath::name),
+        "every write path of the notes and the settings"
     );
     for r in &reports {
         println!(

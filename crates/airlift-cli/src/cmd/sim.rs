@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use airlift_client::sim::NotesPath;
-use airlift_engine::sim::campaign::{self, CampaignConfig};
+use airlift_client::sim::RecordPath;
+use airlift_engine::sim::campaign::{self, CampaignConfig, PathReport};
 use airlift_engine::sim::{BootloaderKind, FLASH_SIZE};
 use airlift_format::partition::{self, PartitionEntry};
 use anyhow::{Context, bail};
@@ -137,7 +137,7 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
     } else {
         cfg.chunk_size = args.chunk_size;
     }
-    let mut notes_paths = NotesPath::ALL.to_vec();
+    let mut notes_paths = RecordPath::ALL.to_vec();
     if !args.paths.is_empty() {
         let known: Vec<String> = cfg
             .paths
@@ -158,36 +158,23 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
     }
     cfg.max_attempts = args.max_attempts;
     cfg.bootloader = args.bootloader.into();
+    let could_not_run = |e: String| anyhow::anyhow!("power-cut campaign could not run: {e}");
+    let engine = cfg
+        .paths
+        .clone()
+        .into_iter()
+        .map(|path| campaign::run_path(&cfg, path).map(Row::from));
+    // The client's notes and settings, written beside the engine's data partition.
+    let notes = notes_paths
+        .into_iter()
+        .map(|path| airlift_client::sim::run_path(path).map(Row::from));
     let mut reports: Vec<Row> = Vec::new();
-    for path in cfg.paths.clone() {
-        let r = campaign::run_path(&cfg, path)
-            .map_err(|e| anyhow::anyhow!("power-cut campaign could not run: {e}"))?;
-        reports.push(Row {
-            path: r.path.to_string(),
-            ops: r.ops,
-            cut_points: r.cut_points,
-            torn_points: r.torn_points,
-            failures: r.failures,
-            examples: r.examples,
-        });
+    for row in engine.chain(notes) {
+        let row = row.map_err(could_not_run)?;
         if !args.json {
-            print_line(&reports[reports.len() - 1]);
+            print_line(&row);
         }
-    }
-    for path in notes_paths {
-        let r = airlift_client::sim::run_path(path)
-            .map_err(|e| anyhow::anyhow!("power-cut campaign could not run: {e}"))?;
-        reports.push(Row {
-            path: r.path.name().to_owned(),
-            ops: r.ops,
-            cut_points: r.cut_points,
-            torn_points: r.torn_points,
-            failures: r.failures,
-            examples: r.examples,
-        });
-        if !args.json {
-            print_line(&reports[reports.len() - 1]);
-        }
+        reports.push(row);
     }
     let failures: u64 = reports.iter().map(|r| r.failures).sum();
     if args.json {
@@ -231,6 +218,19 @@ struct Row {
     torn_points: u64,
     failures: u64,
     examples: Vec<String>,
+}
+
+impl<P: std::fmt::Display> From<PathReport<P>> for Row {
+    fn from(r: PathReport<P>) -> Row {
+        Row {
+            path: r.path.to_string(),
+            ops: r.ops,
+            cut_points: r.cut_points,
+            torn_points: r.torn_points,
+            failures: r.failures,
+            examples: r.examples,
+        }
+    }
 }
 
 fn print_line(r: &Row) {
