@@ -660,10 +660,7 @@ pub fn boot_device<F: AgentFlash>(
     kind: BootloaderKind,
 ) -> Result<Boot<ImageInfo>, Error> {
     boot_with(flash, layout, kind, |flash, _, region| {
-        Ok(match read_slot_shared(flash, region)? {
-            SlotContent::Image(info) if info.is_valid() => Some(*info),
-            _ => None,
-        })
+        Ok(read_slot_shared(flash, region)?.bootable())
     })
 }
 

@@ -7,6 +7,23 @@ use std::process::Command;
 
 use agent_common::*;
 
+/// `v1.bin` (1.0.0) and `v2.bin` (2.0.0) of `size` bytes of code in `d`.
+fn firmware_pair(d: &std::path::Path, size: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (v1, v2) = (d.join("v1.bin"), d.join("v2.bin"));
+    for (path, version) in [(&v1, "1.0.0"), (&v2, "2.0.0")] {
+        airlift(&[
+            "fleet",
+            "firmware",
+            path.to_str().unwrap(),
+            "--version",
+            version,
+            "--size",
+            &size.to_string(),
+        ]);
+    }
+    (v1, v2)
+}
+
 #[test]
 fn fleet_sim_brings_every_device_to_the_release_despite_power_cuts_and_drops() {
     let dir = tempfile::tempdir().unwrap();
@@ -199,18 +216,7 @@ fn fleet_benchmark_measures_the_update_against_plain_and_checked_downloads_over_
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let server = Server::start(&d.join("data"), &[]);
-    let (v1, v2) = (d.join("v1.bin"), d.join("v2.bin"));
-    for (path, version) in [(&v1, "1.0.0"), (&v2, "2.0.0")] {
-        airlift(&[
-            "fleet",
-            "firmware",
-            path.to_str().unwrap(),
-            "--version",
-            version,
-            "--size",
-            "80000",
-        ]);
-    }
+    let (v1, v2) = firmware_pair(d, 80_000);
     let release = server.upload(&v2);
     let output = Command::new(AIRLIFT)
         .args(["fleet", "sim", "--devices", "6", "--tag", "bench"])
@@ -273,18 +279,7 @@ fn fleet_sim_boots_with_the_app_rollback_bootloader_confirming_and_rolling_back(
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let server = Server::start(&d.join("data"), &[]);
-    let (v1, v2) = (d.join("v1.bin"), d.join("v2.bin"));
-    for (path, version) in [(&v1, "1.0.0"), (&v2, "2.0.0")] {
-        airlift(&[
-            "fleet",
-            "firmware",
-            path.to_str().unwrap(),
-            "--version",
-            version,
-            "--size",
-            "40000",
-        ]);
-    }
+    let (v1, v2) = firmware_pair(d, 40_000);
     let release = server.upload(&v2).to_string();
     let run = |tag: &str, behave: &str| {
         let output = Command::new(AIRLIFT)

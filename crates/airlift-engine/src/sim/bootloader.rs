@@ -81,6 +81,16 @@ pub enum SlotContent {
     Invalid(String),
 }
 
+impl SlotContent {
+    /// The image, when the bootloader would start it (checksum and digest valid).
+    pub fn bootable(self) -> Option<ImageInfo> {
+        match self {
+            SlotContent::Image(info) if info.is_valid() => Some(*info),
+            _ => None,
+        }
+    }
+}
+
 /// Reads the image at the start of `region` with the streaming verifier,
 /// exactly up to the image's end (so its SHA-256 is the image file's).
 pub fn read_slot<F: ReadNorFlash>(flash: &mut F, region: Region) -> Result<SlotContent, Error> {
@@ -119,10 +129,7 @@ pub fn bootable<F: ReadNorFlash>(
     flash: &mut F,
     region: Region,
 ) -> Result<Option<ImageInfo>, Error> {
-    Ok(match read_slot(flash, region)? {
-        SlotContent::Image(info) if info.is_valid() => Some(*info),
-        _ => None,
-    })
+    Ok(read_slot(flash, region)?.bootable())
 }
 
 /// One boot, every slot checked by [`bootable`].
