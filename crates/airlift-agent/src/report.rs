@@ -95,8 +95,21 @@ pub struct EngineReport {
     pub min_security_version: u32,
     /// Key ids of the trusted keys stored on the device.
     pub trusted_keys: Vec<String>,
-    /// An interrupted install: slot and bytes written.
-    pub install: Option<(u8, u32, u32)>,
+    /// An interrupted install the next install of the same image resumes.
+    pub install: Option<InstallReport>,
+}
+
+/// An interrupted install, as its progress record says.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallReport {
+    /// The target slot.
+    pub slot: String,
+    /// Bytes written and vouched for (where a resume continues).
+    pub offset: u32,
+    /// The image's size.
+    pub size: u32,
+    /// The image's SHA-256 (from its signed manifest), hex.
+    pub image_sha256: String,
 }
 
 /// One boot-log record.
@@ -324,7 +337,12 @@ pub fn report<F: NorFlash>(flash: &mut F, max_attempts: u8) -> Result<Report, Ag
         max_attempts: status.max_attempts,
         min_security_version: status.min_security_version,
         trusted_keys,
-        install: status.install.map(|p| (p.slot, p.offset, p.size)),
+        install: status.install.map(|p| InstallReport {
+            slot: AppSlot::Ota(p.slot).to_string(),
+            offset: p.offset,
+            size: p.size,
+            image_sha256: hex(&p.image_sha256),
+        }),
     };
     let otadata = OtadataReport {
         copies: status
@@ -438,10 +456,11 @@ pub fn render_text(r: &Report) -> String {
         e.min_security_version,
         e.trusted_keys.join(", ")
     );
-    if let Some((slot, offset, size)) = e.install {
+    if let Some(i) = &e.install {
         let _ = writeln!(
             s,
-            "  interrupted install into ota_{slot}: {offset} of {size} bytes"
+            "  interrupted install into {}: {} of {} bytes of image {}",
+            i.slot, i.offset, i.size, i.image_sha256
         );
     }
     let _ = writeln!(s, "boot log ({} records):", r.boot_log.len());

@@ -57,9 +57,9 @@
 //! # Memory
 //!
 //! No heap. [`Device`] holds the flash handle, the layout and the replayed
-//! state (1256 bytes on a 64-bit host with a reference as flash handle); an
+//! state (1288 bytes on a 64-bit host with a reference as flash handle); an
 //! [`Install`] adds the streaming image verifier and a 256-byte write buffer
-//! (1032 bytes), and uses a 256-byte read-back buffer on the stack: about
+//! (1040 bytes), and uses a 256-byte read-back buffer on the stack: about
 //! 2.5 KiB in all, against a budget of 8 KiB that the `memory_budget` test
 //! checks. Ed25519 verification (ed25519-dalek, during [`Device::begin`]
 //! only) needs about 13 KiB of stack on x86_64 (measured by

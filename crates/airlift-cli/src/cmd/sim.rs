@@ -1,10 +1,12 @@
 //! `airlift sim ...`: the engine's simulator.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use airlift_client::sim::RecordPath;
 use airlift_engine::sim::campaign::{self, CampaignConfig, PathReport};
+use airlift_engine::sim::chaos::{self, ChaosConfig, ChaosReport, Stats};
 use airlift_engine::sim::{BootloaderKind, FLASH_SIZE};
 use airlift_format::partition::{self, PartitionEntry};
 use anyhow::{Context, bail};
@@ -20,6 +22,45 @@ pub enum SimCommand {
     /// write of the device's notes (they read back as before or after the
     /// write). Exit 0 only with zero failures.
     PowerCut(PowerCutArgs),
+    /// Run random sequences of good, hostile and broken installs, refused
+    /// manifests, resets, trial crashes, confirms and power cuts, checking
+    /// the engine's promises after every step (a good update offered
+    /// afterwards must install and boot). Exit 0 only with zero failures.
+    Chaos(ChaosArgs),
+}
+
+/// Arguments of `airlift sim chaos`.
+#[derive(clap::Args)]
+pub struct ChaosArgs {
+    /// Sequences to run, each on a freshly provisioned device.
+    #[arg(long, default_value_t = 10_000)]
+    sequences: u64,
+    /// Operations per sequence.
+    #[arg(long, default_value_t = 24)]
+    steps: u32,
+    /// The run's seed (each sequence's seed derives from it).
+    #[arg(long, value_parser = parse_seed)]
+    seed: Option<u64>,
+    /// Replay one sequence by the seed a failure printed.
+    #[arg(long, value_parser = parse_seed, conflicts_with_all = ["sequences", "seed"])]
+    replay: Option<u64>,
+    /// Percentage of operations that get a power cut at a random flash operation.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u8).range(0..=100))]
+    power_cut_percent: u8,
+    /// Boot attempts an unconfirmed image gets.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=20))]
+    max_attempts: u8,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_seed(s: &str) -> Result<u64, String> {
+    let parsed = match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|_| format!("{s:?} is not a seed: expected a number, decimal or 0x-hex"))
 }
 
 /// Which simulated ESP-IDF bootloader to boot with.
@@ -95,6 +136,7 @@ struct ReportJson<'a> {
 pub fn run(command: SimCommand) -> anyhow::Result<ExitCode> {
     match command {
         SimCommand::PowerCut(args) => power_cut(args),
+        SimCommand::Chaos(args) => chaos(args),
     }
 }
 
@@ -238,6 +280,113 @@ fn print_line(r: &Row) {
         "{:<22} cut points {:>5}  torn points {:>5}  failures {}",
         r.path, r.cut_points, r.torn_points, r.failures
     );
+    for e in &r.examples {
+        println!("    {e}");
+    }
+}
+
+fn chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = ChaosConfig {
+        sequences: args.sequences,
+        steps: args.steps,
+        max_attempts: args.max_attempts,
+        power_cut_percent: args.power_cut_percent,
+        ..ChaosConfig::default()
+    };
+    if let Some(seed) = args.seed {
+        cfg.seed = seed;
+    }
+    if let Some(seed) = args.replay {
+        return Ok(match chaos::run_sequence(&cfg, seed) {
+            Ok(stats) => {
+                println!(
+                    "sequence {seed:#018x}: {} operations, {} power cuts, {} refusals, no failure",
+                    stats.operations, stats.power_cuts, stats.refusals
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("sequence {seed:#018x} failed: {e}");
+                ExitCode::from(1)
+            }
+        });
+    }
+    let show_progress = !args.json && std::io::stderr().is_terminal();
+    let step = (cfg.sequences / 100).max(1);
+    let report = chaos::run(&cfg, |r| {
+        if show_progress && r.sequences % step == 0 {
+            eprint!(
+                "\r{} of {} sequences, {} failures",
+                r.sequences, cfg.sequences, r.failures
+            );
+        }
+    });
+    if show_progress {
+        eprintln!();
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&ChaosJson::new(&cfg, &report))?
+        );
+    } else {
+        print_chaos(&cfg, &report);
+    }
+    Ok(if report.failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[derive(Serialize)]
+struct ChaosJson<'a> {
+    seed: String,
+    sequences: u64,
+    steps_per_sequence: u32,
+    #[serde(flatten)]
+    totals: &'a Stats,
+    failures: u64,
+    examples: &'a [String],
+}
+
+impl<'a> ChaosJson<'a> {
+    fn new(cfg: &ChaosConfig, r: &'a ChaosReport) -> ChaosJson<'a> {
+        ChaosJson {
+            seed: format!("{:#018x}", cfg.seed),
+            sequences: r.sequences,
+            steps_per_sequence: cfg.steps,
+            totals: &r.totals,
+            failures: r.failures,
+            examples: &r.examples,
+        }
+    }
+}
+
+fn print_chaos(cfg: &ChaosConfig, r: &ChaosReport) {
+    let t = &r.totals;
+    println!(
+        "chaos: {} sequences of {} operations (seed {:#018x})",
+        r.sequences, cfg.steps, cfg.seed
+    );
+    println!("  operations      {:>9}", t.operations);
+    println!(
+        "  power cuts      {:>9}  ({} torn writes)",
+        t.power_cuts, t.torn_writes
+    );
+    println!("  refusals        {:>9}", t.refusals);
+    println!("  activations     {:>9}", t.activations);
+    println!(
+        "  resumes         {:>9}  ({} stale, retried from byte 0)",
+        t.resumes, t.stale_resumes
+    );
+    println!("  confirms        {:>9}", t.confirms);
+    println!("  rollbacks       {:>9}", t.rollbacks);
+    println!(
+        "  good updates offered after a step: {} (each installed, booted and confirmed)",
+        t.liveness_checks
+    );
+    println!("  failures        {:>9}", r.failures);
     for e in &r.examples {
         println!("    {e}");
     }

@@ -4,6 +4,7 @@
 
 pub mod bootloader;
 pub mod campaign;
+pub mod chaos;
 pub mod flash;
 
 use std::string::{String, ToString};
