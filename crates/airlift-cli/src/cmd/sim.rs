@@ -19,8 +19,8 @@ pub enum SimCommand {
     /// Cut power at every flash operation of every update path (and tear
     /// each operation in half), reboot, and check the device always boots a
     /// complete image and can finish the update; then the same for every
-    /// write of the device's notes (they read back as before or after the
-    /// write). Exit 0 only with zero failures.
+    /// write of the device's notes and settings (they read back as before
+    /// or after the write). Exit 0 only with zero failures.
     PowerCut(PowerCutArgs),
     /// Run random sequences of good, hostile and broken installs, refused
     /// manifests, resets, trial crashes, confirms and power cuts, checking
@@ -179,13 +179,13 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
     } else {
         cfg.chunk_size = args.chunk_size;
     }
-    let mut notes_paths = RecordPath::ALL.to_vec();
+    let mut record_paths = RecordPath::ALL.to_vec();
     if !args.paths.is_empty() {
         let known: Vec<String> = cfg
             .paths
             .iter()
             .map(ToString::to_string)
-            .chain(notes_paths.iter().map(|p| p.name().to_owned()))
+            .chain(record_paths.iter().map(|p| p.name().to_owned()))
             .collect();
         for name in &args.paths {
             if !known.contains(name) {
@@ -196,7 +196,7 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
             }
         }
         cfg.paths.retain(|p| args.paths.contains(&p.to_string()));
-        notes_paths.retain(|p| args.paths.iter().any(|name| name == p.name()));
+        record_paths.retain(|p| args.paths.iter().any(|name| name == p.name()));
     }
     cfg.max_attempts = args.max_attempts;
     cfg.bootloader = args.bootloader.into();
@@ -207,11 +207,11 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .map(|path| campaign::run_path(&cfg, path).map(Row::from));
     // The client's notes and settings, written beside the engine's data partition.
-    let notes = notes_paths
+    let records = record_paths
         .into_iter()
         .map(|path| airlift_client::sim::run_path(path).map(Row::from));
     let mut reports: Vec<Row> = Vec::new();
-    for row in engine.chain(notes) {
+    for row in engine.chain(records) {
         let row = row.map_err(could_not_run)?;
         if !args.json {
             print_line(&row);
@@ -252,7 +252,7 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// One path's result, of the engine's campaign or the client's notes.
+/// One path's result, of the engine's campaign or the client's records.
 struct Row {
     path: String,
     ops: u64,
