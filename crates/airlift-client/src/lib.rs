@@ -10,7 +10,7 @@
 //! # One power-on
 //!
 //! 1. The bootloader starts a slot; [`Client::boot`] runs the engine's boot
-//!    guard ([`BootStep::Reset`]: reset now), reads the [notes](notes),
+//!    guard ([`BootStep::Reset`]: reset now), reads the [notes],
 //!    settles a pending update (confirmed earlier, or rolled back: its
 //!    trial boots in the boot log outnumber those before the attempt), and
 //!    queues what the server must hear: a bootloader fallback (with the
@@ -41,8 +41,8 @@
 //!
 //! Beside the engine's data partition, in a partition of its own (the
 //! `nvs` partition of the PC agent's layout), two kinds of power-safe
-//! [records](records): the [notes](notes) about updates (sectors 0 and 1)
-//! and the provisioned [settings](settings) (sectors 2 and 3: Wi-Fi, server,
+//! [records]: the [notes] about updates (sectors 0 and 1)
+//! and the provisioned [settings] (sectors 2 and 3: Wi-Fi, server,
 //! token, boot-attempt limit). `airlift sim power-cut` cuts power at every
 //! flash operation of their writes.
 //!
