@@ -17,7 +17,9 @@ use embedded_storage::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
 };
 
-use crate::boot::SlotContent;
+use airlift_engine::sim::bootloader::{Boot, BootloaderKind, SlotContent, boot_with, read_slot};
+use airlift_engine::{Error, Layout, Region};
+use airlift_format::image::ImageInfo;
 
 /// Program granularity (esp-storage's `WRITE_SIZE`).
 pub const WRITE_SIZE: usize = 4;
@@ -628,6 +630,38 @@ impl AgentFlash for CowFlash {
         let key = self.content_key(offset, len)?;
         Some((key, self.pool.clone()))
     }
+}
+
+/// [`read_slot`], computed once per distinct slot content when the flash
+/// shares sectors between simulated devices: the verdict is a function of
+/// the slot's bytes, and 10,000 devices booting the same release would
+/// otherwise hash the same megabyte 10,000 times. The engine's own checks
+/// (an install's SHA-256 and signature) are never shared this way.
+pub fn read_slot_shared<F: AgentFlash>(
+    flash: &mut F,
+    region: Region,
+) -> Result<SlotContent, Error> {
+    let Some((key, pool)) = flash.shared_content(region.offset, region.size) else {
+        return read_slot(flash, region);
+    };
+    if let Some(known) = pool.verdicts().get(&key) {
+        return Ok(known);
+    }
+    let content = read_slot(flash, region)?;
+    pool.verdicts().put(key, content.clone());
+    Ok(content)
+}
+
+/// One boot of a device: the engine's simulated bootloader of `kind`, each
+/// slot judged by [`read_slot_shared`].
+pub fn boot_device<F: AgentFlash>(
+    flash: &mut F,
+    layout: &Layout,
+    kind: BootloaderKind,
+) -> Result<Boot<ImageInfo>, Error> {
+    boot_with(flash, layout, kind, |flash, _, region| {
+        Ok(read_slot_shared(flash, region)?.bootable())
+    })
 }
 
 #[cfg(test)]

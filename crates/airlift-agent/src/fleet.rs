@@ -195,17 +195,6 @@ fn event_index(kind: EventKind) -> usize {
     }
 }
 
-const KINDS: [EventKind; 8] = [
-    EventKind::Downloading,
-    EventKind::Verifying,
-    EventKind::Installed,
-    EventKind::Rebooting,
-    EventKind::Booted,
-    EventKind::Confirmed,
-    EventKind::RolledBack,
-    EventKind::Failed,
-];
-
 /// The final summary (also `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -366,7 +355,7 @@ impl Stats {
                 *versions.entry(version.clone()).or_insert(0) += 1;
             }
         }
-        let events = KINDS
+        let events = EventKind::ALL
             .iter()
             .map(|k| {
                 (

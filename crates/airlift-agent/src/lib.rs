@@ -10,27 +10,32 @@
 //!   shared base image for the fleet simulator.
 //! * [`provision`]: builds a flash image (partition table at 0x8000,
 //!   otadata, firmware in `ota_0`, trusted keys in Airlift's data partition).
-//! * [`boot`]: the simulated ESP-IDF bootloader over any `ReadNorFlash`.
 //! * [`report`]: what `airlift flash inspect` and the device page show.
-//! * [`device`]: the device loop: reset, bootloader, boot guard, "run" the
-//!   image with its simulated behaviour, confirm, check in, download with
-//!   resume, install, report events, reboot. One loop, generic over the
-//!   flash, serves `airlift device run` and `airlift fleet sim`.
-//! * [`notes`]: the agent's own state in the `nvs` partition.
-//! * [`web`]: the device's local page and API (`web/device`).
+//! * [`device`]: the device loop around `airlift-client`, the device's
+//!   brain (every update decision is the client's): power on, the engine's
+//!   simulated bootloader, the simulated firmware behaviour (healthy,
+//!   crash, hang), the device page's commands, timers. One loop, generic
+//!   over the flash, serves `airlift device run` and `airlift fleet sim`.
+//! * [`config`]: how a simulated device is set up.
+//! * [`transport`]: its HTTP (reqwest) and `download`: an install's bytes
+//!   from the server into the client's session.
+//! * [`page`]: what the device page sees and asks; [`web`]: the page and
+//!   its API (`web/device`).
 //!
 //! **Architecture invariant:** all device state lives in the flash; the
 //! agent process holds only caches, so killing it at any moment is a power
 //! cut and restarting it is a reset.
 #![warn(missing_docs)]
 
-pub mod boot;
+pub mod config;
 pub mod device;
+mod download;
 pub mod flash;
 pub mod fleet;
-pub mod notes;
+pub mod page;
 pub mod provision;
 pub mod report;
+pub mod transport;
 pub mod web;
 
 /// Everything that can go wrong in the agent.
@@ -42,9 +47,10 @@ pub enum AgentError {
     /// The flash file could not be opened or created.
     #[error("flash file: {0}")]
     Io(#[from] std::io::Error),
-    /// The agent's notes in the nvs partition could not be written.
-    #[error("agent notes: {0}")]
-    Notes(String),
+    /// The client (the device's update logic) failed: the engine, or the
+    /// notes it keeps in the nvs partition.
+    #[error("{0}")]
+    Client(#[from] airlift_client::Error),
     /// A firmware image or partition table given to provisioning is unusable.
     #[error("{0}")]
     Provision(String),
@@ -57,6 +63,12 @@ pub enum AgentError {
     /// Talking to the server failed.
     #[error("server: {0}")]
     Http(String),
+}
+
+impl From<airlift_client::RecordError> for AgentError {
+    fn from(e: airlift_client::RecordError) -> AgentError {
+        AgentError::Client(e.into())
+    }
 }
 
 /// Seconds since the Unix epoch.

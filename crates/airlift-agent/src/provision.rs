@@ -13,8 +13,8 @@ use crate::flash::FLASH_SIZE;
 /// `firmware` in `ota_0` selected by otadata (sequence 1, VALID), and in
 /// Airlift's data partition the trusted `keys` and what `ota_0` holds.
 /// The bootloader region (0x0..0x8000) is left erased: the agent simulates
-/// the bootloader. The table needs an `nvs` partition: the agent keeps its
-/// own notes there, as firmware keeps settings in NVS.
+/// the bootloader. The table needs an `nvs` partition: the device's client
+/// keeps its notes and settings there (`airlift_client::records`).
 pub fn flash_image(
     entries: &[PartitionEntry],
     firmware: &[u8],

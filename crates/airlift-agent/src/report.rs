@@ -10,10 +10,11 @@ use airlift_format::partition::subtype_name;
 use embedded_storage::nor_flash::NorFlash;
 use serde::Serialize;
 
-use crate::boot::{SlotContent, read_slot};
-use crate::notes::Notes;
 use crate::provision::read_table;
 use crate::{AgentError, hex};
+use airlift_client::notes::{HistoryEntry, NoteStore, Notes, Outcome, Pending};
+use airlift_engine::sim::bootloader::{SlotContent, read_slot};
+use airlift_protocol::{EventKind, Reason};
 
 /// One partition table row.
 #[derive(Debug, Clone, Serialize)]
@@ -141,8 +142,101 @@ pub struct Report {
     pub engine: EngineReport,
     /// Boot log, oldest first.
     pub boot_log: Vec<BootLogRow>,
-    /// The agent's notes (pending update, last result, history).
-    pub notes: Notes,
+    /// The device's notes (pending update, last result, history).
+    pub notes: NotesReport,
+}
+
+/// The update in progress or on trial, as the notes keep it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingReport {
+    /// The deployment it belongs to (`None` for a local upload).
+    pub deployment: Option<u64>,
+    /// SHA-256 of the new image, lowercase hex.
+    pub sha256: String,
+    /// Version string of the new image.
+    pub version: String,
+    /// `server`, `upload` or `pull`.
+    pub source: &'static str,
+    /// Trial boots of the image in the boot log before this attempt.
+    pub trials_before: u32,
+}
+
+/// The last result, as the notes keep it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutcomeReport {
+    /// The deployment, when the server assigned the update.
+    pub deployment: Option<u64>,
+    /// `confirmed`, `rolled_back` or `failed`.
+    pub kind: EventKind,
+    /// Why, for failures and rollbacks.
+    pub reason: Option<Reason>,
+}
+
+/// One line of the update history.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryReport {
+    /// Unix seconds.
+    pub at: u64,
+    /// Version of the image the attempt installed.
+    pub version: String,
+    /// Its SHA-256, lowercase hex.
+    pub sha256: String,
+    /// `server`, `upload` or `pull`.
+    pub source: &'static str,
+    /// The deployment, when there was one.
+    pub deployment: Option<u64>,
+    /// `confirmed`, `rolled_back` or `failed`.
+    pub result: EventKind,
+    /// Why, for failures and rollbacks.
+    pub reason: Option<Reason>,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// The device's notes: what `airlift-client` keeps in flash about updates.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NotesReport {
+    /// The update being installed or on trial.
+    pub pending: Option<PendingReport>,
+    /// The last result, repeated at check-ins.
+    pub last_result: Option<OutcomeReport>,
+    /// Recent attempts, oldest first.
+    pub history: Vec<HistoryReport>,
+}
+
+impl NotesReport {
+    fn new(notes: &Notes, history: Vec<HistoryReport>) -> NotesReport {
+        NotesReport {
+            pending: notes.pending.as_ref().map(|p: &Pending| PendingReport {
+                deployment: p.deployment,
+                sha256: hex(&p.sha256),
+                version: p.version.to_string(),
+                source: p.source.as_str(),
+                trials_before: p.trials_before,
+            }),
+            last_result: notes.last_result.map(|o: Outcome| OutcomeReport {
+                deployment: o.deployment,
+                kind: o.kind,
+                reason: o.reason,
+            }),
+            history,
+        }
+    }
+}
+
+impl From<&HistoryEntry> for HistoryReport {
+    fn from(h: &HistoryEntry) -> HistoryReport {
+        HistoryReport {
+            at: h.at,
+            version: h.version.to_string(),
+            sha256: hex(&h.sha256),
+            source: h.source.as_str(),
+            deployment: h.deployment,
+            result: h.result,
+            reason: h.reason,
+            detail: h.detail.to_string(),
+        }
+    }
 }
 
 fn slot_report<F: NorFlash>(
@@ -267,9 +361,13 @@ pub fn report<F: NorFlash>(flash: &mut F, max_attempts: u8) -> Result<Report, Ag
     for slot in std::iter::once(AppSlot::Factory).chain((0..layout.app_count).map(AppSlot::Ota)) {
         slots.extend(slot_report(flash, &layout, slot)?);
     }
-    let notes = match nvs {
-        Some(region) => Notes::load(flash, region)?,
-        None => Notes::default(),
+    let notes = match nvs.map(NoteStore::new).transpose()? {
+        Some(store) => {
+            let mut history = Vec::new();
+            store.history(flash, |h| history.push(HistoryReport::from(h)))?;
+            NotesReport::new(&store.load(flash)?, history)
+        }
+        None => NotesReport::default(),
     };
     Ok(Report {
         partitions,

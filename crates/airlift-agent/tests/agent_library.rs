@@ -5,18 +5,27 @@
 
 use std::sync::Arc;
 
-use airlift_agent::boot::run_bootloader;
 use airlift_agent::device::{Behaviour, Behaviours};
 use airlift_agent::flash::{CowFlash, SECTOR, SectorPool};
 use airlift_agent::provision::flash_image;
 use airlift_agent::report::report;
+use airlift_engine::sim::bootloader::{self, Boot, BootloaderKind};
 use airlift_engine::sim::{sign_image, test_image};
 use airlift_engine::{AppSlot, BootDecision, Config, Device, Layout};
+use airlift_format::image::ImageInfo;
 use airlift_format::manifest::{SigningKey, key_id, public_key_from_seed};
 use airlift_format::partition::{AIRLIFT_DEFAULT, TABLE_OFFSET};
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 
 const SEED: [u8; 32] = [9; 32];
+
+/// One boot with the simulated bootloader every simulation uses (the plain one).
+fn run_bootloader(
+    flash: &mut CowFlash,
+    layout: &Layout,
+) -> Result<Boot<ImageInfo>, airlift_engine::Error> {
+    bootloader::boot(flash, layout, BootloaderKind::Plain)
+}
 
 fn base(v1: &[u8]) -> Arc<[u8]> {
     flash_image(&AIRLIFT_DEFAULT, v1, &[public_key_from_seed(&SEED)])

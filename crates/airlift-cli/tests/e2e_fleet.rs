@@ -7,6 +7,14 @@ use std::process::Command;
 
 use agent_common::*;
 
+/// `v1.bin` (1.0.0) and `v2.bin` (2.0.0) of `size` bytes of code in `d`.
+fn firmware_pair(d: &std::path::Path, size: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (v1, v2) = (d.join("v1.bin"), d.join("v2.bin"));
+    fleet_firmware(&v1, "1.0.0", Some(size));
+    fleet_firmware(&v2, "2.0.0", Some(size));
+    (v1, v2)
+}
+
 #[test]
 fn fleet_sim_brings_every_device_to_the_release_despite_power_cuts_and_drops() {
     let dir = tempfile::tempdir().unwrap();
@@ -183,10 +191,7 @@ fn fleet_benchmark_measures_the_update_against_plain_and_checked_downloads_over_
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let server = Server::start(&d.join("data"), &[]);
-    let (v1, v2) = (d.join("v1.bin"), d.join("v2.bin"));
-    for (path, version) in [(&v1, "1.0.0"), (&v2, "2.0.0")] {
-        fleet_firmware(path, version, Some(80_000));
-    }
+    let (v1, v2) = firmware_pair(d, 80_000);
     let release = server.upload(&v2);
     let output = Command::new(AIRLIFT)
         .args(["fleet", "sim", "--devices", "6", "--tag", "bench"])
@@ -242,4 +247,63 @@ fn fleet_benchmark_measures_the_update_against_plain_and_checked_downloads_over_
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+}
+
+#[test]
+fn fleet_sim_boots_with_the_app_rollback_bootloader_confirming_and_rolling_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(&d.join("data"), &[]);
+    let (v1, v2) = firmware_pair(d, 40_000);
+    let release = server.upload(&v2).to_string();
+    let run = |tag: &str, behave: &str| {
+        let output = Command::new(AIRLIFT)
+            .args(["fleet", "sim", "--devices", "3", "--tag", tag])
+            .args(["--prefix", tag, "--bootloader", "rollback"])
+            .arg("--firmware")
+            .arg(&v1)
+            .arg("--trust")
+            .arg(server.signing_pub())
+            .args([
+                "--poll",
+                "0.2",
+                "--health-check",
+                "0.02",
+                "--watchdog",
+                "0.1",
+            ])
+            .args(["--behave", behave, "--until-version", "2.0.0"])
+            .args(["--deploy", &release, "--duration", "60", "--json"])
+            .env("AIRLIFT_SERVER", &server.url)
+            .env("AIRLIFT_TOKEN", server.admin_token())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let healthy = run("good", "2.0.0=healthy");
+    assert_eq!(
+        healthy["versions"],
+        serde_json::json!({"2.0.0": 3}),
+        "{healthy:#}"
+    );
+    assert_eq!(healthy["events"]["confirmed"], 3, "{healthy:#}");
+    // Airlift activates in state UNDEFINED, which this bootloader leaves
+    // alone: the boot guard gives the crashing release its 3 tries.
+    let crashing = run("bad", "2.0.0=crash");
+    assert_eq!(
+        crashing["versions"],
+        serde_json::json!({"1.0.0": 3}),
+        "{crashing:#}"
+    );
+    assert_eq!(crashing["events"]["rolled_back"], 3, "{crashing:#}");
+    assert_eq!(
+        crashing["events"]["booted"], 9,
+        "three trial boots each: {crashing:#}"
+    );
+    assert_eq!(crashing["crashed"], 0, "{crashing:#}");
 }

@@ -92,8 +92,11 @@ fn sigkill_at_many_points_always_comes_back_on_a_complete_image_and_finishes() {
         rounds.push((&progress[3..], delay));
     }
     let mut seen = std::collections::BTreeSet::new();
+    // What the log held before the agent (re)started: a line it writes
+    // at once after a restart is new to the round, even when this thread
+    // reads the log only after it (a loaded machine).
+    let mut before = agent.log_text();
     for (round, (patterns, delay)) in rounds.into_iter().enumerate() {
-        let before = agent.log_text();
         wait_for_any(&mut agent, &before, patterns);
         std::thread::sleep(Duration::from_millis(delay));
         agent.kill();
@@ -116,6 +119,7 @@ fn sigkill_at_many_points_always_comes_back_on_a_complete_image_and_finishes() {
             (true, _, true) => "new image confirmed",
         };
         seen.insert(phase);
+        before = agent.log_text();
         agent.restart();
     }
     println!("kills landed in: {seen:?}");

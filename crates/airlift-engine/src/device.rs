@@ -1,9 +1,7 @@
 //! The device: boot guard, confirm, and the entry point of installs.
 
 use airlift_format::image::APP_DESC_MAGIC;
-use airlift_format::otadata::{
-    self, ENTRY_LEN, OtaSelectEntry, OtaState, active_entry, boot_slot, plan_activation,
-};
+use airlift_format::otadata::{OtaSelectEntry, OtaState, active_entry, boot_slot, plan_activation};
 use airlift_format::partition::TABLE_OFFSET;
 use embedded_storage::nor_flash::NorFlash;
 
@@ -209,28 +207,13 @@ impl<'k, F: NorFlash> Device<'k, F> {
     }
 
     pub(crate) fn entries(&mut self) -> Result<[OtaSelectEntry; 2], Error> {
-        let mut out = [OtaSelectEntry::BLANK; 2];
-        for (copy, entry) in out.iter_mut().enumerate() {
-            let mut raw = [0u8; ENTRY_LEN];
-            self.flash
-                .read(
-                    self.layout.otadata.offset + copy as u32 * otadata::SECTOR_SIZE,
-                    &mut raw,
-                )
-                .map_err(flash_err)?;
-            *entry = OtaSelectEntry::decode(&raw);
-        }
-        Ok(out)
+        crate::otadata_io::read_entries(&mut self.flash, self.layout.otadata)
     }
 
     /// Erases one otadata copy's sector and writes `entry` (sequence number
     /// and state together) in one program operation.
     pub(crate) fn write_entry(&mut self, copy: usize, entry: &OtaSelectEntry) -> Result<(), Error> {
-        let at = self.layout.otadata.offset + copy as u32 * otadata::SECTOR_SIZE;
-        self.flash
-            .erase(at, at + otadata::SECTOR_SIZE)
-            .map_err(flash_err)?;
-        self.flash.write(at, &entry.encode()).map_err(flash_err)
+        crate::otadata_io::write_entry(&mut self.flash, self.layout.otadata, copy, entry)
     }
 
     pub(crate) fn selected(&self, entries: &[OtaSelectEntry; 2]) -> AppSlot {

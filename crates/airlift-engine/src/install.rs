@@ -180,7 +180,7 @@ pub struct Install<'d, 'k, F: NorFlash> {
     pending_len: usize,
 }
 
-impl<F: NorFlash> Install<'_, '_, F> {
+impl<'d, 'k, F: NorFlash> Install<'d, 'k, F> {
     /// The target OTA slot.
     pub fn slot(&self) -> u8 {
         self.slot
@@ -398,6 +398,15 @@ impl<F: NorFlash> Install<'_, '_, F> {
     /// the progress record; a resumed session whose image does not verify
     /// answers [`Error::StaleResume`]: begin again, from byte 0.
     pub fn finish(mut self) -> Result<Activated, Error> {
+        self.finish_in_place()
+    }
+
+    /// [`Install::finish`] that keeps the session, so that after a refusal
+    /// the caller can take the device back ([`Install::into_device`]) and
+    /// begin again: what a client does after [`Error::StaleResume`]. The
+    /// session is over either way: later calls answer
+    /// [`Error::SessionFailed`].
+    pub fn finish_in_place(&mut self) -> Result<Activated, Error> {
         if self.failed {
             return Err(Error::SessionFailed);
         }
@@ -419,9 +428,19 @@ impl<F: NorFlash> Install<'_, '_, F> {
             }
         }
         match self.verify() {
-            Ok(()) => self.activate(),
+            Ok(()) => {
+                // Whatever activation answers, this session is done.
+                self.failed = true;
+                self.activate()
+            }
             Err(e) => Err(self.refuse(e)),
         }
+    }
+
+    /// Ends the session without touching the flash (as dropping it does:
+    /// the last checkpoint stays to resume from) and gives the device back.
+    pub fn into_device(self) -> &'d mut Device<'k, F> {
+        self.device
     }
 
     fn verify(&mut self) -> Result<(), Error> {
@@ -445,8 +464,8 @@ impl<F: NorFlash> Install<'_, '_, F> {
         Ok(())
     }
 
-    fn activate(self) -> Result<Activated, Error> {
-        let device = self.device;
+    fn activate(&mut self) -> Result<Activated, Error> {
+        let device = &mut *self.device;
         let entries = device.entries()?;
         let running = device.running_slot(&entries);
         let plan = plan_activation(

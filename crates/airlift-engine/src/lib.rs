@@ -21,7 +21,8 @@
 //! # What is on flash, and why it survives power cuts
 //!
 //! * **otadata** is read and written exactly as ESP-IDF does, through
-//!   [`airlift_format::otadata`]: every change is one new entry (sequence
+//!   [`airlift_format::otadata`] and, on flash, [`otadata_io`] alone (the
+//!   simulated bootloader uses it too): every change is one new entry (sequence
 //!   number and state in one 32-byte program) written to the copy that is
 //!   *not* active, so a cut during the erase or the program leaves the active
 //!   copy, and the image it selects, in charge. A fresh activation is written
@@ -75,6 +76,7 @@ mod device;
 mod error;
 mod install;
 mod layout;
+pub mod otadata_io;
 pub mod store;
 
 #[cfg(feature = "sim")]

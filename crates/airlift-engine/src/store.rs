@@ -74,20 +74,52 @@ const KIND_INSTALL: u8 = 0x51;
 const KIND_INSTALL_CLEAR: u8 = 0x58;
 const KIND_RUNNING: u8 = 0x52;
 
-/// CRC-32 (IEEE 802.3, reflected, as zlib computes it).
-pub(crate) fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
+/// CRC-32 (IEEE 802.3, reflected, as zlib computes it), fed in pieces:
+/// the data partition's records use it, and so do other power-safe records
+/// kept beside it (the client's notes), so a copy torn by a power cut is
+/// recognised the same way everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crc32(u32);
+
+impl Crc32 {
+    /// An empty checksum.
+    pub const fn new() -> Crc32 {
+        Crc32(!0)
     }
-    !crc
+
+    /// Adds `bytes`.
+    pub fn update(&mut self, bytes: &[u8]) {
+        let mut crc = self.0;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        self.0 = crc;
+    }
+
+    /// The CRC of everything added.
+    pub const fn value(&self) -> u32 {
+        !self.0
+    }
+}
+
+impl Default for Crc32 {
+    fn default() -> Crc32 {
+        Crc32::new()
+    }
+}
+
+/// CRC-32 of `bytes` (see [`Crc32`]).
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = Crc32::new();
+    crc.update(bytes);
+    crc.value()
 }
 
 /// A version string of at most 32 bytes, stored inline.

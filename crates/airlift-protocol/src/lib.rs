@@ -244,6 +244,19 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in the order an update produces them. New kinds are
+    /// appended: a device's notes store a kind as its index here.
+    pub const ALL: [EventKind; 8] = [
+        Self::Downloading,
+        Self::Verifying,
+        Self::Installed,
+        Self::Rebooting,
+        Self::Booted,
+        Self::Confirmed,
+        Self::RolledBack,
+        Self::Failed,
+    ];
+
     /// Whether this kind ends an update attempt.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Confirmed | Self::RolledBack | Self::Failed)
@@ -295,6 +308,20 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason. New reasons are appended: a device's notes store a
+    /// reason as its index here.
+    pub const ALL: [Reason; 9] = [
+        Self::Verification,
+        Self::Signature,
+        Self::Chip,
+        Self::TooBig,
+        Self::SecurityVersion,
+        Self::Download,
+        Self::Flash,
+        Self::BootFailed,
+        Self::Other,
+    ];
+
     /// The snake_case name used on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

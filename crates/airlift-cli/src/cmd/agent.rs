@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Watchdog timeout in seconds (a hanging image is reset after it).
     #[arg(long, default_value_t = 1.0)]
     pub watchdog: f64,
+    /// The ESP-IDF bootloader the device boots with: built without app
+    /// rollback (the esp-rs default), or with it (it rewrites otadata).
+    #[arg(long, value_enum, default_value_t = super::sim::Bootloader::Plain)]
+    pub bootloader: super::sim::Bootloader,
     /// Name in log lines [default: the flash file's name].
     #[arg(long)]
     pub name: Option<String>,
@@ -78,6 +82,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_attempts: args.max_attempts,
         health_check: secs(args.health_check, "health-check")?,
         watchdog: secs(args.watchdog, "watchdog")?,
+        bootloader: args.bootloader.into(),
         ..AgentConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -88,6 +88,10 @@ pub struct SimArgs {
     /// Watchdog timeout in seconds.
     #[arg(long, default_value_t = 2.0)]
     pub watchdog: f64,
+    /// The ESP-IDF bootloader the devices boot with: built without app
+    /// rollback (the esp-rs default), or with it (it rewrites otadata).
+    #[arg(long, value_enum, default_value_t = super::sim::Bootloader::Plain)]
+    pub bootloader: super::sim::Bootloader,
     /// Most HTTP requests in flight at once (the fleet's uplink).
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
@@ -251,6 +255,7 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         behaviours,
         health_check: secs(args.health_check, "health-check")?,
         watchdog: secs(args.watchdog, "watchdog")?,
+        bootloader: args.bootloader.into(),
         drop_rate: args.drop_rate,
         power_cut_rate: args.power_cut_rate,
         retry_delay: Duration::from_secs(1),

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use airlift_client::sim::RecordPath;
 use airlift_engine::sim::campaign::{self, CampaignConfig, PathReport};
 use airlift_engine::sim::chaos::{self, ChaosConfig, ChaosReport, Stats};
 use airlift_engine::sim::{BootloaderKind, FLASH_SIZE};
@@ -17,8 +18,9 @@ use serde::Serialize;
 pub enum SimCommand {
     /// Cut power at every flash operation of every update path (and tear
     /// each operation in half), reboot, and check the device always boots a
-    /// complete image and can finish the update. Exit 0 only with zero
-    /// failures.
+    /// complete image and can finish the update; then the same for every
+    /// write of the device's notes and settings (they read back as before
+    /// or after the write). Exit 0 only with zero failures.
     PowerCut(PowerCutArgs),
     /// Run random sequences of good, hostile and broken installs, refused
     /// manifests, resets, trial crashes, confirms and power cuts, checking
@@ -62,12 +64,21 @@ fn parse_seed(s: &str) -> Result<u64, String> {
 }
 
 /// Which simulated ESP-IDF bootloader to boot with.
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Bootloader {
     /// Built without app rollback (the esp-rs default).
     Plain,
     /// Built with CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE.
     Rollback,
+}
+
+impl From<Bootloader> for BootloaderKind {
+    fn from(b: Bootloader) -> BootloaderKind {
+        match b {
+            Bootloader::Plain => BootloaderKind::Plain,
+            Bootloader::Rollback => BootloaderKind::Rollback,
+        }
+    }
 }
 
 /// Arguments of `airlift sim power-cut`.
@@ -168,8 +179,14 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
     } else {
         cfg.chunk_size = args.chunk_size;
     }
+    let mut record_paths = RecordPath::ALL.to_vec();
     if !args.paths.is_empty() {
-        let known: Vec<String> = cfg.paths.iter().map(ToString::to_string).collect();
+        let known: Vec<String> = cfg
+            .paths
+            .iter()
+            .map(ToString::to_string)
+            .chain(record_paths.iter().map(|p| p.name().to_owned()))
+            .collect();
         for name in &args.paths {
             if !known.contains(name) {
                 bail!(
@@ -179,34 +196,38 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
             }
         }
         cfg.paths.retain(|p| args.paths.contains(&p.to_string()));
+        record_paths.retain(|p| args.paths.iter().any(|name| name == p.name()));
     }
     cfg.max_attempts = args.max_attempts;
-    cfg.bootloader = match args.bootloader {
-        Bootloader::Plain => BootloaderKind::Plain,
-        Bootloader::Rollback => BootloaderKind::Rollback,
-    };
-    let mut reports: Vec<PathReport> = Vec::new();
-    for path in cfg.paths.clone() {
-        let report = campaign::run_path(&cfg, path)
-            .map_err(|e| anyhow::anyhow!("power-cut campaign could not run: {e}"))?;
+    cfg.bootloader = args.bootloader.into();
+    let could_not_run = |e: String| anyhow::anyhow!("power-cut campaign could not run: {e}");
+    let engine = cfg
+        .paths
+        .clone()
+        .into_iter()
+        .map(|path| campaign::run_path(&cfg, path).map(Row::from));
+    // The client's notes and settings, written beside the engine's data partition.
+    let records = record_paths
+        .into_iter()
+        .map(|path| airlift_client::sim::run_path(path).map(Row::from));
+    let mut reports: Vec<Row> = Vec::new();
+    for row in engine.chain(records) {
+        let row = row.map_err(could_not_run)?;
         if !args.json {
-            print_line(&report);
+            print_line(&row);
         }
-        reports.push(report);
+        reports.push(row);
     }
     let failures: u64 = reports.iter().map(|r| r.failures).sum();
     if args.json {
         let json = ReportJson {
             partitions: table_name,
-            bootloader: match args.bootloader {
-                Bootloader::Plain => "plain",
-                Bootloader::Rollback => "rollback",
-            },
+            bootloader: BootloaderKind::from(args.bootloader).name(),
             max_attempts: args.max_attempts,
             paths: reports
                 .iter()
                 .map(|r| PathJson {
-                    path: r.path.to_string(),
+                    path: r.path.clone(),
                     ops: r.ops,
                     cut_points: r.cut_points,
                     torn_points: r.torn_points,
@@ -231,13 +252,33 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_line(r: &PathReport) {
+/// One path's result, of the engine's campaign or the client's records.
+struct Row {
+    path: String,
+    ops: u64,
+    cut_points: u64,
+    torn_points: u64,
+    failures: u64,
+    examples: Vec<String>,
+}
+
+impl<P: std::fmt::Display> From<PathReport<P>> for Row {
+    fn from(r: PathReport<P>) -> Row {
+        Row {
+            path: r.path.to_string(),
+            ops: r.ops,
+            cut_points: r.cut_points,
+            torn_points: r.torn_points,
+            failures: r.failures,
+            examples: r.examples,
+        }
+    }
+}
+
+fn print_line(r: &Row) {
     println!(
         "{:<22} cut points {:>5}  torn points {:>5}  failures {}",
-        r.path.to_string(),
-        r.cut_points,
-        r.torn_points,
-        r.failures
+        r.path, r.cut_points, r.torn_points, r.failures
     );
     for e in &r.examples {
         println!("    {e}");

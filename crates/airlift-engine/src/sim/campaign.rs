@@ -174,11 +174,12 @@ impl CampaignConfig {
     }
 }
 
-/// The result of one path.
+/// The result of one path (of this campaign, or of another one that cuts
+/// power the same way, such as the client's notes).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathReport {
+pub struct PathReport<P = Path> {
     /// The path.
-    pub path: Path,
+    pub path: P,
     /// Flash operations (erase or program) on the path.
     pub ops: u64,
     /// Cut-before points tried (one per operation).

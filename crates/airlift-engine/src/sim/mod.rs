@@ -55,10 +55,13 @@ pub fn provision(
         ));
     }
     flash.load(slot0.offset as usize, image_bytes);
-    flash.load(
-        layout.otadata.offset as usize,
-        &OtaSelectEntry::new(1, OtaState::Valid).encode(),
-    );
+    crate::otadata_io::write_entry(
+        &mut flash,
+        layout.otadata,
+        0,
+        &OtaSelectEntry::new(1, OtaState::Valid),
+    )
+    .map_err(|e| e.to_string())?;
     let tag = tag_of(image_bytes);
     let mut device = Device::open(&mut flash, Config::default()).map_err(|e| e.to_string())?;
     for key in keys {

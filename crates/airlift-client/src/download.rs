@@ -1,0 +1,108 @@
+//! How an image download resumes and when it gives up.
+//!
+//! A download asks for the bytes from where the engine's install stands:
+//! from 0 a plain GET, else `Range: bytes=N-` with `If-Range: "<sha256>"`
+//! (the artifact's `ETag`), so a server whose artifact changed sends the
+//! whole image instead of a wrong tail. The answer decides:
+//!
+//! | answer | what the device does |
+//! |---|---|
+//! | 206 whose `Content-Range` starts at N | writes the body |
+//! | 206 starting elsewhere | gives up: the server is not answering the question |
+//! | 200 | the whole image again: skips the N bytes already written |
+//! | 5xx, a connection that fails or closes early | retries after a delay, resuming |
+//! | any other status | gives up |
+//!
+//! More than [`MAX_RETRIES`] retries in one install give up too.
+
+use core::fmt::Write;
+
+use crate::text::Text;
+
+/// Retries of one install's download before it gives up.
+pub const MAX_RETRIES: u32 = 5;
+
+/// Longest message about a download problem (the transport's own words
+/// included, cut: small enough that a `Result` carrying one stays cheap to
+/// move, which matters without a heap to box it in).
+pub const MESSAGE_MAX: usize = 96;
+
+/// A message about a download problem.
+pub type Message = Text<MESSAGE_MAX>;
+
+/// What to ask the server for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetch {
+    /// First byte wanted (0: the whole image).
+    pub from: u32,
+}
+
+impl Fetch {
+    /// The `Range` header's value, when resuming.
+    pub fn range(&self) -> Option<Text<24>> {
+        (self.from > 0).then(|| Text::format(format_args!("bytes={}-", self.from)))
+    }
+
+    /// The `If-Range` header's value for an artifact whose `ETag` is its
+    /// SHA-256 in hex, when resuming.
+    pub fn if_range(&self, sha256_hex: &str) -> Option<Text<68>> {
+        (self.from > 0).then(|| Text::format(format_args!("\"{sha256_hex}\"")))
+    }
+}
+
+/// Why a response cannot be used as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interrupt {
+    /// Try again later, resuming.
+    Retry(Message),
+    /// Give up this download.
+    Fatal(Message),
+}
+
+/// What to do with a response to `fetch`: how many leading bytes of its
+/// body to drop, or why not to use it. `content_range` is the header's value.
+pub fn accept(fetch: Fetch, status: u16, content_range: Option<&str>) -> Result<u32, Interrupt> {
+    match status {
+        206 => {
+            let starts = content_range
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u32>().ok());
+            if starts == Some(fetch.from) {
+                Ok(0)
+            } else {
+                let mut m = Message::default();
+                let _ = match starts {
+                    Some(s) => write!(
+                        m,
+                        "server sent a range starting at Some({s}), expected {}",
+                        fetch.from
+                    ),
+                    None => write!(
+                        m,
+                        "server sent a range starting at None, expected {}",
+                        fetch.from
+                    ),
+                };
+                Err(Interrupt::Fatal(m))
+            }
+        }
+        // The whole image again: skip what is already written.
+        200 => Ok(fetch.from),
+        s if s >= 500 => Err(Interrupt::Retry(Text::format(format_args!(
+            "server answered {s}"
+        )))),
+        s => Err(Interrupt::Fatal(Text::format(format_args!(
+            "download refused: server answered {s}"
+        )))),
+    }
+}
+
+/// The part of a received chunk to write: after dropping `*skip` leading
+/// bytes (counted down), at most `left` bytes.
+pub fn to_write<'c>(chunk: &'c [u8], skip: &mut u32, left: u32) -> &'c [u8] {
+    let n = (*skip as usize).min(chunk.len());
+    *skip -= n as u32;
+    let data = &chunk[n..];
+    &data[..data.len().min(left as usize)]
+}

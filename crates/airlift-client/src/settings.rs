@@ -1,0 +1,114 @@
+//! What a device is provisioned with and keeps across resets: its Wi-Fi
+//! network, its server and token, its boot-attempt limit.
+//!
+//! The same power-safe [records](crate::records) as the notes, in the next
+//! two sectors of the same partition (sectors 2 and 3): provisioning writes
+//! them (`airlift flash provision`, for the firmware), the device only
+//! reads them. Each field is one item, so a field a later version adds is
+//! skipped by this one. The secrets are kept out of `Debug`.
+
+use core::fmt;
+
+use airlift_engine::Region;
+use airlift_protocol::Token;
+use embedded_storage::nor_flash::NorFlash;
+
+use crate::records::{MAX_ITEM, RecordError, RecordPair, SECTOR};
+use crate::text::Text;
+
+const KIND_SETTINGS: u8 = 2;
+const TAG_SSID: u8 = 1;
+const TAG_PASSWORD: u8 = 2;
+const TAG_SERVER: u8 = 3;
+const TAG_TOKEN: u8 = 4;
+const TAG_MAX_ATTEMPTS: u8 = 5;
+
+/// Longest Wi-Fi network name (802.11's bound).
+pub const SSID_MAX: usize = 32;
+/// Longest Wi-Fi password (WPA2's bound).
+pub const WIFI_PASSWORD_MAX: usize = 64;
+/// Longest server base URL.
+pub const SERVER_MAX: usize = MAX_ITEM;
+
+/// A device's provisioned settings.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Wi-Fi network name.
+    pub wifi_ssid: heapless::String<SSID_MAX>,
+    /// Wi-Fi password (empty for an open network).
+    pub wifi_password: heapless::String<WIFI_PASSWORD_MAX>,
+    /// The server's base URL (`https://updates.example.com`).
+    pub server: heapless::String<SERVER_MAX>,
+    /// The device's bearer token.
+    pub token: Token,
+    /// Boots an unconfirmed image gets (0: the engine's default).
+    pub max_attempts: u8,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("Settings")
+            .field("wifi_ssid", &self.wifi_ssid)
+            .field("wifi_password", &redacted(&self.wifi_password))
+            .field("server", &self.server)
+            .field("token", &redacted(&self.token))
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+/// The settings' place on flash: sectors 2 and 3 of the partition that
+/// holds the notes in its sectors 0 and 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingsStore {
+    pair: RecordPair,
+}
+
+impl SettingsStore {
+    /// Settings kept in `region`'s sectors 2 and 3 (it needs four).
+    pub fn new(region: Region) -> Result<SettingsStore, RecordError> {
+        let rest = Region::new(
+            region.offset + 2 * SECTOR,
+            region.size.saturating_sub(2 * SECTOR),
+        );
+        Ok(SettingsStore {
+            pair: RecordPair::new(rest, KIND_SETTINGS)
+                .map_err(|_| RecordError::TooSmall { size: region.size })?,
+        })
+    }
+
+    /// The newest intact settings, `None` on a device never provisioned.
+    pub fn load<F: NorFlash>(&self, flash: &mut F) -> Result<Option<Settings>, RecordError> {
+        let Some(copy) = self.pair.newest(flash)? else {
+            return Ok(None);
+        };
+        let mut s = Settings::default();
+        let (mut at, mut buf) = (0, [0u8; 2 + MAX_ITEM]);
+        while let Some((tag, payload)) = self.pair.next_item(flash, copy, &mut at, &mut buf)? {
+            let text = core::str::from_utf8(payload).unwrap_or("");
+            match tag {
+                TAG_SSID => s.wifi_ssid = Text::from_str_cut(text).0,
+                TAG_PASSWORD => s.wifi_password = Text::from_str_cut(text).0,
+                TAG_SERVER => s.server = Text::from_str_cut(text).0,
+                TAG_TOKEN => s.token = Text::from_str_cut(text).0,
+                TAG_MAX_ATTEMPTS => s.max_attempts = payload.first().copied().unwrap_or(0),
+                _ => {}
+            }
+        }
+        Ok(Some(s))
+    }
+
+    /// Writes `settings` as the next copy (power-safe: a cut leaves the
+    /// previous settings).
+    pub fn save<F: NorFlash>(&self, flash: &mut F, settings: &Settings) -> Result<(), RecordError> {
+        let current = self.pair.newest(flash)?;
+        let mut w = self.pair.begin(flash, current)?;
+        w.item(flash, TAG_SSID, settings.wifi_ssid.as_bytes())?;
+        w.item(flash, TAG_PASSWORD, settings.wifi_password.as_bytes())?;
+        w.item(flash, TAG_SERVER, settings.server.as_bytes())?;
+        w.item(flash, TAG_TOKEN, settings.token.as_bytes())?;
+        w.item(flash, TAG_MAX_ATTEMPTS, &[settings.max_attempts])?;
+        w.commit(flash)
+    }
+}

@@ -1,0 +1,88 @@
+//! How a download resumes and what each answer means, case by case.
+#![allow(clippy::unwrap_used)]
+
+use airlift_client::download::{Fetch, Interrupt, accept, to_write};
+
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Skip(u32),
+    Retry(String),
+    Fatal(String),
+}
+
+fn check(from: u32, status: u16, content_range: Option<&str>, expected: Verdict) {
+    let got = match accept(Fetch { from }, status, content_range) {
+        Ok(skip) => Verdict::Skip(skip),
+        Err(Interrupt::Retry(m)) => Verdict::Retry(m.as_str().to_owned()),
+        Err(Interrupt::Fatal(m)) => Verdict::Fatal(m.as_str().to_owned()),
+    };
+    assert_eq!(got, expected, "from {from}, {status}, {content_range:?}");
+}
+
+#[test]
+fn each_answer_to_a_download_request_is_used_retried_or_refused() {
+    use Verdict::*;
+    // A fresh download: the body as it comes.
+    check(0, 200, None, Skip(0));
+    // A resume answered with the range asked for.
+    check(8192, 206, Some("bytes 8192-99999/100000"), Skip(0));
+    // A resume answered with the whole image: skip what is already written.
+    check(8192, 200, None, Skip(8192));
+    // A range that starts elsewhere: the server did not answer the question.
+    check(
+        8192,
+        206,
+        Some("bytes 0-99999/100000"),
+        Fatal("server sent a range starting at Some(0), expected 8192".into()),
+    );
+    check(
+        8192,
+        206,
+        None,
+        Fatal("server sent a range starting at None, expected 8192".into()),
+    );
+    // A server in trouble: later, resuming.
+    check(8192, 503, None, Retry("server answered 503".into()));
+    check(0, 500, None, Retry("server answered 500".into()));
+    // Anything else: not this device's download.
+    check(
+        0,
+        404,
+        None,
+        Fatal("download refused: server answered 404".into()),
+    );
+    check(
+        0,
+        401,
+        None,
+        Fatal("download refused: server answered 401".into()),
+    );
+}
+
+#[test]
+fn a_resume_asks_for_the_rest_with_the_artifacts_etag_and_a_fresh_download_for_all() {
+    let fresh = Fetch { from: 0 };
+    assert_eq!(fresh.range(), None);
+    assert_eq!(fresh.if_range("ab"), None);
+    let resume = Fetch { from: 65536 };
+    assert_eq!(resume.range().unwrap().as_str(), "bytes=65536-");
+    assert_eq!(resume.if_range("3a1f").unwrap().as_str(), "\"3a1f\"");
+}
+
+#[test]
+fn chunks_drop_the_bytes_to_skip_and_never_pass_the_image_end() {
+    fn check(chunk_len: usize, skip: u32, left: u32, expected: (usize, u32)) {
+        let chunk: Vec<u8> = (0..chunk_len).map(|i| i as u8).collect();
+        let mut s = skip;
+        let data = to_write(&chunk, &mut s, left);
+        assert_eq!((data.len(), s), expected, "{chunk_len} {skip} {left}");
+        if !data.is_empty() {
+            assert_eq!(data[0], (skip.min(chunk_len as u32)) as u8);
+        }
+    }
+    check(100, 0, 1000, (100, 0));
+    check(100, 30, 1000, (70, 0));
+    check(100, 300, 1000, (0, 200));
+    check(100, 0, 40, (40, 0));
+    check(100, 90, 5, (5, 0));
+}
