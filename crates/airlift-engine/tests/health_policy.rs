@@ -6,37 +6,55 @@ use airlift_engine::health::{HealthPolicy, HealthVerdict, ServerContact};
 use HealthVerdict::{Confirm, Fail, Wait};
 use ServerContact::{Answered, NotConfigured, Waiting};
 
-fn check(uptime_ms: u64, server: ServerContact, expected: HealthVerdict) {
-    assert_eq!(
-        HealthPolicy::DEFAULT.judge(uptime_ms, server),
-        expected,
-        "{uptime_ms} ms, {server:?}"
-    );
+/// Each case: uptime in ms, what the server did, the expected verdict.
+fn check(policy: HealthPolicy, cases: &[(u64, ServerContact, HealthVerdict)]) {
+    for &(uptime_ms, server, expected) in cases {
+        assert_eq!(
+            policy.judge(uptime_ms, server),
+            expected,
+            "{uptime_ms} ms, {server:?}, {policy:?}"
+        );
+    }
 }
 
 #[test]
 fn an_offline_device_confirms_after_a_stable_minute() {
-    check(0, NotConfigured, Wait);
-    check(59_999, NotConfigured, Wait);
-    check(60_000, NotConfigured, Confirm);
-    check(3_600_000, NotConfigured, Confirm);
+    check(
+        HealthPolicy::DEFAULT,
+        &[
+            (0, NotConfigured, Wait),
+            (59_999, NotConfigured, Wait),
+            (60_000, NotConfigured, Confirm),
+            (3_600_000, NotConfigured, Confirm),
+        ],
+    );
 }
 
 #[test]
 fn a_device_with_a_server_confirms_once_it_answered_and_the_image_settled() {
-    check(0, Answered, Wait);
-    check(9_999, Answered, Wait);
-    check(10_000, Answered, Confirm);
-    // An answer that comes after the deadline still counts: it came.
-    check(400_000, Answered, Confirm);
+    check(
+        HealthPolicy::DEFAULT,
+        &[
+            (0, Answered, Wait),
+            (9_999, Answered, Wait),
+            (10_000, Answered, Confirm),
+            // An answer that comes after the deadline still counts: it came.
+            (400_000, Answered, Confirm),
+        ],
+    );
 }
 
 #[test]
 fn a_device_whose_server_never_answers_fails_its_trial_at_the_deadline() {
-    check(0, Waiting, Wait);
-    check(60_000, Waiting, Wait);
-    check(299_999, Waiting, Wait);
-    check(300_000, Waiting, Fail);
+    check(
+        HealthPolicy::DEFAULT,
+        &[
+            (0, Waiting, Wait),
+            (60_000, Waiting, Wait),
+            (299_999, Waiting, Wait),
+            (300_000, Waiting, Fail),
+        ],
+    );
 }
 
 #[test]
@@ -58,8 +76,14 @@ fn a_custom_policy_applies_its_own_times() {
         answer_deadline_ms: 1_000,
         offline_stable_ms: 500,
     };
-    assert_eq!(quick.judge(0, Answered), Confirm);
-    assert_eq!(quick.judge(499, NotConfigured), Wait);
-    assert_eq!(quick.judge(500, NotConfigured), Confirm);
-    assert_eq!(quick.judge(1_000, Waiting), Fail);
+    check(
+        quick,
+        &[
+            (0, Answered, Confirm),
+            (499, NotConfigured, Wait),
+            (500, NotConfigured, Confirm),
+            (999, Waiting, Wait),
+            (1_000, Waiting, Fail),
+        ],
+    );
 }

@@ -1006,13 +1006,7 @@ pub const FIRMWARE_4MB: [PartitionEntry; 6] = [
         0x19_0000,
         0x18_0000,
     ),
-    PartitionEntry::preset(
-        AIRLIFT_DATA_LABEL,
-        PartitionType::DATA,
-        AIRLIFT_DATA_SUBTYPE,
-        0x31_0000,
-        0x1_0000,
-    ),
+    AIRLIFT_DEFAULT[6],
 ];
 
 /// Writes a label for messages (`"ota_0"`, or the raw bytes escaped).
