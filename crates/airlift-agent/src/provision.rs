@@ -1,5 +1,6 @@
 //! Building a device's flash image, as `airlift flash create` (or esptool
-//! flashing a factory image) leaves it.
+//! flashing a factory image) leaves it, and the whole flash of a real board
+//! (`airlift flash provision`).
 
 use airlift_engine::sim;
 use airlift_format::image;
@@ -20,6 +21,73 @@ pub fn flash_image(
     firmware: &[u8],
     keys: &[[u8; 32]],
 ) -> Result<Vec<u8>, AgentError> {
+    provisioned(entries, firmware, keys, FLASH_SIZE)
+}
+
+/// The whole flash of a real board, to write at offset 0 (`espflash
+/// write-bin 0x0 FILE`, `esptool write-flash 0x0 FILE`): [`flash_image`]'s
+/// content, `flash_size` bytes long, with the ESP-IDF second-stage
+/// `bootloader` at the chip's bootloader offset, its header set to
+/// `flash_size` (the bootloader configures the flash from it, and the ROM's
+/// flash functions refuse addresses beyond it). Every other byte is 0xFF,
+/// so whatever the board held before is erased.
+///
+/// Phase 2 adds the device's settings (Wi-Fi, server, token, boot-attempt
+/// limit) as the client crate's records in the `nvs` partition.
+pub fn whole_flash(
+    entries: &[PartitionEntry],
+    firmware: &[u8],
+    keys: &[[u8; 32]],
+    bootloader: &[u8],
+    flash_size: u32,
+) -> Result<Vec<u8>, AgentError> {
+    let refuse = |why: String| Err(AgentError::Provision(why));
+    let app_chip = match image::verify(firmware) {
+        Ok(info) => info.chip(),
+        Err(e) => return refuse(format!("firmware is not an ESP app image: {e}")),
+    };
+    let boot = match image::verify(bootloader) {
+        Ok(info) => info,
+        Err(e) => return refuse(format!("bootloader is not an ESP image: {e}")),
+    };
+    if boot.app_desc.is_some() {
+        return refuse(
+            "the bootloader file is an application image (it has an app descriptor)".into(),
+        );
+    }
+    if !boot.is_valid() {
+        return refuse("bootloader's checksum or appended sha-256 digest is wrong".into());
+    }
+    if boot.chip() != app_chip {
+        return refuse(format!(
+            "bootloader is for {} but the firmware is for {app_chip}",
+            boot.chip()
+        ));
+    }
+    let Some(offset) = app_chip.bootloader_offset() else {
+        return refuse(format!("no known bootloader offset for {app_chip}"));
+    };
+    let mut patched = bootloader[..boot.image_len as usize].to_vec();
+    image::set_flash_size(&mut patched, flash_size)
+        .map_err(|e| AgentError::Provision(format!("bootloader: {e}")))?;
+    let end = offset as usize + patched.len();
+    if end > TABLE_OFFSET as usize {
+        return refuse(format!(
+            "bootloader is {} bytes at {offset:#x}: it runs into the partition table at {TABLE_OFFSET:#x}",
+            patched.len()
+        ));
+    }
+    let mut flash = provisioned(entries, firmware, keys, flash_size as usize)?;
+    flash[offset as usize..end].copy_from_slice(&patched);
+    Ok(flash)
+}
+
+fn provisioned(
+    entries: &[PartitionEntry],
+    firmware: &[u8],
+    keys: &[[u8; 32]],
+    flash_size: usize,
+) -> Result<Vec<u8>, AgentError> {
     let info = image::verify(firmware)
         .map_err(|e| AgentError::Provision(format!("firmware is not an ESP app image: {e}")))?;
     if !info.is_valid() {
@@ -32,8 +100,19 @@ pub fn flash_image(
             "firmware has no app descriptor (esp_app_desc_t): not an application image".into(),
         ));
     }
+    if let Some(e) = entries
+        .iter()
+        .find(|e| e.offset as usize + e.size as usize > flash_size)
+    {
+        return Err(AgentError::Provision(format!(
+            "partition {} ends at {:#x}, beyond the {} MiB flash",
+            e.label_str(),
+            e.offset as usize + e.size as usize,
+            flash_size >> 20
+        )));
+    }
     let flash =
-        sim::provision(entries, FLASH_SIZE, firmware, keys).map_err(AgentError::Provision)?;
+        sim::provision(entries, flash_size, firmware, keys).map_err(AgentError::Provision)?;
     if !entries.iter().any(|e| e.label_str() == "nvs") {
         return Err(AgentError::NoNvs);
     }

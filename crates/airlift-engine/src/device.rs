@@ -41,6 +41,36 @@ fn read_mark(entry: &OtaSelectEntry) -> Option<([u8; 4], u8, u32)> {
         .then(|| (mark, l[4], u32::from_le_bytes([l[5], l[6], l[7], l[8]])))
 }
 
+/// Whether a flash driver's geometry fits the engine: every read is of
+/// whole 4-byte words at 4-byte aligned offsets, every program a multiple of
+/// 32 bytes (otadata) or 256 (image), and ESP-IDF's structures are laid out
+/// in 4 KiB sectors. So `READ_SIZE` must divide 4, `WRITE_SIZE` 32 and
+/// `ERASE_SIZE` 4096. [`Device::with_layout`] refuses other drivers; firmware
+/// can check its driver at compile time:
+///
+/// ```
+/// # use airlift_engine::geometry_fits;
+/// # struct MyFlash;
+/// # impl embedded_storage::nor_flash::ErrorType for MyFlash { type Error = core::convert::Infallible; }
+/// # impl embedded_storage::nor_flash::ReadNorFlash for MyFlash {
+/// #     const READ_SIZE: usize = 4;
+/// #     fn read(&mut self, _: u32, _: &mut [u8]) -> Result<(), Self::Error> { Ok(()) }
+/// #     fn capacity(&self) -> usize { 0 }
+/// # }
+/// # impl embedded_storage::nor_flash::NorFlash for MyFlash {
+/// #     const WRITE_SIZE: usize = 4;
+/// #     const ERASE_SIZE: usize = 4096;
+/// #     fn erase(&mut self, _: u32, _: u32) -> Result<(), Self::Error> { Ok(()) }
+/// #     fn write(&mut self, _: u32, _: &[u8]) -> Result<(), Self::Error> { Ok(()) }
+/// # }
+/// const _: () = assert!(geometry_fits::<MyFlash>());
+/// ```
+pub const fn geometry_fits<F: NorFlash>() -> bool {
+    4usize.is_multiple_of(F::READ_SIZE)
+        && 32usize.is_multiple_of(F::WRITE_SIZE)
+        && (SECTOR_SIZE as usize).is_multiple_of(F::ERASE_SIZE)
+}
+
 /// Boot attempts an unconfirmed image gets by default.
 pub const DEFAULT_MAX_ATTEMPTS: u8 = 3;
 /// Default distance between install progress records (for resuming).
@@ -158,13 +188,7 @@ impl<'k, F: NorFlash> Device<'k, F> {
 
     /// Opens the device with a layout the caller already knows.
     pub fn with_layout(mut flash: F, layout: Layout, config: Config<'k>) -> Result<Self, Error> {
-        // Every read is of whole 4-byte words at 4-byte aligned offsets, every
-        // program a multiple of 32 bytes (otadata) or 256 (image), and
-        // ESP-IDF's structures are laid out in 4 KiB sectors.
-        if !(4usize.is_multiple_of(F::READ_SIZE)
-            && 32usize.is_multiple_of(F::WRITE_SIZE)
-            && (SECTOR_SIZE as usize).is_multiple_of(F::ERASE_SIZE))
-        {
+        if !geometry_fits::<F>() {
             return Err(Error::UnsupportedFlashGeometry {
                 read_size: F::READ_SIZE,
                 write_size: F::WRITE_SIZE,

@@ -89,6 +89,20 @@ impl Layout {
         }
     }
 
+    /// The app slot that holds flash `offset`: how firmware names the slot
+    /// it runs from, given the flash address the bootloader mapped its code
+    /// from (as ESP-IDF's `esp_ota_get_running_partition` does). `None` for
+    /// an offset outside every app slot.
+    pub fn slot_at(&self, offset: u32) -> Option<AppSlot> {
+        let holds = |r: &Region| r.size > 0 && offset >= r.offset && offset < r.end();
+        if self.factory.as_ref().is_some_and(holds) {
+            return Some(AppSlot::Factory);
+        }
+        (0..self.app_count)
+            .find(|&n| holds(&self.slots[usize::from(n)]))
+            .map(AppSlot::Ota)
+    }
+
     /// What an ESP-IDF bootloader starts from for a [`BootTarget`]: the OTA
     /// slot, or for a fallback the factory app when present, else `ota_0`.
     pub fn resolve(&self, target: BootTarget) -> AppSlot {
@@ -226,6 +240,27 @@ mod tests {
             n += 1;
         }
         assert_eq!(&got[..n], &expected[..], "selected {selected}");
+    }
+
+    #[test]
+    fn the_slot_at_a_flash_offset_is_the_app_partition_that_holds_it() {
+        use AppSlot::{Factory, Ota};
+        let l = layout(3, true);
+        let cases = [
+            (0x1_0000, Some(Factory)),
+            (0x10_FFFF, Some(Factory)),
+            (0x20_0000, Some(Ota(0))),
+            (0x28_0000, Some(Ota(0))),
+            (0x30_0000, Some(Ota(1))),
+            (0x4F_FFFF, Some(Ota(2))),
+            (0x50_0000, None),
+            (0xD000, None),
+            (0x0, None),
+        ];
+        for (offset, expected) in cases {
+            assert_eq!(l.slot_at(offset), expected, "offset {offset:#x}");
+        }
+        assert_eq!(layout(2, false).slot_at(0x1_0000), None, "no factory app");
     }
 
     #[test]

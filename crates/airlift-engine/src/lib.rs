@@ -15,8 +15,9 @@
 //!    (erase ahead, program, read back into the image verifier: one SHA-256
 //!    pass); [`Install::finish`] verifies and activates it.
 //! 4. After a reset the new image runs *on trial*; [`Device::confirm`] makes
-//!    it permanent. Without confirmation, after `max_attempts` boots (3 by
-//!    default) the boot guard selects the previous slot and asks for a reset.
+//!    it permanent (when: the app's call, or the default [`health`] policy).
+//!    Without confirmation, after `max_attempts` boots (3 by default) the
+//!    boot guard selects the previous slot and asks for a reset.
 //!
 //! # What is on flash, and why it survives power cuts
 //!
@@ -74,6 +75,7 @@ extern crate std;
 
 mod device;
 mod error;
+pub mod health;
 mod install;
 mod layout;
 pub mod otadata_io;
@@ -84,7 +86,7 @@ pub mod sim;
 
 pub use device::{
     Activated, BootDecision, Config, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_MAX_ATTEMPTS, Device,
-    Status,
+    Status, geometry_fits,
 };
 pub use error::Error;
 pub use install::{Install, READ_BACK_LEN, WRITE_BUFFER_LEN};

@@ -188,3 +188,71 @@ fn a_word_reading_flash_resumes_an_interrupted_install() {
     ));
     assert_eq!(rig.slot_image(AppSlot::Ota(1)), Some(new));
 }
+
+/// A flash driver that only declares a geometry (reads, writes and erases
+/// pass through to the simulator).
+struct Declared<'a, const R: usize, const W: usize, const E: usize>(&'a mut SimFlash);
+
+impl<const R: usize, const W: usize, const E: usize> ErrorType for Declared<'_, R, W, E> {
+    type Error = SimFlashError;
+}
+
+impl<const R: usize, const W: usize, const E: usize> ReadNorFlash for Declared<'_, R, W, E> {
+    const READ_SIZE: usize = R;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), SimFlashError> {
+        self.0.read(offset, bytes)
+    }
+
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+impl<const R: usize, const W: usize, const E: usize> NorFlash for Declared<'_, R, W, E> {
+    const WRITE_SIZE: usize = W;
+    const ERASE_SIZE: usize = E;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), SimFlashError> {
+        self.0.erase(from, to)
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), SimFlashError> {
+        self.0.write(offset, bytes)
+    }
+}
+
+/// `geometry_fits` (what firmware checks at compile time) and
+/// `Device::open` (what refuses at run time) agree.
+fn geometry<const R: usize, const W: usize, const E: usize>(fits: bool) {
+    let rig = &mut Rig::new(ota_table(2, 0x10_0000, 0x2000), &image(0, 0));
+    let cfg = rig.config();
+    assert_eq!(
+        airlift_engine::geometry_fits::<Declared<'_, R, W, E>>(),
+        fits,
+        "read {R}, write {W}, erase {E}"
+    );
+    let opened = Device::open(Declared::<R, W, E>(&mut rig.flash), cfg);
+    assert_eq!(
+        matches!(
+            opened,
+            Err(airlift_engine::Error::UnsupportedFlashGeometry { .. })
+        ),
+        !fits,
+        "read {R}, write {W}, erase {E}"
+    );
+}
+
+#[test]
+fn esp_storage_geometry_fits_and_coarser_drivers_are_refused() {
+    // esp-storage 0.10's FlashStorage: 4-byte reads and programs, 4 KiB sectors.
+    geometry::<4, 4, 4096>(true);
+    geometry::<1, 1, 4096>(true);
+    geometry::<4, 32, 4096>(true);
+    geometry::<4, 4, 1024>(true);
+    geometry::<8, 4, 4096>(false);
+    geometry::<4, 64, 4096>(false);
+    geometry::<4, 256, 4096>(false);
+    geometry::<4, 4, 65536>(false);
+    geometry::<4, 0, 4096>(false);
+}

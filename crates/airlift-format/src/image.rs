@@ -186,6 +186,24 @@ impl Chip {
     pub fn is_known(self) -> bool {
         !matches!(self, Chip::Unknown(_))
     }
+
+    /// Where the ROM loads the second-stage bootloader from, as esptool
+    /// writes it: 0x1000 on the ESP32 and ESP32-S2, 0x2000 on the ESP32-C5
+    /// and ESP32-P4, 0x0 on the others listed; `None` for a chip whose
+    /// offset this version does not state.
+    pub fn bootloader_offset(self) -> Option<u32> {
+        match self {
+            Chip::Esp32 | Chip::Esp32s2 => Some(0x1000),
+            Chip::Esp32c5 | Chip::Esp32p4 => Some(0x2000),
+            Chip::Esp32s3
+            | Chip::Esp32c2
+            | Chip::Esp32c3
+            | Chip::Esp32c6
+            | Chip::Esp32c61
+            | Chip::Esp32h2 => Some(0),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Chip {
@@ -1038,6 +1056,52 @@ impl ImageVerifier {
             file_sha256: self.hasher.finalize().into(),
         })
     }
+}
+
+/// The header's flash size code (high nibble of byte 3) for `size` bytes:
+/// 1 MiB is 0, 2 MiB 1, ... 128 MiB 7; `None` for any other size.
+pub fn flash_size_code(size: u32) -> Option<u8> {
+    (0..8u8).find(|&code| (1024 * 1024u32) << code == size)
+}
+
+/// Why [`set_flash_size`] could not patch an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashSizeError {
+    /// The bytes are not a well-formed ESP image.
+    Image(ImageError),
+    /// The size is not a power of two from 1 MiB to 128 MiB.
+    Size(u32),
+}
+
+impl fmt::Display for FlashSizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlashSizeError::Image(e) => e.fmt(f),
+            FlashSizeError::Size(size) => write!(
+                f,
+                "flash size {size} bytes is not one of 1, 2, 4, 8, 16, 32, 64 or 128 MiB"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for FlashSizeError {}
+
+/// Writes `size` into the image header's flash size field and, when a
+/// digest is appended, recomputes it (the digest covers the header), as
+/// esptool and espflash do when they write a bootloader: the ESP-IDF
+/// bootloader configures the flash from its own header, and the ROM's
+/// flash functions refuse addresses beyond that size.
+pub fn set_flash_size(image: &mut [u8], size: u32) -> Result<ImageInfo, FlashSizeError> {
+    let code = flash_size_code(size).ok_or(FlashSizeError::Size(size))?;
+    let before = verify(image).map_err(FlashSizeError::Image)?;
+    image[3] = (code << 4) | (image[3] & 0x0F);
+    if before.digest.is_some() {
+        let at = before.image_len as usize - DIGEST_LEN;
+        let digest = Sha256::digest(&image[..at]);
+        image[at..at + DIGEST_LEN].copy_from_slice(&digest);
+    }
+    verify(image).map_err(FlashSizeError::Image)
 }
 
 /// Verifies a whole image held in memory; same as one [`ImageVerifier::update`].

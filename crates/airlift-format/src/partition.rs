@@ -984,6 +984,31 @@ pub const AIRLIFT_DEFAULT: [PartitionEntry; 7] = [
     ),
 ];
 
+/// The layout of Airlift's ESP32 firmware for 4 MiB boards
+/// (`firmware/partitions.csv`): ESP-IDF's `nvs`, `otadata` and `phy_init`,
+/// no factory app, two 1.5 MiB OTA slots, and Airlift's data partition. The
+/// last 896 KiB are left to the application.
+pub const FIRMWARE_4MB: [PartitionEntry; 6] = [
+    DEFAULT_TWO_OTA[0],
+    DEFAULT_TWO_OTA[1],
+    DEFAULT_TWO_OTA[2],
+    PartitionEntry::preset(
+        "ota_0",
+        PartitionType::APP,
+        app_subtype::OTA_0,
+        0x1_0000,
+        0x18_0000,
+    ),
+    PartitionEntry::preset(
+        "ota_1",
+        PartitionType::APP,
+        app_subtype::OTA_0 + 1,
+        0x19_0000,
+        0x18_0000,
+    ),
+    AIRLIFT_DEFAULT[6],
+];
+
 /// Writes a label for messages (`"ota_0"`, or the raw bytes escaped).
 struct ShowLabel<'a>(&'a Label);
 

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use airlift_format::image::{
-    APP_DESC_LEN, APP_DESC_MAGIC, Chip, ImageBuilder, ImageError, ImageInfo, ImagePart, verify,
+    APP_DESC_LEN, APP_DESC_MAGIC, Chip, ImageBuilder, ImageError, ImageInfo, ImagePart,
+    set_flash_size, verify,
 };
 use image_common::{real_bootloaders, real_images, workspace};
 use sha2::{Digest, Sha256};
@@ -258,6 +259,37 @@ fn real_esp_idf_bootloaders_for_every_chip_read_the_same_as_esptool() {
         let path = write_scratch(&format!("bootloader_{name}"), &bytes);
         let info = assert_same_as_esptool(&path);
         assert!(info.is_valid(), "{name}");
+    }
+}
+
+#[test]
+fn a_bootloader_patched_to_another_flash_size_is_valid_in_both_tools() {
+    // What `airlift flash provision` does to the bootloader it writes: the
+    // size field changes and the appended digest is recomputed. esptool
+    // takes a second a run here: the chips the firmware builds for, and the
+    // classic ESP32 for its other frequency encoding.
+    let cases = [
+        ("esp32c3.bin", 4u32 << 20),
+        ("esp32c3.bin", 16 << 20),
+        ("esp32c6.bin", 4 << 20),
+        ("esp32.bin", 4 << 20),
+    ];
+    let bootloaders = real_bootloaders();
+    for (name, size) in cases {
+        let (_, bytes) = bootloaders.iter().find(|(n, _)| n == name).unwrap();
+        let mut patched = bytes.clone();
+        let info = set_flash_size(&mut patched, size).unwrap();
+        assert!(info.is_valid(), "{name} at {size}");
+        assert_eq!(info.header.flash_size(), Some(size), "{name}");
+        assert_eq!(
+            info.header.flash_freq_mhz(),
+            verify(bytes).unwrap().header.flash_freq_mhz(),
+            "{name}: frequency kept"
+        );
+        assert_eq!(patched.len(), bytes.len(), "{name}: same length");
+        // esptool reads the same size, and a valid digest.
+        let path = write_scratch(&format!("patched_{}_{name}", size >> 20), &patched);
+        assert!(assert_same_as_esptool(&path).is_valid(), "{name}");
     }
 }
 

@@ -5,8 +5,8 @@
 mod image_common;
 
 use airlift_format::image::{
-    APP_DESC_OFFSET, Chip, FlashMode, ImageBuilder, ImageError, ImagePart, ImageVerifier,
-    SEGMENT_LEN_LIMIT, verify,
+    APP_DESC_OFFSET, Chip, FlashMode, FlashSizeError, ImageBuilder, ImageError, ImagePart,
+    ImageVerifier, SEGMENT_LEN_LIMIT, flash_size_code, set_flash_size, verify,
 };
 use image_common::{real_bootloaders, real_images, verify_chunked};
 use sha2::{Digest, Sha256};
@@ -432,4 +432,80 @@ fn error_messages_say_what_is_wrong_and_what_was_expected() {
         },
         "truncated image: input ends at byte 300 in the data of segment 1, which needs 1024 bytes",
     );
+}
+
+#[test]
+fn flash_size_codes_are_esptools() {
+    let mib = 1024 * 1024;
+    for (size, code) in [
+        (mib, 0),
+        (2 * mib, 1),
+        (4 * mib, 2),
+        (16 * mib, 4),
+        (128 * mib, 7),
+    ] {
+        assert_eq!(flash_size_code(size), Some(code), "{size}");
+    }
+    for size in [0, 512 * 1024, 3 * mib, 256 * mib, 4 * mib + 4096] {
+        assert_eq!(flash_size_code(size), None, "{size}");
+    }
+}
+
+#[test]
+fn setting_the_flash_size_keeps_the_image_valid_and_changes_only_the_size_and_digest() {
+    let image = small_image();
+    let mut patched = image.clone();
+    let info = set_flash_size(&mut patched, 8 << 20).unwrap();
+    assert!(info.is_valid());
+    assert_eq!(info.header.flash_size(), Some(8 << 20));
+    let digest_at = info.image_len as usize - 32;
+    let changed: Vec<usize> = (0..image.len())
+        .filter(|&i| image[i] != patched[i])
+        .collect();
+    assert!(
+        changed
+            .iter()
+            .all(|&i| i == 3 || (digest_at..digest_at + 32).contains(&i)),
+        "changed bytes {changed:?}"
+    );
+    assert_eq!(patched[3] & 0x0F, image[3] & 0x0F, "frequency kept");
+}
+
+#[test]
+fn setting_the_flash_size_of_an_image_without_digest_changes_one_byte() {
+    let image = ImageBuilder::new(Chip::Esp32c3)
+        .hash_appended(false)
+        .segment(0x3FC8_0000, vec![9; 16])
+        .build();
+    let mut patched = image.clone();
+    let info = set_flash_size(&mut patched, 2 << 20).unwrap();
+    assert!(info.is_valid() && info.digest.is_none());
+    let changed = (0..image.len()).filter(|&i| image[i] != patched[i]).count();
+    assert!(changed <= 1, "{changed} bytes changed");
+}
+
+#[test]
+fn setting_the_flash_size_refuses_odd_sizes_and_non_images() {
+    let mut image = small_image();
+    assert_eq!(
+        set_flash_size(&mut image, 3 << 20),
+        Err(FlashSizeError::Size(3 << 20))
+    );
+    assert_eq!(image, small_image(), "untouched on error");
+    let mut junk = vec![0u8; 64];
+    assert_eq!(
+        set_flash_size(&mut junk, 4 << 20),
+        Err(FlashSizeError::Image(ImageError::BadMagic(0)))
+    );
+}
+
+#[test]
+fn bootloader_offsets_are_esptools() {
+    assert_eq!(Chip::Esp32.bootloader_offset(), Some(0x1000));
+    assert_eq!(Chip::Esp32s2.bootloader_offset(), Some(0x1000));
+    for chip in [Chip::Esp32c3, Chip::Esp32c6, Chip::Esp32s3, Chip::Esp32h2] {
+        assert_eq!(chip.bootloader_offset(), Some(0), "{chip}");
+    }
+    assert_eq!(Chip::Esp32p4.bootloader_offset(), Some(0x2000));
+    assert_eq!(Chip::Unknown(77).bootloader_offset(), None);
 }

@@ -2,9 +2,9 @@
 //! CSV partition tables in `gen_esp32part.py`'s syntax.
 
 use airlift_format::partition::{
-    AIRLIFT_DEFAULT, CsvError, DEFAULT_TWO_OTA, FLAG_ENCRYPTED, FLAG_READONLY, LineProblem,
-    PartitionEntry, PartitionError, PartitionType, app_subtype, data_subtype, label_from_str,
-    parse_csv, render_csv,
+    AIRLIFT_DEFAULT, CsvError, DEFAULT_TWO_OTA, FIRMWARE_4MB, FLAG_ENCRYPTED, FLAG_READONLY,
+    LineProblem, OtaLayout, PartitionEntry, PartitionError, PartitionType, app_subtype,
+    data_subtype, label_from_str, parse_csv, render_csv,
 };
 
 fn entry(
@@ -289,4 +289,24 @@ fn parse_of_render_gives_back_the_entries() {
     for entries in [&DEFAULT_TWO_OTA[..], &AIRLIFT_DEFAULT[..], &odd[..], &[]] {
         assert_eq!(parse_csv(&render_csv(entries)).unwrap(), entries);
     }
+}
+
+#[test]
+fn the_firmware_csv_is_the_firmware_4mb_layout_with_two_one_and_a_half_mib_slots() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../firmware/partitions.csv");
+    let csv = std::fs::read_to_string(path).unwrap();
+    assert_eq!(parse_csv(&csv).unwrap(), FIRMWARE_4MB);
+    let layout = OtaLayout::from_entries(FIRMWARE_4MB.iter().copied()).unwrap();
+    assert_eq!(layout.app_count, 2);
+    assert_eq!(layout.factory, None);
+    assert_eq!(layout.slots[0], Some((0x1_0000, 1536 * 1024)));
+    assert_eq!(layout.slots[1], Some((0x19_0000, 1536 * 1024)));
+    assert_eq!(layout.otadata, Some((0xD000, 0x2000)));
+    assert_eq!(layout.airlift_data, Some((0x31_0000, 0x1_0000)));
+    let end = FIRMWARE_4MB
+        .iter()
+        .map(|e| e.offset + e.size)
+        .max()
+        .unwrap();
+    assert!(end <= 4 * 1024 * 1024, "fits 4 MiB: ends at {end:#x}");
 }
