@@ -25,7 +25,7 @@ pub use crate::config::{AgentConfig, Behaviour, Behaviours};
 use crate::download::Source;
 use crate::flash::{AgentFlash, boot_device};
 pub use crate::page::{Command, Control, Refusal, RunningInfo, Snapshot};
-use crate::provision::read_table;
+use crate::provision::records_region;
 use crate::report::report;
 use crate::transport::Transport;
 pub use crate::transport::{enroll, http_client};
@@ -68,7 +68,7 @@ type Dev<'f, F> = Device<'static, &'f mut F>;
 pub struct Agent<F: AgentFlash> {
     flash: F,
     layout: Layout,
-    nvs: Region,
+    records: Region,
     rt: Runtime,
 }
 
@@ -102,18 +102,14 @@ impl Journal for Narrator {
 
 impl<F: AgentFlash> Agent<F> {
     /// A device over `flash` (which must hold a partition table with OTA
-    /// slots, otadata, an `airlift` data partition and an `nvs` partition).
+    /// slots, otadata, an `airlift` data partition and an `records` partition).
     pub fn new(
         mut flash: F,
         config: AgentConfig,
         http: reqwest::Client,
     ) -> Result<Self, AgentError> {
         let layout = Layout::read(&mut flash, airlift_format::partition::TABLE_OFFSET)?;
-        let nvs = read_table(&mut flash)?
-            .iter()
-            .find(|e| e.label_str() == "nvs")
-            .map(|e| Region::new(e.offset, e.size))
-            .ok_or(AgentError::NoNvs)?;
+        let records = records_region(&layout)?;
         let rng = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let transport = Transport::new(
             config.server.clone(),
@@ -125,7 +121,7 @@ impl<F: AgentFlash> Agent<F> {
         Ok(Agent {
             flash,
             layout,
-            nvs,
+            records,
             rt: Runtime {
                 config,
                 transport,
@@ -190,7 +186,7 @@ impl<F: AgentFlash> Agent<F> {
         let Agent {
             flash,
             layout,
-            nvs,
+            records,
             rt,
         } = self;
         rt.boots += 1;
@@ -201,7 +197,7 @@ impl<F: AgentFlash> Agent<F> {
         };
         let mut dev: Dev<'_, F> = Device::with_layout(&mut *flash, *layout, rt.config.engine())?;
         // A client per power-on: what it holds in RAM is lost at a reset.
-        let mut client = Client::new(rt.config.client(), NoteStore::new(*nvs)?);
+        let mut client = Client::new(rt.config.client(), NoteStore::new(*records)?);
         let clock = rt.clock();
         let step = client.boot(
             &mut dev,

@@ -48,7 +48,7 @@ pub enum AgentError {
     #[error("flash file: {0}")]
     Io(#[from] std::io::Error),
     /// The client (the device's update logic) failed: the engine, or the
-    /// notes it keeps in the nvs partition.
+    /// notes it keeps at the end of Airlift's data partition.
     #[error("{0}")]
     Client(#[from] airlift_client::Error),
     /// A firmware image or partition table given to provisioning is unusable.
@@ -57,9 +57,15 @@ pub enum AgentError {
     /// No slot holds a bootable image.
     #[error("no slot holds a valid image: the device is bricked")]
     Bricked,
-    /// The partition table has no `nvs` partition for the agent's notes.
-    #[error("partition table has no nvs partition (the agent keeps its state there)")]
-    NoNvs,
+    /// Airlift's data partition is too small to hold the client's records
+    /// beside the engine's log.
+    #[error(
+        "the airlift data partition is {size} bytes: the device keeps its notes and settings in its last 16K beside the engine's log, so it needs at least 24K (64K recommended)"
+    )]
+    NoRecords {
+        /// The partition's size.
+        size: u32,
+    },
     /// Talking to the server failed.
     #[error("server: {0}")]
     Http(String),

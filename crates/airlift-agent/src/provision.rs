@@ -14,8 +14,9 @@ use crate::flash::FLASH_SIZE;
 /// `firmware` in `ota_0` selected by otadata (sequence 1, VALID), and in
 /// Airlift's data partition the trusted `keys` and what `ota_0` holds.
 /// The bootloader region (0x0..0x8000) is left erased: the agent simulates
-/// the bootloader. The table needs an `nvs` partition: the device's client
-/// keeps its notes and settings there (`airlift_client::records`).
+/// the bootloader. Airlift's data partition must be at least 24 KiB: the
+/// device's client keeps its notes and settings in its last 16 KiB
+/// (`airlift_engine::Layout::records`).
 pub fn flash_image(
     entries: &[PartitionEntry],
     firmware: &[u8],
@@ -33,7 +34,7 @@ pub fn flash_image(
 /// so whatever the board held before is erased.
 ///
 /// Phase 2 adds the device's settings (Wi-Fi, server, token, boot-attempt
-/// limit) as the client crate's records in the `nvs` partition.
+/// limit) as the client crate's records (`airlift_engine::Layout::records`).
 pub fn whole_flash(
     entries: &[PartitionEntry],
     firmware: &[u8],
@@ -111,12 +112,20 @@ fn provisioned(
             flash_size >> 20
         )));
     }
+    let layout = sim::layout_of(entries).map_err(AgentError::Provision)?;
+    records_region(&layout)?;
     let flash =
         sim::provision(entries, flash_size, firmware, keys).map_err(AgentError::Provision)?;
-    if !entries.iter().any(|e| e.label_str() == "nvs") {
-        return Err(AgentError::NoNvs);
-    }
     Ok(flash.into_bytes())
+}
+
+/// Where the device's client keeps its records, or why it cannot.
+pub fn records_region(
+    layout: &airlift_engine::Layout,
+) -> Result<airlift_engine::Region, AgentError> {
+    layout.records.ok_or(AgentError::NoRecords {
+        size: layout.data.size,
+    })
 }
 
 /// The partition table entries stored at 0x8000.

@@ -306,10 +306,6 @@ pub fn report<F: NorFlash>(flash: &mut F, max_attempts: u8) -> Result<Report, Ag
             size: e.size,
         })
         .collect();
-    let nvs = entries
-        .iter()
-        .find(|e| e.label_str() == "nvs")
-        .map(|e| airlift_engine::Region::new(e.offset, e.size));
     let config = Config {
         max_attempts,
         ..Config::default()
@@ -361,7 +357,7 @@ pub fn report<F: NorFlash>(flash: &mut F, max_attempts: u8) -> Result<Report, Ag
     for slot in std::iter::once(AppSlot::Factory).chain((0..layout.app_count).map(AppSlot::Ota)) {
         slots.extend(slot_report(flash, &layout, slot)?);
     }
-    let notes = match nvs.map(NoteStore::new).transpose()? {
+    let notes = match layout.records.map(NoteStore::new).transpose()? {
         Some(store) => {
             let mut history = Vec::new();
             store.history(flash, |h| history.push(HistoryReport::from(h)))?;

@@ -143,10 +143,10 @@ fn flash_create_honours_a_partition_csv_and_refuses_bad_input() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("airlift data partition"), "{stderr}");
-    let no_nvs = write(
+    let small = write(
         d,
-        "no-nvs.csv",
-        b"otadata, data, ota, 0xd000, 0x2000\nota_0, app, ota_0, 0x10000, 0x100000\nota_1, app, ota_1, 0x110000, 0x100000\nairlift, data, 0x40, 0x310000, 0x10000\n",
+        "small-airlift.csv",
+        b"otadata, data, ota, 0xd000, 0x2000\nota_0, app, ota_0, 0x10000, 0x100000\nota_1, app, ota_1, 0x110000, 0x100000\nairlift, data, 0x40, 0x310000, 0x4000\n",
     );
     let out = run(&[
         "flash",
@@ -155,9 +155,13 @@ fn flash_create_honours_a_partition_csv_and_refuses_bad_input() {
         "--firmware",
         fw.to_str().unwrap(),
         "--partitions",
-        no_nvs.to_str().unwrap(),
+        small.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("no nvs partition"), "{stderr}");
+    assert!(
+        stderr.contains("the airlift data partition is 16384 bytes")
+            && stderr.contains("at least 24K"),
+        "{stderr}"
+    );
 }

@@ -39,9 +39,10 @@
 //!
 //! # What it keeps on flash
 //!
-//! Beside the engine's data partition, in a partition of its own (the
-//! `nvs` partition of the PC agent's layout), two kinds of power-safe
-//! [records]: the [notes] about updates (sectors 0 and 1)
+//! In the last 16 KiB of Airlift's data partition, beside the engine's log
+//! ([`airlift_engine::Layout::records`]; so an app's own `nvs` stays the
+//! app's), two kinds of power-safe [records]: the [notes] about updates
+//! (sectors 0 and 1)
 //! and the provisioned [settings] (sectors 2 and 3: Wi-Fi, server,
 //! token, boot-attempt limit). `airlift sim power-cut` cuts power at every
 //! flash operation of their writes.

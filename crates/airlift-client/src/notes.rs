@@ -2,8 +2,9 @@
 //! in progress or on trial ([`Pending`]), the last result (repeated at every
 //! check-in) and a short history (the device page shows it).
 //!
-//! Kept as [`records`](crate::records) in two sectors of a partition beside
-//! the engine's (the `nvs` partition of the PC agent's layout), so every
+//! Kept as [`records`](crate::records) in the first two sectors of the
+//! client's region at the end of Airlift's data partition
+//! ([`airlift_engine::Layout::records`]), so every
 //! save is power-safe: a cut leaves the previous notes. Bounded: the
 //! pending update and the last result live in RAM (under 100 bytes), the
 //! history only on flash, at most [`HISTORY_MAX`] entries, read one at a

@@ -67,9 +67,9 @@ impl core::fmt::Display for RecordPath {
     }
 }
 
-/// Where the campaign keeps the records: the `nvs` partition of Airlift's
-/// default layout.
-pub const REGION: Region = Region::new(0x9000, 0x4000);
+/// Where the campaign keeps the records: the last 16 KiB of Airlift's data
+/// partition in its default layout (`Layout::records`).
+pub const REGION: Region = Region::new(0x31_C000, 0x4000);
 
 fn pending(n: u8) -> Pending {
     Pending {
@@ -171,7 +171,8 @@ pub fn run() -> Result<Vec<RecordReport>, String> {
 
 /// Runs one path.
 pub fn run_path(path: RecordPath) -> Result<RecordReport, String> {
-    let mut pre = SimFlash::new(0x10000);
+    // The flash up to the end of the records; nothing else is written.
+    let mut pre = SimFlash::new(REGION.end() as usize);
     if path == RecordPath::Settings {
         let store = SettingsStore::new(REGION).map_err(|e| format!("{e}"))?;
         let settings = |n: u8| Settings {
@@ -294,4 +295,17 @@ fn cut_everywhere<S: PartialEq + core::fmt::Debug>(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod region_tests {
+    use super::REGION;
+
+    #[test]
+    fn the_campaigns_records_are_where_the_default_layout_puts_them() {
+        let layout =
+            airlift_engine::sim::layout_of(&airlift_format::partition::AIRLIFT_DEFAULT).unwrap();
+        assert_eq!(layout.records, Some(REGION));
+    }
 }

@@ -7,6 +7,15 @@ use airlift_format::otadata::BootTarget;
 /// Most OTA app slots ESP-IDF supports (`ota_0` ..= `ota_15`).
 pub const MAX_OTA_SLOTS: usize = 16;
 
+/// Bytes at the end of Airlift's data partition that hold the device
+/// client's records (`airlift-client`: its notes and provisioned settings,
+/// two sectors each), when the partition is large enough for them and the
+/// engine's log: four 4 KiB sectors.
+pub const CLIENT_RECORDS_LEN: u32 = 4 * 4096;
+/// The smallest Airlift data partition that holds the client's records
+/// beside the engine's log (which needs two sectors): 24 KiB.
+pub const MIN_DATA_WITH_RECORDS: u32 = CLIENT_RECORDS_LEN + 2 * 4096;
+
 /// A region of flash: absolute offset and size in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Region {
@@ -75,8 +84,15 @@ pub struct Layout {
     pub app_count: u8,
     /// The factory app partition, when the table has one.
     pub factory: Option<Region>,
-    /// Airlift's data partition (label `airlift`, type data, subtype 0x40).
+    /// The engine's log in Airlift's data partition (label `airlift`, type
+    /// data, subtype 0x40): the whole partition, or all of it but the
+    /// client's records at its end.
     pub data: Region,
+    /// The device client's records: the last [`CLIENT_RECORDS_LEN`] bytes
+    /// of Airlift's data partition, when it is at least
+    /// [`MIN_DATA_WITH_RECORDS`] long. Airlift keeps everything of its own
+    /// in its one partition, so an app's `nvs` stays the app's.
+    pub records: Option<Region>,
 }
 
 impl Layout {
@@ -191,10 +207,11 @@ impl Layout {
     ) -> Result<Layout, crate::Error> {
         let region = |(offset, size): (u32, u32)| Region::new(offset, size);
         let otadata = l.otadata.map(region).ok_or(crate::Error::NoOtadata)?;
-        let data = l
+        let partition = l
             .airlift_data
             .map(region)
             .ok_or(crate::Error::NoDataPartition)?;
+        let (data, records) = split_data_partition(partition);
         if l.app_count == 0 {
             return Err(crate::Error::NoOtaSlots);
         }
@@ -210,8 +227,19 @@ impl Layout {
             app_count: l.app_count,
             factory: l.factory.map(region),
             data,
+            records,
         })
     }
+}
+
+/// Airlift's data partition as the engine's log and, when it is large
+/// enough, the client's records at its end.
+fn split_data_partition(partition: Region) -> (Region, Option<Region>) {
+    if partition.size < MIN_DATA_WITH_RECORDS {
+        return (partition, None);
+    }
+    let log = Region::new(partition.offset, partition.size - CLIENT_RECORDS_LEN);
+    (log, Some(Region::new(log.end(), CLIENT_RECORDS_LEN)))
 }
 
 #[cfg(test)]
@@ -229,6 +257,26 @@ mod tests {
             app_count,
             factory: factory.then_some(Region::new(0x1_0000, 0x10_0000)),
             data: Region::new(0xF000, 0x1000),
+            records: None,
+        }
+    }
+
+    #[test]
+    fn the_clients_records_take_the_last_four_sectors_of_a_large_enough_data_partition() {
+        let cases = [
+            // (partition size, engine log size, records)
+            (0x2000, 0x2000, None),
+            (0x5000, 0x5000, None),
+            (0x6000, 0x2000, Some(Region::new(0x31_2000, 0x4000))),
+            (0x1_0000, 0xC000, Some(Region::new(0x31_C000, 0x4000))),
+        ];
+        for (size, log, records) in cases {
+            let (data, got) = split_data_partition(Region::new(0x31_0000, size));
+            assert_eq!(
+                (data, got),
+                (Region::new(0x31_0000, log), records),
+                "{size:#x}"
+            );
         }
     }
 

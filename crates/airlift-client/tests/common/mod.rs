@@ -1,5 +1,5 @@
 //! A device on the simulated flash for the client's tests: Airlift's
-//! default layout (its `nvs` partition holds the notes), 1.0.0 in ota_0,
+//! default layout (the end of its `airlift` partition holds the notes), 1.0.0 in ota_0,
 //! one trusted key; power-ons as the agent and the firmware do them.
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -13,7 +13,7 @@ use airlift_format::partition::AIRLIFT_DEFAULT;
 use airlift_protocol::Update;
 
 pub const SEED: [u8; 32] = [7; 32];
-pub const NVS: Region = Region::new(0x9000, 0x4000);
+pub const NVS: Region = airlift_client::sim::REGION;
 
 /// Collects the client's narration.
 #[derive(Default)]
