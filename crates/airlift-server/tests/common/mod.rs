@@ -283,3 +283,51 @@ pub fn error_code(body: &Value) -> &str {
         .as_str()
         .unwrap_or_else(|| panic!("not an error body: {body}"))
 }
+
+/// A random lowercase hex name of `n` bytes.
+pub fn random_name(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).unwrap();
+    hex::encode(bytes)
+}
+
+/// A new, empty database on the PostgreSQL cluster `scripts/services`
+/// started (`./scripts/test` runs every test through it); its URL.
+pub async fn postgres_database() -> String {
+    use sqlx::{Connection, Executor};
+
+    let base = std::env::var("AIRLIFT_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "this test needs PostgreSQL (AIRLIFT_TEST_DATABASE_URL): run it through \
+             scripts/services, e.g. scripts/services cargo test -p airlift-server \
+             (./scripts/test does)"
+        )
+    });
+    let name = format!("t_{}", random_name(8));
+    let mut conn = sqlx::postgres::PgConnection::connect(&base).await.unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    format!("{server}/{name}")
+}
+
+/// A new, empty bucket on the S3 server (moto) `scripts/services` started:
+/// its endpoint and name.
+pub async fn s3_bucket() -> (String, String) {
+    let endpoint = std::env::var("AIRLIFT_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "this test needs an S3 server (AIRLIFT_TEST_S3_ENDPOINT): run it through \
+             scripts/services (./scripts/test does)"
+        )
+    });
+    let bucket = format!("t-{}", random_name(8));
+    let response = Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    (endpoint, bucket)
+}
