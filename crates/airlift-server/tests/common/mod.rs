@@ -40,11 +40,12 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = Server::open(config).await.unwrap();
+        // Another instance on the same database may have created it (then
+        // the test sets the token it has).
         let admin_token = server.initial_admin_token.clone().unwrap_or_else(|| {
             std::fs::read_to_string(dir.path().join("admin.token"))
-                .unwrap()
-                .trim()
-                .to_owned()
+                .map(|t| t.trim().to_owned())
+                .unwrap_or_default()
         });
         let state = server.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
