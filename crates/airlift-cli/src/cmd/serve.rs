@@ -96,9 +96,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let address = listener.local_addr().unwrap_or(listen);
-        tracing::info!(%address, data = %data_dir.display(), "airlift server listening");
+        let instance = server.state().instance.clone();
+        tracing::info!(%address, data = %data_dir.display(), %instance, "airlift server listening");
         eprintln!(
-            "airlift: serving http://{address} from {}",
+            "airlift: serving http://{address} from {} as {instance}",
             data_dir.display()
         );
         eprintln!(

@@ -25,6 +25,8 @@ pub struct Server {
     /// The dashboard's address, as `airlift serve` printed it.
     pub dashboard: String,
     pub data: PathBuf,
+    /// Its name in the database's leases, as `airlift serve` printed it.
+    pub instance: String,
 }
 
 impl Server {
@@ -50,9 +52,11 @@ impl Server {
         let mut line = String::new();
         let mut seen = String::new();
         let mut url = None;
+        let mut instance = String::new();
         while stderr.read_line(&mut line).unwrap() > 0 {
             if let Some(rest) = line.strip_prefix("airlift: serving ") {
                 url = rest.split_whitespace().next().map(str::to_owned);
+                instance = rest.rsplit(" as ").next().unwrap_or("").trim().to_owned();
                 break;
             }
             seen.push_str(&line);
@@ -76,6 +80,7 @@ impl Server {
             url,
             dashboard,
             data: data.to_owned(),
+            instance,
         }
     }
 
