@@ -13,7 +13,7 @@ mod agent_common;
 use std::fs::File;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -177,26 +177,15 @@ fn two_instances_on_one_database_and_one_bucket_serve_one_fleet_issue_15() {
     let v2 = a.upload(&v2);
     let v3 = b.upload(&v3);
     let log = File::create(d.join("sim.log")).unwrap();
-    let _sim = Sim(Command::new(AIRLIFT)
-        .args([
-            "fleet",
-            "sim",
-            "--devices",
-            &DEVICES.to_string(),
-            "--tag",
-            "fleet",
-        ])
-        .args(["--prefix", "sim", "--firmware"])
-        .arg(&v1)
-        .arg("--trust")
-        .arg(a.signing_pub())
-        .args(["--poll", "1", "--health-check", "0.02", "--json"])
-        .env("AIRLIFT_SERVER", &lb)
-        .env("AIRLIFT_TOKEN", a.admin_token())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap());
+    let _sim = Sim(fleet_sim(
+        &lb,
+        &a.admin_token(),
+        &v1,
+        &a.signing_pub(),
+        DEVICES,
+        &[],
+        log,
+    ));
     let sim_log = || {
         let text = std::fs::read_to_string(d.join("sim.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

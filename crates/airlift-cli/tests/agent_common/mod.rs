@@ -222,6 +222,41 @@ pub fn fleet_firmware(path: &Path, version: &str, size: Option<usize>) {
     airlift(&args);
 }
 
+/// `airlift fleet sim` of `devices` devices tagged `fleet` (named `sim-N`),
+/// running `firmware`, trusting `trust`, polling every second, against the
+/// server at `server` (its stdout discarded, its log in `log`).
+pub fn fleet_sim(
+    server: &str,
+    admin_token: &str,
+    firmware: &Path,
+    trust: &Path,
+    devices: usize,
+    extra: &[&str],
+    log: File,
+) -> Child {
+    Command::new(AIRLIFT)
+        .args([
+            "fleet",
+            "sim",
+            "--devices",
+            &devices.to_string(),
+            "--tag",
+            "fleet",
+        ])
+        .args(["--prefix", "sim", "--firmware"])
+        .arg(firmware)
+        .arg("--trust")
+        .arg(trust)
+        .args(["--poll", "1", "--health-check", "0.02", "--json"])
+        .args(extra)
+        .env("AIRLIFT_SERVER", server)
+        .env("AIRLIFT_TOKEN", admin_token)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 /// `airlift flash create FLASH --firmware FW --trust KEY`.
 pub fn create_flash(flash: &Path, firmware: &Path, trust: &Path) {
     airlift(&[
