@@ -166,7 +166,10 @@ impl Transport {
         }
     }
 
-    /// The request for `fetch` of the artifact at `url` whose `ETag` is `sha256`.
+    /// The request for `fetch` of the artifact at `url` whose SHA-256 is
+    /// `sha256`: with the device's token and `If-Range` only on its own
+    /// server (a presigned object store URL gets neither; the client
+    /// decides, [`Fetch::request`]).
     pub(crate) fn artifact(
         &self,
         url: &str,
@@ -174,11 +177,17 @@ impl Transport {
         sha256: &str,
     ) -> reqwest::RequestBuilder {
         let client = self.downloads.as_ref().unwrap_or(&self.http);
-        let mut request = self.authed(client.get(url));
-        if let (Some(range), Some(if_range)) = (fetch.range(), fetch.if_range(sha256)) {
-            request = request
-                .header("Range", range.as_str())
-                .header("If-Range", if_range.as_str());
+        let server = self.server.as_deref().unwrap_or("");
+        let wanted = fetch.request(server, url, sha256);
+        let mut request = client.get(url);
+        if wanted.token {
+            request = self.authed(request);
+        }
+        if let Some(range) = wanted.range {
+            request = request.header("Range", range.as_str());
+        }
+        if let Some(if_range) = wanted.if_range {
+            request = request.header("If-Range", if_range.as_str());
         }
         request
     }

@@ -6,7 +6,7 @@
 
 mod agent_common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use agent_common::*;
 use serde_json::Value;
@@ -59,27 +59,15 @@ impl Fleet {
         let (v1, v2) = (firmware("1.0.0"), firmware("2.0.0"));
         let release = server.upload(&v2);
         let log = std::fs::File::create(d.join("sim.log")).unwrap();
-        let sim = Command::new(AIRLIFT)
-            .args([
-                "fleet",
-                "sim",
-                "--devices",
-                &DEVICES.to_string(),
-                "--tag",
-                "fleet",
-            ])
-            .args(["--prefix", "sim", "--firmware"])
-            .arg(&v1)
-            .arg("--trust")
-            .arg(server.signing_pub())
-            .args(["--poll", "1", "--health-check", "0.02", "--json"])
-            .args(sim_args)
-            .env("AIRLIFT_SERVER", &server.url)
-            .env("AIRLIFT_TOKEN", server.admin_token())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let sim = fleet_sim(
+            &server.url,
+            &server.admin_token(),
+            &v1,
+            &server.signing_pub(),
+            DEVICES,
+            sim_args,
+            log,
+        );
         let fleet = Fleet {
             dir,
             server,

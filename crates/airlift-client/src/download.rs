@@ -14,6 +14,10 @@
 //! | any other status | gives up |
 //!
 //! More than [`MAX_RETRIES`] retries in one install give up too.
+//!
+//! The URL may be the device's own server or somewhere else (an object
+//! store's presigned URL, a CDN): [`Fetch::request`] says what the request
+//! carries there.
 
 use core::fmt::Write;
 
@@ -47,6 +51,81 @@ impl Fetch {
     /// SHA-256 in hex, when resuming.
     pub fn if_range(&self, sha256_hex: &str) -> Option<Text<68>> {
         (self.from > 0).then(|| Text::format(format_args!("\"{sha256_hex}\"")))
+    }
+}
+
+/// What a request for a [`Fetch`] carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Send the device's token (`Authorization: Bearer`).
+    pub token: bool,
+    /// The `Range` header's value, when resuming.
+    pub range: Option<Text<24>>,
+    /// The `If-Range` header's value, when resuming from the device's server.
+    pub if_range: Option<Text<68>>,
+}
+
+impl Fetch {
+    /// The request for this fetch of the image at `url` (from a check-in
+    /// answer) whose SHA-256 is `sha256_hex`, for a device whose server is
+    /// `server` (its configured base URL). The token and `If-Range` go only
+    /// to the device's own server ([`on_server`]): anywhere else the URL
+    /// itself grants access and the token would be handed to a third party,
+    /// and the store's `ETag` is not the SHA-256 (an `If-Range` would never
+    /// match, and every resume would start over from byte 0). An object
+    /// stored under its SHA-256 does not change, and the engine checks every
+    /// byte against the signed manifest all the same.
+    pub fn request(&self, server: &str, url: &str, sha256_hex: &str) -> Request {
+        let own = on_server(server, url);
+        Request {
+            token: own,
+            range: self.range(),
+            if_range: self.if_range(sha256_hex).filter(|_| own),
+        }
+    }
+}
+
+/// Whether `url` is on the server whose base URL is `server`: a path
+/// (`/api/...`), or an absolute `http`/`https` URL with the same scheme,
+/// host (in any case) and port. Anything else is not: another origin, a
+/// URL with user information, one that cannot be read.
+pub fn on_server(server: &str, url: &str) -> bool {
+    if url.starts_with('/') {
+        return !url.starts_with("//");
+    }
+    match (origin(server), origin(url)) {
+        (Some((https_a, host_a, port_a)), Some((https_b, host_b, port_b))) => {
+            https_a == https_b && port_a == port_b && host_a.eq_ignore_ascii_case(host_b)
+        }
+        _ => false,
+    }
+}
+
+/// Scheme (`https`?), host and port of an absolute http(s) URL.
+fn origin(url: &str) -> Option<(bool, &str, u16)> {
+    let (https, rest) = match url.split_once("://")? {
+        (scheme, rest) if scheme.eq_ignore_ascii_case("https") => (true, rest),
+        (scheme, rest) if scheme.eq_ignore_ascii_case("http") => (false, rest),
+        _ => return None,
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let default = if https { 443 } else { 80 };
+    // The port follows the last ':' unless that is inside an IPv6 literal.
+    match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => {
+            let port = &authority[i + 1..];
+            let port = if port.is_empty() {
+                default
+            } else {
+                port.parse().ok()?
+            };
+            Some((https, &authority[..i], port))
+        }
+        _ => Some((https, authority, default)),
     }
 }
 

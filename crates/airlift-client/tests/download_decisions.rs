@@ -86,3 +86,53 @@ fn chunks_drop_the_bytes_to_skip_and_never_pass_the_image_end() {
     check(100, 0, 40, (40, 0));
     check(100, 90, 5, (5, 0));
 }
+
+#[test]
+fn only_the_devices_own_server_is_given_its_token_and_if_range_issue_15() {
+    use airlift_client::download::on_server;
+    let server = "http://airlift.lan:8080";
+    for (url, own) in [
+        ("/api/v1/device/artifacts/ab", true),
+        ("http://airlift.lan:8080/api/v1/device/artifacts/ab", true),
+        ("HTTP://AIRLIFT.LAN:8080/x", true),
+        ("http://airlift.lan/x", false),
+        ("https://airlift.lan:8080/x", false),
+        ("http://other.lan:8080/x", false),
+        ("//other.lan/x", false),
+        ("http://airlift.lan:8080@evil.example/x", false),
+        ("http://airlift.lan.evil.example:8080/x", false),
+        (
+            "http://127.0.0.1:9000/bucket/artifacts/ab?X-Amz-Signature=00",
+            false,
+        ),
+        ("ftp://airlift.lan:8080/x", false),
+    ] {
+        assert_eq!(on_server(server, url), own, "{url}");
+    }
+    assert!(on_server(
+        "https://fleet.example",
+        "https://fleet.example:443/a"
+    ));
+    assert!(on_server("http://[::1]:8080/", "http://[::1]:8080/a"));
+    assert!(!on_server("http://[::1]:8080", "http://[::1]/a"));
+
+    let sha = "ab".repeat(32);
+    let fresh = Fetch { from: 0 }.request(server, "/api/v1/device/artifacts/ab", &sha);
+    assert!(fresh.token && fresh.range.is_none() && fresh.if_range.is_none());
+    let resume = Fetch { from: 4096 };
+    let own = resume.request(server, "/api/v1/device/artifacts/ab", &sha);
+    assert!(own.token);
+    assert_eq!(own.range.unwrap().as_str(), "bytes=4096-");
+    assert_eq!(own.if_range.unwrap().as_str(), format!("\"{sha}\""));
+    let store = resume.request(
+        server,
+        "http://127.0.0.1:9000/b/artifacts/ab?X-Amz-Signature=1",
+        &sha,
+    );
+    assert!(
+        !store.token,
+        "a presigned URL never gets the device's token"
+    );
+    assert_eq!(store.range.unwrap().as_str(), "bytes=4096-");
+    assert_eq!(store.if_range, None, "the store's ETag is not the SHA-256");
+}

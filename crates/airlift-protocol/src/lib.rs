@@ -68,8 +68,11 @@ pub const LABEL_MAX: usize = 32;
 pub const SHA256_HEX_LEN: usize = 64;
 /// Longest base64 signed manifest (the signed blob is at most 219 bytes).
 pub const MANIFEST_B64_MAX: usize = 400;
-/// Longest download URL.
-pub const URL_MAX: usize = 256;
+/// Longest download URL: room for an object store's presigned URL (an S3
+/// SigV4 URL with long-term credentials is about 400 bytes; one signed with
+/// temporary credentials carries a session token and may not fit, and the
+/// server then gives its own download path instead).
+pub const URL_MAX: usize = 1024;
 /// Longest token or secret.
 pub const TOKEN_MAX: usize = 128;
 /// Longest free-text detail of an event.

@@ -1,7 +1,9 @@
 //! Server benchmarks, each printed as a ratio against a baseline measured in
 //! the same run on the same machine (loopback, `wrk` as the load generator):
 //!
-//! 1. device check-ins per second vs a bare axum handler returning a fixed JSON body;
+//! 1. device check-ins per second vs a bare axum handler returning a fixed JSON body,
+//!    on SQLite and, run under `scripts/services` (`scripts/bench-server`
+//!    does), on PostgreSQL with one instance and with two on one database;
 //! 2. artifact download throughput with 100 concurrent clients vs nginx serving the same file.
 //!
 //! Run with `scripts/bench-server` (installs wrk and nginx when missing).
@@ -237,6 +239,97 @@ async fn bare_axum() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     (address, stop)
 }
 
+/// Starts an airlift server with `config` on 127.0.0.1:0; its address, its
+/// new admin token (if it made one) and what stops it.
+fn start_airlift(
+    runtime: &tokio::runtime::Runtime,
+    config: Config,
+) -> (SocketAddr, Option<String>, tokio::sync::oneshot::Sender<()>) {
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = Server::open(config).await.unwrap();
+        let token = server.initial_admin_token.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            server
+                .run(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        (address, token, stop)
+    })
+}
+
+/// Adds `n` devices through the API of the server at `base`; their tokens.
+fn add_devices(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    token: &str,
+    n: usize,
+) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let answer: Value = client
+                .post(format!("{base}/api/v1/devices"))
+                .bearer_auth(token)
+                .json(&json!({"name": format!("bench-{i:05}"), "tags": ["bench"]}))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            answer["token"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// A new database on the PostgreSQL cluster of `scripts/services`, when
+/// the benchmark runs under it (`scripts/bench-server` does).
+fn postgres_database(runtime: &tokio::runtime::Runtime) -> Option<String> {
+    use sqlx::{Connection, Executor};
+    let base = std::env::var("AIRLIFT_TEST_DATABASE_URL").ok()?;
+    let name = format!("bench_{}", std::process::id());
+    runtime.block_on(async {
+        let mut conn = sqlx::postgres::PgConnection::connect(&base).await.unwrap();
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap();
+    });
+    let (server, _) = base.rsplit_once('/').unwrap();
+    Some(format!("{server}/{name}"))
+}
+
+/// wrk on every URL at once (the connections shared out), as one run.
+fn wrk_all(
+    urls: &[String],
+    connections: usize,
+    seconds: u64,
+    script: &Path,
+    server: &[u32],
+) -> Run {
+    let cpu_before = cpu_seconds(server);
+    let runs: Vec<Run> = std::thread::scope(|scope| {
+        let each = connections / urls.len();
+        let runs: Vec<_> = urls
+            .iter()
+            .map(|url| scope.spawn(move || wrk(url, each, seconds, script, &[])))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    Run {
+        requests: runs.iter().map(|r| r.requests).sum(),
+        bytes: runs.iter().map(|r| r.bytes).sum(),
+        seconds: runs.iter().map(|r| r.seconds).fold(0.0, f64::max),
+        errors: runs.iter().map(|r| r.errors).sum(),
+        server_cpu: cpu_seconds(server) - cpu_before,
+        latency: runs.iter().fold((0.0, 0.0), |a, r| {
+            (a.0.max(r.latency.0), a.1.max(r.latency.1))
+        }),
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for the list of tests; there are none.
@@ -257,27 +350,14 @@ fn main() {
 
     // The airlift server, set up through its API.
     let data = dir.path().join("data");
-    let (address, token, stop) = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let server = Server::open(Config {
+    let (address, token, stop) = start_airlift(
+        &runtime,
+        Config {
             data_dir: data.clone(),
             ..Config::default()
-        })
-        .await
-        .unwrap();
-        let token = server.initial_admin_token.clone().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            server
-                .run(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        (address, token, stop)
-    });
+        },
+    );
+    let token = token.unwrap();
     let base = format!("http://{address}");
     let client = reqwest::blocking::Client::new();
     let firmware = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/esp-idf-apps/v1.bin");
@@ -290,18 +370,7 @@ fn main() {
         .unwrap()
         .json()
         .unwrap();
-    let mut device_tokens = Vec::new();
-    for i in 0..CHECKIN_DEVICES {
-        let answer: Value = client
-            .post(format!("{base}/api/v1/devices"))
-            .bearer_auth(&token)
-            .json(&json!({"name": format!("bench-{i:05}"), "tags": ["bench"]}))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        device_tokens.push(answer["token"].as_str().unwrap().to_owned());
-    }
+    let device_tokens = add_devices(&client, &base, &token, CHECKIN_DEVICES);
     let downloader: Value = client
         .post(format!("{base}/api/v1/devices"))
         .bearer_auth(&token)
@@ -349,49 +418,82 @@ fn main() {
     // `AIRLIFT_BENCH_ONLY=checkins|downloads` runs one of the two.
     let only = std::env::var("AIRLIFT_BENCH_ONLY").unwrap_or_default();
 
-    // 1. Check-ins vs bare axum.
+    // 1. Check-ins vs bare axum: SQLite, and (under scripts/services)
+    // PostgreSQL with one instance and with two on one database.
     if only != "downloads" {
         let script = checkin_script(dir.path(), &device_tokens, &checkin_body);
         let (bare_address, bare_stop) = runtime.block_on(bare_axum());
-        let (mut bare, mut airlift) = (Vec::new(), Vec::new());
+        let mut setups = vec![(
+            "SQLite, 1 instance".to_owned(),
+            vec![base.clone()],
+            script.clone(),
+            Vec::new(),
+        )];
+        if let Some(database) = postgres_database(&runtime) {
+            let postgres = |name: &str| Config {
+                data_dir: dir.path().join(name),
+                database_url: Some(airlift_server::DatabaseUrl::new(database.clone())),
+                ..Config::default()
+            };
+            let (a, pg_token, stop_a) = start_airlift(&runtime, postgres("pg-a"));
+            let (b, _, stop_b) = start_airlift(&runtime, postgres("pg-b"));
+            let (a, b) = (format!("http://{a}"), format!("http://{b}"));
+            let pg_tokens = add_devices(&client, &a, &pg_token.unwrap(), CHECKIN_DEVICES);
+            let pg_script = checkin_script(&dir.path().join("pg-a"), &pg_tokens, &checkin_body);
+            setups.push((
+                "PostgreSQL, 1 instance".into(),
+                vec![a.clone()],
+                pg_script.clone(),
+                vec![stop_a],
+            ));
+            setups.push((
+                "PostgreSQL, 2 instances".into(),
+                vec![a, b],
+                pg_script,
+                vec![stop_b],
+            ));
+        } else {
+            println!(
+                "(PostgreSQL not measured: run under scripts/services, as scripts/bench-server does)"
+            );
+        }
+        let mut bare = Vec::new();
+        let mut results: Vec<Vec<Run>> = setups.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
             let url = format!("http://{bare_address}/api/v1/device/checkin");
             bare.push(wrk(&url, 64, seconds, &script, &[me]));
-            airlift.push(wrk(
-                &format!("{base}/api/v1/device/checkin"),
-                64,
-                seconds,
-                &script,
-                &[me],
-            ));
+            for (i, (_, bases, script, _)) in setups.iter().enumerate() {
+                let urls: Vec<String> = bases
+                    .iter()
+                    .map(|b| format!("{b}/api/v1/device/checkin"))
+                    .collect();
+                results[i].push(wrk_all(&urls, 64, seconds, script, &[me]));
+            }
         }
         let _ = bare_stop.send(());
-        let (a, b) = (
-            best(&airlift, Run::per_second),
-            best(&bare, Run::per_second),
-        );
+        let b = best(&bare, Run::per_second);
+        let b_cpu = cpu_per(&bare, |r| r.requests);
         println!(
-            "check-ins:  airlift {a:>9.0}/s   bare axum {b:>9.0}/s   ratio {:.2}   (errors {} / {}; {} devices)",
-            a / b,
-            errors(&airlift),
-            errors(&bare),
+            "check-ins:  bare axum {b:>9.0}/s   latency p50/p99 {}   server CPU {:.1} us each   ({} devices)",
+            latency(&bare),
+            b_cpu * 1e6,
             CHECKIN_DEVICES,
         );
-        println!(
-            "            latency p50/p99: airlift {}, bare axum {}",
-            latency(&airlift),
-            latency(&bare)
-        );
-        let (a, b) = (
-            cpu_per(&airlift, |r| r.requests),
-            cpu_per(&bare, |r| r.requests),
-        );
-        println!(
-            "            server CPU per check-in: airlift {:.1} us, bare axum {:.1} us   efficiency ratio {:.2}",
-            a * 1e6,
-            b * 1e6,
-            b / a,
-        );
+        for ((name, _, _, stops), runs) in setups.into_iter().zip(&results) {
+            let a = best(runs, Run::per_second);
+            let a_cpu = cpu_per(runs, |r| r.requests);
+            println!(
+                "            airlift, {name:<24} {a:>9.0}/s   ratio {:.2}   latency p50/p99 {}   server CPU {:.1} us each (efficiency {:.2})   errors {}",
+                a / b,
+                latency(runs),
+                a_cpu * 1e6,
+                b_cpu / a_cpu,
+                errors(runs),
+            );
+            for stop in stops {
+                let _ = stop.send(());
+            }
+        }
     }
 
     // 2. Downloads vs nginx, 100 connections.

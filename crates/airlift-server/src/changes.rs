@@ -1,15 +1,18 @@
 //! What dashboards follow to update without reloading: a counter that moves
 //! whenever something a person looks at may have changed (a device event
 //! or check-in status written, an administrative action). Watchers learn
-//! only that something changed and read the view they show again; the
-//! counter is per server instance.
+//! only that something changed and read the view they show again. The
+//! counter is per server instance; with several instances on one database,
+//! [`crate::peers`] carries each one's changes to the others.
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// The change counter and its watchers.
 #[derive(Debug)]
 pub struct Changes {
     sender: watch::Sender<Counter>,
+    /// Woken by changes made here (not by those another instance reported).
+    local: Notify,
 }
 
 /// What watchers see.
@@ -25,6 +28,7 @@ impl Default for Changes {
     fn default() -> Self {
         Changes {
             sender: watch::Sender::new(Counter::default()),
+            local: Notify::new(),
         }
     }
 }
@@ -33,6 +37,18 @@ impl Changes {
     /// Records that something changed.
     pub fn bump(&self) {
         self.sender.send_modify(|c| c.seq += 1);
+        self.local.notify_one();
+    }
+
+    /// Records a change another instance reported.
+    pub fn bump_from_peer(&self) {
+        self.sender.send_modify(|c| c.seq += 1);
+    }
+
+    /// Completes after a change made here ([`Changes::bump`]) since the
+    /// last call; several changes in between complete one call.
+    pub async fn local_change(&self) {
+        self.local.notified().await;
     }
 
     /// A watcher, woken by the next change.

@@ -36,6 +36,59 @@ impl Serialize for Secret {
     }
 }
 
+/// A database URL: shown with its password redacted by `Debug` and when the
+/// configuration is printed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The URL itself, password included.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password (if any) replaced by `<redacted>`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+            return "<redacted>".into();
+        };
+        let authority_end = url[scheme_end..]
+            .find(['/', '?', '#'])
+            .map_or(url.len(), |i| scheme_end + i);
+        let Some(at) = url[scheme_end..authority_end].rfind('@') else {
+            return url.clone();
+        };
+        let userinfo = &url[scheme_end..scheme_end + at];
+        match userinfo.split_once(':') {
+            Some((user, _)) => format!(
+                "{}{user}:<redacted>{}",
+                &url[..scheme_end],
+                &url[scheme_end + at..]
+            ),
+            None => url.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
 /// The effective configuration of a server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -44,6 +97,25 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address to listen on (`AIRLIFT_LISTEN`).
     pub listen: SocketAddr,
+    /// A PostgreSQL database (`postgres://user:password@host/db`) shared by
+    /// every instance of the fleet's server, instead of the SQLite file in
+    /// the data directory (`AIRLIFT_DATABASE_URL`).
+    pub database_url: Option<DatabaseUrl>,
+    /// Where artifacts live: unset for `artifacts/` in the data directory,
+    /// or `s3://bucket/prefix` for an S3-compatible object store, with
+    /// credentials from the usual AWS variables (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, ...) (`AIRLIFT_ARTIFACTS`).
+    pub artifacts: Option<String>,
+    /// The object store's endpoint, for S3-compatible stores other than
+    /// AWS (MinIO, R2, moto) (`AIRLIFT_S3_ENDPOINT`, or `AWS_ENDPOINT_URL`).
+    pub s3_endpoint: Option<String>,
+    /// How long a presigned download URL given to a device stays valid, in
+    /// seconds (`AIRLIFT_DOWNLOAD_URL_SECONDS`).
+    pub download_url_seconds: u64,
+    /// The release-signing key (a file from `airlift keys generate`) every
+    /// instance signs with (`AIRLIFT_SIGNING_KEY_FILE`). Unset: SQLite
+    /// keeps one in the data directory, PostgreSQL one in the database.
+    pub signing_key_file: Option<PathBuf>,
     /// Largest accepted firmware upload in bytes (`AIRLIFT_MAX_UPLOAD_BYTES`).
     pub max_upload_bytes: u64,
     /// Seconds a device waits between check-ins (`AIRLIFT_POLL_SECONDS`).
@@ -91,6 +163,11 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./airlift-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            artifacts: None,
+            s3_endpoint: None,
+            download_url_seconds: 600,
+            signing_key_file: None,
             max_upload_bytes: 16 * 1024 * 1024,
             poll_seconds: 60,
             public_url: None,
@@ -188,6 +265,14 @@ impl Config {
             "AIRLIFT_LISTEN" => {
                 self.listen = parse("AIRLIFT_LISTEN", value, "an address like 127.0.0.1:8080")?
             }
+            "AIRLIFT_DATABASE_URL" => self.database_url = Some(DatabaseUrl(value)),
+            "AIRLIFT_ARTIFACTS" => self.artifacts = Some(value),
+            "AIRLIFT_S3_ENDPOINT" => self.s3_endpoint = Some(value),
+            "AIRLIFT_DOWNLOAD_URL_SECONDS" => {
+                self.download_url_seconds =
+                    parse("AIRLIFT_DOWNLOAD_URL_SECONDS", value, "a number of seconds")?
+            }
+            "AIRLIFT_SIGNING_KEY_FILE" => self.signing_key_file = Some(PathBuf::from(value)),
             "AIRLIFT_MAX_UPLOAD_BYTES" => {
                 self.max_upload_bytes = parse("AIRLIFT_MAX_UPLOAD_BYTES", value, "a byte count")?
             }
@@ -259,6 +344,36 @@ impl Config {
                 });
             }
         }
+        if let Some(url) = &self.database_url
+            && !(url.expose().starts_with("postgres://")
+                || url.expose().starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid {
+                name: "database_url",
+                message: format!(
+                    "{} is not a PostgreSQL URL: expected postgres://user:password@host/database \
+                     (without it, the server keeps SQLite in the data directory)",
+                    url.redacted()
+                ),
+            });
+        }
+        if let Some(artifacts) = &self.artifacts
+            && crate::artifacts::S3Location::parse(artifacts).is_none()
+        {
+            return Err(ConfigError::Invalid {
+                name: "artifacts",
+                message: format!(
+                    "{artifacts:?} is not an object store location: expected s3://bucket or \
+                     s3://bucket/prefix (without it, artifacts live in the data directory)"
+                ),
+            });
+        }
+        if self.download_url_seconds == 0 || self.download_url_seconds > 7 * 24 * 3600 {
+            return Err(ConfigError::Invalid {
+                name: "download_url_seconds",
+                message: "a download URL must last from 1 second to 7 days (S3's longest)".into(),
+            });
+        }
         if self.session_hours == 0 {
             return Err(ConfigError::Invalid {
                 name: "session_hours",
@@ -321,6 +436,43 @@ mod tests {
         assert!(!format!("{config:?}").contains("hunter2"));
         assert!(!config.to_toml().contains("hunter2"));
         assert!(config.to_toml().contains("<redacted>"));
+    }
+
+    #[test]
+    fn database_passwords_are_redacted_and_urls_checked() {
+        let config = Config::load(
+            None,
+            env(&[
+                (
+                    "AIRLIFT_DATABASE_URL",
+                    "postgres://fleet:s3cret@db:5432/airlift",
+                ),
+                ("AIRLIFT_ARTIFACTS", "s3://firmware/fleet-a"),
+            ]),
+        )
+        .unwrap();
+        let url = config.database_url.as_ref().unwrap();
+        assert_eq!(url.expose(), "postgres://fleet:s3cret@db:5432/airlift");
+        assert_eq!(
+            url.redacted(),
+            "postgres://fleet:<redacted>@db:5432/airlift"
+        );
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(!config.to_toml().contains("s3cret"));
+        assert!(config.to_toml().contains("s3://firmware/fleet-a"));
+        assert_eq!(
+            DatabaseUrl::new("postgres://db/airlift").redacted(),
+            "postgres://db/airlift"
+        );
+        for (name, value) in [
+            ("AIRLIFT_DATABASE_URL", "mysql://db/airlift"),
+            ("AIRLIFT_ARTIFACTS", "/srv/artifacts"),
+            ("AIRLIFT_ARTIFACTS", "s3://"),
+            ("AIRLIFT_DOWNLOAD_URL_SECONDS", "0"),
+        ] {
+            let err = Config::load(None, env(&[(name, value)])).unwrap_err();
+            assert!(err.to_string().contains("invalid"), "{name}={value}: {err}");
+        }
     }
 
     #[test]

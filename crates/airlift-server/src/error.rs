@@ -118,7 +118,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound(what) => Self::NotFound(what),
             StoreError::Conflict(what) => Self::Conflict(what),
-            StoreError::Backend(detail) => Self::Internal(detail),
+            StoreError::Backend(detail) | StoreError::Contention(detail) => Self::Internal(detail),
         }
     }
 }

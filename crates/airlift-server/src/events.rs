@@ -162,12 +162,12 @@ async fn write_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::SqliteStore;
+    use crate::store::sql::SqlStore;
     use crate::store::{NewAssignment, NewRelease};
 
-    async fn fleet(devices: usize) -> (tempfile::TempDir, SqliteStore, i64, Vec<i64>) {
+    async fn fleet(devices: usize) -> (tempfile::TempDir, SqlStore, i64, Vec<i64>) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let store = SqlStore::open_sqlite(dir.path()).await.unwrap();
         let (release, _) = crate::store::ReleaseStore::insert_release(
             &store,
             NewRelease {

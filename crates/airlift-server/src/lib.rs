@@ -2,9 +2,12 @@
 //!
 //! One binary, zero configuration: [`serve`] keeps everything in a data
 //! directory: the SQLite database (`airlift.db`), the artifacts
-//! (`artifacts/<sha256>`, through `object_store` so S3 is a configuration
-//! change later), the release-signing key pair (`signing.key`, `signing.pub`)
-//! and, on first start, the admin token (`admin.token`).
+//! (`artifacts/<sha256>`, through `object_store`), the release-signing key
+//! pair (`signing.key`, `signing.pub`) and, on first start, the admin token
+//! (`admin.token`). To scale out, the same binary keeps its state in
+//! PostgreSQL (`database_url`) and its artifacts in an S3-compatible store
+//! (`artifacts = "s3://..."`), and several instances on one database
+//! behave as one server ([`peers`]).
 //!
 //! - [`app`] builds the HTTP router (admin API, device API, `/healthz`,
 //!   `/metrics`, `/api/openapi.json`, and the [`dashboard`] at `/`); tests
@@ -41,11 +44,12 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod metrics;
+pub mod peers;
 pub mod rollout;
 pub mod scheduler;
 pub mod store;
 
-pub use config::{Config, Secret};
+pub use config::{Config, DatabaseUrl, Secret};
 pub use error::ApiError;
 
 use artifacts::Artifacts;
@@ -55,7 +59,7 @@ use changes::Changes;
 use events::EventWriter;
 use metrics::Metrics;
 use store::Store;
-use store::sqlite::SqliteStore;
+use store::sql::SqlStore;
 
 /// The current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -115,8 +119,11 @@ pub struct ServerState {
     pub events: EventWriter,
     /// What dashboards watch to update without reloading.
     pub changes: Arc<Changes>,
-    /// This instance's name in leases (random, new at every start).
+    /// This instance's name in leases and notices (random, new at every start).
     pub instance: String,
+    /// Whether other instances may share the database (PostgreSQL): what
+    /// this one caches may be changed by them ([`peers`]).
+    pub shared: bool,
 }
 
 impl ServerState {
@@ -147,7 +154,9 @@ impl Deref for AppState {
 /// A server opened on its data directory, ready to serve.
 pub struct Server {
     state: AppState,
-    sqlite: SqliteStore,
+    sql: SqlStore,
+    /// The tasks that listen to and talk with other instances (PostgreSQL).
+    peers: Vec<tokio::task::JoinHandle<()>>,
     /// The admin token created because the data directory was new; it is
     /// also in `DIR/admin.token` and never shown again.
     pub initial_admin_token: Option<String>,
@@ -172,23 +181,51 @@ impl Server {
             Err(err) => return Err(dir_error(err)),
         }
         std::fs::create_dir_all(dir.join("tmp")).map_err(dir_error)?;
-        let sqlite = SqliteStore::open(&dir).await?;
-        let signing_key = keys::load_or_create(&dir)?;
-        let local = LocalFileSystem::new_with_prefix(&dir)
-            .map_err(artifacts::ArtifactError::from)?
-            .with_automatic_cleanup(true);
-        let artifacts = Artifacts::new(Arc::new(local), config.artifact_cache_bytes)
-            .with_local_root(dir.clone());
+        let instance =
+            auth::new_token("instance-").map_err(|e| dir_error(std::io::Error::other(e)))?;
+        let sql = match &config.database_url {
+            Some(url) => SqlStore::connect_postgres(url.expose(), &instance).await?,
+            None => SqlStore::open_sqlite(&dir).await?,
+        };
+        let shared = config.database_url.is_some();
+        let signing_key = match &config.signing_key_file {
+            Some(path) => keys::load(path)?,
+            None if shared => keys::shared(&sql).await?,
+            None => keys::load_or_create(&dir)?,
+        };
+        keys::write_public(&dir, &signing_key)?;
+        let artifacts = match &config.artifacts {
+            Some(location) => {
+                let location = artifacts::S3Location::parse(location).ok_or_else(|| {
+                    config::ConfigError::Invalid {
+                        name: "artifacts",
+                        message: format!("{location:?} is not s3://bucket/prefix"),
+                    }
+                })?;
+                Artifacts::s3(
+                    &location,
+                    config.s3_endpoint.as_deref(),
+                    config.artifact_cache_bytes,
+                    std::time::Duration::from_secs(config.download_url_seconds),
+                )?
+            }
+            None => {
+                let local = LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(artifacts::ArtifactError::from)?
+                    .with_automatic_cleanup(true);
+                Artifacts::new(Arc::new(local), config.artifact_cache_bytes)
+                    .with_local_root(dir.clone())
+            }
+        };
         let removed = artifacts.remove_leftovers().await?;
         if removed > 0 {
             tracing::info!(removed, "removed leftovers of interrupted uploads");
         }
-        let initial_admin_token = create_admin_token_if_none(&sqlite, &dir).await?;
-        let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+        let initial_admin_token = create_admin_token_if_none(&sql, &dir).await?;
+        let store: Arc<dyn Store> = Arc::new(sql.clone());
         let changes = Arc::new(Changes::default());
         let events = EventWriter::start(store.clone(), changes.clone());
-        let instance =
-            auth::new_token("instance-").map_err(|e| dir_error(std::io::Error::other(e)))?;
+        let database_url = config.database_url.clone();
         let state = AppState(Arc::new(ServerState {
             config,
             store,
@@ -201,10 +238,17 @@ impl Server {
             events,
             changes,
             instance,
+            shared,
         }));
+        let mut peers = Vec::new();
+        if let Some(url) = database_url {
+            let (listening, publishing) = peers::start(state.clone(), url.expose()).await?;
+            peers.extend([listening, publishing]);
+        }
         Ok(Server {
             state,
-            sqlite,
+            sql,
+            peers,
             initial_admin_token,
         })
     }
@@ -244,7 +288,10 @@ impl Server {
         if let Err(err) = self.state.flush_statuses().await {
             tracing::error!(error = %err, "cannot write the last device statuses");
         }
-        self.sqlite.close().await;
+        for task in &self.peers {
+            task.abort();
+        }
+        self.sql.close().await;
         Ok(result?)
     }
 }
@@ -259,8 +306,12 @@ async fn flush_statuses_every_second(state: AppState) {
     }
 }
 
+/// Creates the first admin token when there is none (of several instances
+/// starting on one new database, one does); it is written to
+/// `DIR/admin.token` before it is stored, so a start that crashes in
+/// between leaves no admin token nobody knows.
 async fn create_admin_token_if_none(
-    store: &SqliteStore,
+    store: &SqlStore,
     dir: &Path,
 ) -> Result<Option<String>, ServerError> {
     use store::CredentialStore;
@@ -275,16 +326,23 @@ async fn create_admin_token_if_none(
     let token = auth::new_token("al_admin_").map_err(|e| io(std::io::Error::other(e)))?;
     let path = dir.join("admin.token");
     // A token file left by a start that crashed before the row was written is replaced.
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(io(err)),
-    }
+    let remove = |path: &Path| match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(io(err)),
+    };
+    remove(&path)?;
     keys::write_private(&path, &format!("{token}\n")).map_err(io)?;
-    store
-        .add_admin_token("admin", &auth::hash_token(&token))
-        .await?;
-    Ok(Some(token))
+    if store
+        .add_first_admin_token("admin", &auth::hash_token(&token))
+        .await?
+    {
+        Ok(Some(token))
+    } else {
+        // Another instance created it a moment ago: this one is not valid.
+        remove(&path)?;
+        Ok(None)
+    }
 }
 
 /// The HTTP application.

@@ -610,7 +610,7 @@ async fn checkin_status_written_behind_survives_a_graceful_stop() {
     };
     server.checkin(&token, &running).await;
     let dir = server.stop().await;
-    let store = airlift_server::store::sqlite::SqliteStore::open(dir.path())
+    let store = airlift_server::store::sql::SqlStore::open_sqlite(dir.path())
         .await
         .unwrap();
     use airlift_server::store::DeviceStore;

@@ -1,12 +1,15 @@
 //! One story written against the storage traits only, so every backend
-//! (SQLite today, PostgreSQL next) runs the same test: add a backend by
-//! calling `story` with it.
+//! (SQLite and PostgreSQL) runs the same test: add a backend by calling
+//! each story with it. The PostgreSQL ones need the cluster
+//! `scripts/services` starts (`./scripts/test` does).
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::sync::Arc;
 
 use airlift_server::deploy::AssignmentState;
-use airlift_server::store::sqlite::SqliteStore;
+use airlift_server::store::sql::SqlStore;
 use airlift_server::store::{
     DeviceStatus, EventOutcome, NewAssignment, NewEvent, NewRelease, Store, StoreError, Target,
     Write,
@@ -236,7 +239,25 @@ async fn story(store: Arc<dyn Store>) {
 
     // Credentials.
     assert_eq!(store.count_admin_tokens().await.unwrap(), 0);
+    // The first admin token is added once, however many instances try.
+    assert!(
+        store
+            .add_first_admin_token("admin", &[6; 32])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .add_first_admin_token("admin", &[9; 32])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.admin_token(&[9; 32]).await.unwrap(), None);
+    assert_eq!(store.count_admin_tokens().await.unwrap(), 1);
     store.add_admin_token("ci", &[7; 32]).await.unwrap();
+    // A shared setting: the first value stored wins.
+    assert_eq!(store.setting_or_insert("k", "one").await.unwrap(), "one");
+    assert_eq!(store.setting_or_insert("k", "two").await.unwrap(), "one");
     assert_eq!(
         store.admin_token(&[7; 32]).await.unwrap().as_deref(),
         Some("ci")
@@ -498,30 +519,69 @@ async fn rollout_story(store: Arc<dyn Store>) {
     }
 }
 
+async fn sqlite() -> (tempfile::TempDir, SqlStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlStore::open_sqlite(dir.path()).await.unwrap();
+    (dir, store)
+}
+
+async fn postgres() -> SqlStore {
+    let url = common::postgres_database().await;
+    SqlStore::connect_postgres(&url, "instance-story")
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn sqlite_store_tells_the_rollout_story() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let (_dir, store) = sqlite().await;
     rollout_story(Arc::new(store)).await;
 }
 
 #[tokio::test]
+async fn postgres_store_tells_the_rollout_story() {
+    rollout_story(Arc::new(postgres().await)).await;
+}
+
+#[tokio::test]
 async fn sqlite_store_tells_the_whole_story() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let (dir, store) = sqlite().await;
     story(Arc::new(store.clone())).await;
     store.close().await;
     // Reopening applies no migration twice and keeps the data.
-    let reopened = SqliteStore::open(dir.path()).await.unwrap();
+    let reopened = SqlStore::open_sqlite(dir.path()).await.unwrap();
     use airlift_server::store::ReleaseStore;
     assert_eq!(reopened.list_releases().await.unwrap().len(), 2);
 }
 
 #[tokio::test]
-async fn statuses_of_a_large_fleet_are_written_each_to_its_own_device() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
-    let store: Arc<dyn Store> = Arc::new(store);
+async fn postgres_store_tells_the_whole_story() {
+    let url = common::postgres_database().await;
+    let store = SqlStore::connect_postgres(&url, "instance-a")
+        .await
+        .unwrap();
+    story(Arc::new(store.clone())).await;
+    store.close().await;
+    // Another instance starting on the database applies no migration twice.
+    let other = SqlStore::connect_postgres(&url, "instance-b")
+        .await
+        .unwrap();
+    use airlift_server::store::ReleaseStore;
+    assert_eq!(other.list_releases().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn sqlite_statuses_of_a_large_fleet_are_written_each_to_its_own_device() {
+    let (_dir, store) = sqlite().await;
+    statuses_story(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn postgres_statuses_of_a_large_fleet_are_written_each_to_its_own_device() {
+    statuses_story(Arc::new(postgres().await)).await;
+}
+
+async fn statuses_story(store: Arc<dyn Store>) {
     let mut statuses = Vec::new();
     // More than one statement's worth (500), with a partial last chunk.
     for n in 0..1203u32 {
@@ -562,6 +622,22 @@ async fn statuses_of_a_large_fleet_are_written_each_to_its_own_device() {
     };
     store
         .record_statuses(&[(*id, newer.clone())])
+        .await
+        .unwrap();
+    assert_eq!(store.device(*id).await.unwrap().status, newer);
+    assert_eq!(
+        store.device(statuses[701].0).await.unwrap().status,
+        statuses[701].1
+    );
+    // A status flushed late (another instance's buffer, say) never
+    // overwrites a newer one.
+    let older = DeviceStatus {
+        last_seen: Some(9_000),
+        version: Some("v-old".into()),
+        ..DeviceStatus::default()
+    };
+    store
+        .record_statuses(&[(*id, older), statuses[701].clone()])
         .await
         .unwrap();
     assert_eq!(store.device(*id).await.unwrap().status, newer);

@@ -18,6 +18,17 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// A PostgreSQL database shared by every instance
+    /// (postgres://user:password@host/db) [default: SQLite in the data directory].
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Where artifacts live: s3://bucket/prefix on an S3-compatible store
+    /// (credentials from AWS_* variables) [default: the data directory].
+    #[arg(long)]
+    pub artifacts: Option<String>,
+    /// The S3-compatible store's endpoint (MinIO, R2, moto).
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
     /// TOML configuration file.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -45,6 +56,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(url) = args.database_url {
+        config.database_url = Some(airlift_server::DatabaseUrl::new(url));
+    }
+    if let Some(artifacts) = args.artifacts {
+        config.artifacts = Some(artifacts);
+    }
+    if let Some(endpoint) = args.s3_endpoint {
+        config.s3_endpoint = Some(endpoint);
+    }
+    config.validate()?;
     if args.print_config {
         print!("{}", config.to_toml());
         return Ok(ExitCode::SUCCESS);
@@ -75,9 +96,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let address = listener.local_addr().unwrap_or(listen);
-        tracing::info!(%address, data = %data_dir.display(), "airlift server listening");
+        let instance = server.state().instance.clone();
+        tracing::info!(%address, data = %data_dir.display(), %instance, "airlift server listening");
         eprintln!(
-            "airlift: serving http://{address} from {}",
+            "airlift: serving http://{address} from {} as {instance}",
             data_dir.display()
         );
         eprintln!(

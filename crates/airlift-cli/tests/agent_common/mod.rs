@@ -25,6 +25,8 @@ pub struct Server {
     /// The dashboard's address, as `airlift serve` printed it.
     pub dashboard: String,
     pub data: PathBuf,
+    /// Its name in the database's leases, as `airlift serve` printed it.
+    pub instance: String,
 }
 
 impl Server {
@@ -50,9 +52,11 @@ impl Server {
         let mut line = String::new();
         let mut seen = String::new();
         let mut url = None;
+        let mut instance = String::new();
         while stderr.read_line(&mut line).unwrap() > 0 {
             if let Some(rest) = line.strip_prefix("airlift: serving ") {
                 url = rest.split_whitespace().next().map(str::to_owned);
+                instance = rest.rsplit(" as ").next().unwrap_or("").trim().to_owned();
                 break;
             }
             seen.push_str(&line);
@@ -76,6 +80,7 @@ impl Server {
             url,
             dashboard,
             data: data.to_owned(),
+            instance,
         }
     }
 
@@ -215,6 +220,41 @@ pub fn fleet_firmware(path: &Path, version: &str, size: Option<usize>) {
         args.extend(["--size", size]);
     }
     airlift(&args);
+}
+
+/// `airlift fleet sim` of `devices` devices tagged `fleet` (named `sim-N`),
+/// running `firmware`, trusting `trust`, polling every second, against the
+/// server at `server` (its stdout discarded, its log in `log`).
+pub fn fleet_sim(
+    server: &str,
+    admin_token: &str,
+    firmware: &Path,
+    trust: &Path,
+    devices: usize,
+    extra: &[&str],
+    log: File,
+) -> Child {
+    Command::new(AIRLIFT)
+        .args([
+            "fleet",
+            "sim",
+            "--devices",
+            &devices.to_string(),
+            "--tag",
+            "fleet",
+        ])
+        .args(["--prefix", "sim", "--firmware"])
+        .arg(firmware)
+        .arg("--trust")
+        .arg(trust)
+        .args(["--poll", "1", "--health-check", "0.02", "--json"])
+        .args(extra)
+        .env("AIRLIFT_SERVER", server)
+        .env("AIRLIFT_TOKEN", admin_token)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 /// `airlift flash create FLASH --firmware FW --trust KEY`.

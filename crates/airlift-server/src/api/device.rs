@@ -119,20 +119,10 @@ pub async fn enroll(
     Ok((StatusCode::CREATED, ApiJson(answer)))
 }
 
-fn update_for(state: &AppState, offer: &Offer) -> Result<Update, ApiError> {
+fn update_for(offer: &Offer, url: String) -> Result<Update, ApiError> {
     let release = &offer.release;
     let too_long =
         |what: &str| ApiError::internal(format!("{what} does not fit the protocol's bounds"));
-    let url = format!(
-        "{}/api/v1/device/artifacts/{}",
-        state
-            .config
-            .public_url
-            .as_deref()
-            .unwrap_or("")
-            .trim_end_matches('/'),
-        release.sha256
-    );
     Ok(Update {
         deployment: u64::try_from(offer.deployment_id).map_err(|_| too_long("deployment id"))?,
         manifest: heapless::String::try_from(base64_encode(&release.manifest).as_str())
@@ -291,8 +281,11 @@ async fn offer_update(
         if !transition(state, device_id, offer.deployment_id, from, to, None).await? {
             return Ok(None);
         }
+    } else if !crate::peers::still_offered(state, device_id, offer).await? {
+        return Ok(None);
     }
-    Ok(Some(update_for(state, offer)?))
+    let url = crate::artifacts::download_url(state, &offer.release.sha256).await?;
+    Ok(Some(update_for(offer, url)?))
 }
 
 /// Moves the device's assignment in `deployment_id` from `from` to `to` if

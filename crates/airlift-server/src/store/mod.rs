@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use crate::rollout::{Command, Note, PauseReason, Plan, RolloutState, Snapshot, Step, WaveTally};
 
-pub mod sqlite;
+pub mod sql;
 
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,11 @@ pub enum StoreError {
     /// The backend failed.
     #[error("storage backend: {0}")]
     Backend(String),
+    /// The database gave the transaction up for another's sake (a
+    /// deadlock victim, a serialisation failure); nothing was written and
+    /// running it again is safe.
+    #[error("storage backend, busy: {0}")]
+    Contention(String),
 }
 
 /// Result of a storage call.
@@ -301,6 +306,128 @@ pub enum EventOutcome {
     NoAssignment,
 }
 
+/// The assignments `writes` name (those of events without a deployment
+/// name none), sorted and without repeats: what a backend reads (and, when
+/// it runs writers side by side, locks in this order) before
+/// [`plan_writes`].
+pub fn write_keys(writes: &[Write]) -> Vec<(i64, i64)> {
+    let mut keys: Vec<(i64, i64)> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Event(e) => Some((e.deployment_id?, e.device_id)),
+            Write::Transition {
+                deployment_id,
+                device_id,
+                ..
+            } => Some((*deployment_id, *device_id)),
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// An assignment a batch of writes moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move<'w> {
+    /// The deployment.
+    pub deployment_id: i64,
+    /// The device.
+    pub device_id: i64,
+    /// The state it ends in.
+    pub to: &'static str,
+    /// The last reason given on the way, if any (else it keeps its own).
+    pub reason: Option<&'w str>,
+}
+
+/// What a batch of writes does, decided once for every backend by
+/// [`plan_writes`].
+#[derive(Debug)]
+pub struct WritePlan<'w> {
+    /// Each write's outcome, in order.
+    pub outcomes: Vec<EventOutcome>,
+    /// The assignments to move, by key.
+    pub moves: Vec<Move<'w>>,
+    /// The events to append, in order.
+    pub events: Vec<&'w NewEvent>,
+}
+
+/// Applies `writes` in order to the assignments' stored `states` (by
+/// [`write_keys`]; a key missing is an assignment that does not exist):
+/// each event with a deployment moves its assignment as `next` decides and
+/// is kept (unless the assignment does not exist); a transition moves its
+/// assignment only from the state it expects. The last state and the last
+/// reason win.
+pub fn plan_writes<'w>(
+    writes: &'w [Write],
+    mut states: HashMap<(i64, i64), String>,
+    next: NextState,
+) -> WritePlan<'w> {
+    let mut moved: std::collections::BTreeMap<(i64, i64), (&'static str, Option<&'w str>)> =
+        std::collections::BTreeMap::new();
+    let mut events = Vec::with_capacity(writes.len());
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for w in writes {
+        let (key, to, reason) = match w {
+            Write::Event(e) => {
+                let Some(deployment_id) = e.deployment_id else {
+                    events.push(e);
+                    outcomes.push(EventOutcome::Stored);
+                    continue;
+                };
+                let key = (deployment_id, e.device_id);
+                let Some(current) = states.get(&key) else {
+                    outcomes.push(EventOutcome::NoAssignment);
+                    continue;
+                };
+                events.push(e);
+                (key, next(current, &e.kind), e.reason.as_deref())
+            }
+            Write::Transition {
+                deployment_id,
+                device_id,
+                from,
+                to,
+                reason,
+            } => {
+                let key = (*deployment_id, *device_id);
+                let Some(current) = states.get(&key) else {
+                    outcomes.push(EventOutcome::NoAssignment);
+                    continue;
+                };
+                (key, (current == from).then_some(*to), *reason)
+            }
+        };
+        let Some(to) = to else {
+            outcomes.push(EventOutcome::Stored);
+            continue;
+        };
+        if let Some(current) = states.get_mut(&key) {
+            to.clone_into(current);
+        }
+        let entry = moved.entry(key).or_insert((to, None));
+        entry.0 = to;
+        if reason.is_some() {
+            entry.1 = reason;
+        }
+        outcomes.push(EventOutcome::Changed(to));
+    }
+    let moves = moved
+        .into_iter()
+        .map(|((deployment_id, device_id), (to, reason))| Move {
+            deployment_id,
+            device_id,
+            to,
+            reason,
+        })
+        .collect();
+    WritePlan {
+        outcomes,
+        moves,
+        events,
+    }
+}
+
 /// One audit log record: an administrative action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
 pub struct AuditRecord {
@@ -439,6 +566,13 @@ pub struct EnrollmentSecret {
 pub trait CredentialStore: Send + Sync {
     /// Adds an admin token.
     async fn add_admin_token(&self, name: &str, token_hash: &[u8; 32]) -> StoreResult<()>;
+    /// Adds the first admin token, only while there is none: of several
+    /// instances starting on one new database, one adds it. True when
+    /// this call added it.
+    async fn add_first_admin_token(&self, name: &str, token_hash: &[u8; 32]) -> StoreResult<bool>;
+    /// The shared setting `name`; when none is stored yet, `value` is
+    /// stored first, so instances starting together agree on one value.
+    async fn setting_or_insert(&self, name: &str, value: &str) -> StoreResult<String>;
     /// The name of the admin token with this hash.
     async fn admin_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<String>>;
     /// Number of admin tokens.

@@ -40,11 +40,12 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = Server::open(config).await.unwrap();
+        // Another instance on the same database may have created it (then
+        // the test sets the token it has).
         let admin_token = server.initial_admin_token.clone().unwrap_or_else(|| {
             std::fs::read_to_string(dir.path().join("admin.token"))
-                .unwrap()
-                .trim()
-                .to_owned()
+                .map(|t| t.trim().to_owned())
+                .unwrap_or_default()
         });
         let state = server.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -282,4 +283,52 @@ pub fn error_code(body: &Value) -> &str {
     body["error"]["code"]
         .as_str()
         .unwrap_or_else(|| panic!("not an error body: {body}"))
+}
+
+/// A random lowercase hex name of `n` bytes.
+pub fn random_name(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).unwrap();
+    hex::encode(bytes)
+}
+
+/// A new, empty database on the PostgreSQL cluster `scripts/services`
+/// started (`./scripts/test` runs every test through it); its URL.
+pub async fn postgres_database() -> String {
+    use sqlx::{Connection, Executor};
+
+    let base = std::env::var("AIRLIFT_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "this test needs PostgreSQL (AIRLIFT_TEST_DATABASE_URL): run it through \
+             scripts/services, e.g. scripts/services cargo test -p airlift-server \
+             (./scripts/test does)"
+        )
+    });
+    let name = format!("t_{}", random_name(8));
+    let mut conn = sqlx::postgres::PgConnection::connect(&base).await.unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    format!("{server}/{name}")
+}
+
+/// A new, empty bucket on the S3 server (moto) `scripts/services` started:
+/// its endpoint and name.
+pub async fn s3_bucket() -> (String, String) {
+    let endpoint = std::env::var("AIRLIFT_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "this test needs an S3 server (AIRLIFT_TEST_S3_ENDPOINT): run it through \
+             scripts/services (./scripts/test does)"
+        )
+    });
+    let bucket = format!("t-{}", random_name(8));
+    let response = Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    (endpoint, bucket)
 }

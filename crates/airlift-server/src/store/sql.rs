@@ -1,17 +1,38 @@
-//! The SQLite backend: one file `airlift.db` in the data directory, WAL mode,
-//! forward-only migrations embedded in the binary.
+//! The SQL backends: SQLite (one file `airlift.db` in the data directory,
+//! WAL mode) and PostgreSQL (several server instances on one database),
+//! each with its own forward-only migrations embedded in the binary
+//! (`migrations/` and `migrations-postgres/`).
+//!
+//! Both run the same code and, but for a few words ([`Dialect`]), the same
+//! SQL through sqlx's `Any` driver: every statement uses numbered
+//! placeholders (`$1`), which both read. What differs is how a writer keeps
+//! others out while it reads and then writes:
+//!
+//! - SQLite has one writer at a time: such transactions begin with `BEGIN
+//!   IMMEDIATE` and so see nothing change under them.
+//! - PostgreSQL runs writers side by side (read committed). A transaction
+//!   that reads rows and writes what follows from them locks them first
+//!   (`SELECT ... FOR UPDATE`: the rollout row a step or a command reads,
+//!   the assignments a batch of device events moves, in key order); one
+//!   that replaces a device's open assignment (a new deployment, a
+//!   rollout's start or step, a cancellation) first takes the
+//!   [`ASSIGNMENT_LOCK`] advisory lock, so no two of them can each see the
+//!   other's device free; a transaction PostgreSQL picks as a deadlock
+//!   victim is run again. Every transaction that changes which offer a
+//!   device has also publishes the devices on the `airlift` channel
+//!   (`pg_notify`, delivered at commit), so other instances forget what
+//!   they cached ([`crate::peers`]).
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::{
+    Any, Arguments, AssertSqlSafe, Connection, Encode, Executor, FromRow, Pool, Row, Transaction,
+    Type,
 };
-use sqlx::{AssertSqlSafe, FromRow, QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{
     Assignment, AssignmentTally, AuditRecord, AuditStore, CredentialStore, Decide, Deployment,
@@ -34,21 +55,190 @@ const UNFINISHED: &str = "('waiting', 'pending', 'offered', 'downloading', 'inst
 /// Assignment states of a device given an update and not done with it.
 const UPDATING: &str = "('offered', 'downloading', 'installed', 'booted')";
 
-/// The SQLite store.
+/// The PostgreSQL advisory lock (`pg_advisory_xact_lock`) held by every
+/// transaction that replaces devices' open assignments.
+pub const ASSIGNMENT_LOCK: i64 = 0x4169_726c_6966_7401;
+
+/// The PostgreSQL advisory lock held while the first admin token is created.
+const FIRST_ADMIN_LOCK: i64 = 0x4169_726c_6966_7402;
+
+/// The channel instances tell each other on (PostgreSQL's `LISTEN`/`NOTIFY`).
+pub const CHANNEL: &str = "airlift";
+
+/// Above this many devices a notice says "every device" instead of naming them.
+const NOTICE_DEVICES_MAX: usize = 400;
+
+/// Where the two backends' SQL differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Dialect {
+    /// The statement that begins a transaction that reads, then writes.
+    fn begin_write(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        }
+    }
+
+    /// What follows a `SELECT` whose rows the transaction will change.
+    fn for_update(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// A device's tags joined by newlines, for a query over `devices d`.
+    fn tags(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => {
+                "(SELECT group_concat(tag, char(10)) FROM device_tags t WHERE t.device_id = d.id)"
+            }
+            Dialect::Postgres => {
+                "(SELECT string_agg(tag, chr(10)) FROM device_tags t WHERE t.device_id = d.id)"
+            }
+        }
+    }
+
+    /// SQLite's hint to use a partial index it would not pick by itself.
+    fn indexed_by(self, index: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!(" INDEXED BY {index}"),
+            Dialect::Postgres => String::new(),
+        }
+    }
+}
+
+/// SQL text with numbered placeholders (`$1`, `$2`, ...) and the values
+/// bound to them, for statements whose shape depends on their input (lists
+/// of devices, filters). Only placeholders and constants go into the text.
+struct Sql {
+    text: String,
+    args: AnyArguments,
+    error: Option<sqlx::error::BoxDynError>,
+}
+
+impl Sql {
+    fn new(text: impl Into<String>) -> Sql {
+        Sql {
+            text: text.into(),
+            args: AnyArguments::default(),
+            error: None,
+        }
+    }
+
+    fn push(&mut self, text: &str) -> &mut Sql {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Appends a placeholder for `value`.
+    fn bind<'t, T>(&mut self, value: T) -> &mut Sql
+    where
+        T: Encode<'t, Any> + Type<Any>,
+    {
+        if let Err(err) = self.args.add(value) {
+            self.error.get_or_insert(err);
+        }
+        let n = self.args.len();
+        self.text.push_str(&format!("${n}"));
+        self
+    }
+
+    /// Appends `(a, b, ...)` rows, each written by `row` (which calls
+    /// [`Sql::bind`] and [`Sql::push`]), separated by commas.
+    fn rows<T>(&mut self, items: &[T], mut row: impl FnMut(&mut Sql, &T)) -> &mut Sql {
+        for (i, item) in items.iter().enumerate() {
+            self.push(if i == 0 { "(" } else { ", (" });
+            row(self, item);
+            self.push(")");
+        }
+        self
+    }
+
+    /// Appends `$a, $b, ...` for `values`.
+    fn list<'t, T>(&mut self, values: impl IntoIterator<Item = T>) -> &mut Sql
+    where
+        T: Encode<'t, Any> + Type<Any>,
+    {
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(value);
+        }
+        self
+    }
+
+    /// The statement, or why a value could not be bound.
+    fn query(self) -> StoreResult<sqlx::query::Query<'static, Any, AnyArguments>> {
+        match self.error {
+            Some(err) => Err(backend(format!("cannot bind a value: {err}"))),
+            None => Ok(sqlx::query_with(AssertSqlSafe(self.text), self.args)),
+        }
+    }
+}
+
+/// The SQL store: SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
+pub struct SqlStore {
+    pool: Pool<Any>,
+    dialect: Dialect,
+    /// Who this instance is in its notices (PostgreSQL).
+    instance: String,
 }
 
 fn backend(err: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(err.to_string())
 }
 
+/// A backend error, or [`StoreError::Contention`] when the database gave
+/// up the transaction for another's sake (a deadlock victim, a
+/// serialisation failure): running it again is safe.
+fn db(err: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(e) = &err
+        && matches!(e.code().as_deref(), Some("40P01" | "40001"))
+    {
+        return StoreError::Contention(err.to_string());
+    }
+    backend(err)
+}
+
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-fn device_from_row(row: &SqliteRow) -> Result<Device, sqlx::Error> {
+/// A boolean column: PostgreSQL's `boolean`, SQLite's integer.
+fn get_bool(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
+    match row.try_get::<bool, _>(column) {
+        Ok(value) => Ok(value),
+        Err(_) => Ok(row.try_get::<i64, _>(column)? != 0),
+    }
+}
+
+fn release_from_row(row: &AnyRow) -> Result<Release, sqlx::Error> {
+    Ok(Release {
+        id: row.try_get("id")?,
+        sha256: row.try_get("sha256")?,
+        size: row.try_get("size")?,
+        chip_id: row.try_get("chip_id")?,
+        project: row.try_get("project")?,
+        version: row.try_get("version")?,
+        security_version: row.try_get("security_version")?,
+        key_id: row.try_get("key_id")?,
+        signed_by_server: get_bool(row, "signed_by_server")?,
+        manifest: row.try_get("manifest")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn device_from_row(row: &AnyRow) -> Result<Device, sqlx::Error> {
     let tags: Option<String> = row.try_get("tags")?;
     let mut tags: Vec<String> = tags
         .unwrap_or_default()
@@ -76,7 +266,7 @@ fn device_from_row(row: &SqliteRow) -> Result<Device, sqlx::Error> {
     })
 }
 
-fn secret_from_row(row: &SqliteRow) -> Result<EnrollmentSecret, sqlx::Error> {
+fn secret_from_row(row: &AnyRow) -> Result<EnrollmentSecret, sqlx::Error> {
     let tags: String = row.try_get("tags")?;
     Ok(EnrollmentSecret {
         name: row.try_get("name")?,
@@ -89,55 +279,180 @@ fn secret_from_row(row: &SqliteRow) -> Result<EnrollmentSecret, sqlx::Error> {
     })
 }
 
-impl SqliteStore {
+/// `path` as the path of a `sqlite://` URL (percent-encoded).
+fn sqlite_url(path: &Path) -> String {
+    let mut url = String::from("sqlite://");
+    for byte in path.as_os_str().as_encoded_bytes() {
+        if byte.is_ascii_alphanumeric() || b"/._-".contains(byte) {
+            url.push(char::from(*byte));
+        } else {
+            url.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    url.push_str("?mode=rwc");
+    url
+}
+
+impl SqlStore {
     /// Opens (creating when missing) `airlift.db` in `dir` and applies the migrations.
-    pub async fn open(dir: &Path) -> StoreResult<SqliteStore> {
-        let options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(backend)?
-            .filename(dir.join("airlift.db"))
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+    pub async fn open_sqlite(dir: &Path) -> StoreResult<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let path = std::path::absolute(dir.join("airlift.db")).map_err(backend)?;
+        let url = sqlite_url(&path);
+        // WAL is a property of the file: set once, on one connection, before
+        // the pool's connections race for it.
+        let mut first = sqlx::AnyConnection::connect(&url).await.map_err(db)?;
+        first
+            .execute("PRAGMA journal_mode = WAL")
             .await
-            .map_err(backend)?;
+            .map_err(db)?;
+        first.close().await.map_err(db)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                         PRAGMA busy_timeout = 10000",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(db)?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
             .map_err(backend)?;
-        Ok(SqliteStore { pool })
+        Ok(SqlStore {
+            pool,
+            dialect: Dialect::Sqlite,
+            instance: String::new(),
+        })
     }
 
-    /// Closes the pool (checkpoints the WAL).
+    /// Connects to the PostgreSQL database at `url` and applies the
+    /// migrations; `instance` names this server in its notices.
+    pub async fn connect_postgres(url: &str, instance: &str) -> StoreResult<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await
+            .map_err(db)?;
+        // Instances starting together migrate one at a time (sqlx holds an
+        // advisory lock while it migrates PostgreSQL).
+        sqlx::migrate!("./migrations-postgres")
+            .run(&pool)
+            .await
+            .map_err(backend)?;
+        Ok(SqlStore {
+            pool,
+            dialect: Dialect::Postgres,
+            instance: instance.to_owned(),
+        })
+    }
+
+    /// Which backend this is.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Closes the pool (SQLite checkpoints the WAL).
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
-    async fn begin(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        self.pool.begin().await.map_err(backend)
+    async fn begin(&self) -> StoreResult<Transaction<'static, Any>> {
+        self.pool.begin().await.map_err(db)
+    }
+
+    /// A transaction that reads, then writes (see the module's doc).
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
+        self.pool
+            .begin_with(self.dialect.begin_write())
+            .await
+            .map_err(db)
+    }
+
+    /// A transaction that replaces devices' open assignments: one at a time.
+    async fn begin_assignments(&self) -> StoreResult<Transaction<'static, Any>> {
+        let mut tx = self.begin_write().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(ASSIGNMENT_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        Ok(tx)
+    }
+
+    /// Tells the other instances (PostgreSQL), when `tx` commits, that the
+    /// open offers of `devices` changed (`None`: maybe any device's).
+    async fn notify_offers(&self, tx: &mut Conn, devices: Option<&[i64]>) -> StoreResult<()> {
+        if self.dialect != Dialect::Postgres || devices.is_some_and(<[i64]>::is_empty) {
+            return Ok(());
+        }
+        let notice = crate::peers::Notice::Offers(
+            devices
+                .filter(|d| d.len() <= NOTICE_DEVICES_MAX)
+                .map(<[i64]>::to_vec),
+        );
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(notice.encode(&self.instance))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Runs `attempt` again while the database gives it up for another
+    /// transaction's sake ([`StoreError::Contention`]), a few times.
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> StoreResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
+        let mut tries = 0;
+        loop {
+            match attempt().await {
+                Err(StoreError::Contention(why)) if tries < 8 => {
+                    tries += 1;
+                    tracing::debug!(tries, %why, "transaction given up by the database; again");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// The columns [`device_from_row`] reads, for a query over `devices d`.
+    fn device_columns(&self) -> String {
+        format!(
+            "d.id, d.name, d.created_at, d.last_seen, d.chip_id, d.project, d.version, \
+             d.sha256, d.security_version, d.slot, d.state, d.boot_count, {} AS tags",
+            self.dialect.tags()
+        )
     }
 
     /// The (value, count) rows `sql` selects, as tallies.
     async fn tally(&self, sql: &'static str) -> StoreResult<Vec<Tally>> {
-        let rows = sqlx::query(sql)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await.map_err(db)?;
         tallies(&rows)
     }
 }
 
 #[async_trait]
-impl ReleaseStore for SqliteStore {
+impl ReleaseStore for SqlStore {
     async fn insert_release(&self, r: NewRelease) -> StoreResult<(Release, bool)> {
         let inserted = sqlx::query(
             "INSERT INTO releases (sha256, size, chip_id, project, version, security_version, \
              key_id, signed_by_server, manifest, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (sha256) DO NOTHING",
         )
         .bind(&r.sha256)
         .bind(r.size)
@@ -151,7 +466,7 @@ impl ReleaseStore for SqliteStore {
         .bind(now_ms())
         .execute(&self.pool)
         .await
-        .map_err(backend)?
+        .map_err(db)?
         .rows_affected()
             == 1;
         let release = self
@@ -168,70 +483,67 @@ impl ReleaseStore for SqliteStore {
         )
         .fetch_all(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         rows.iter()
-            .map(Release::from_row)
+            .map(release_from_row)
             .collect::<Result<_, _>>()
-            .map_err(backend)
+            .map_err(db)
     }
 
     async fn release(&self, id: i64) -> StoreResult<Release> {
         let row = sqlx::query(
             "SELECT id, sha256, size, chip_id, project, version, security_version, key_id, \
-             signed_by_server, manifest, created_at FROM releases WHERE id = ?",
+             signed_by_server, manifest, created_at FROM releases WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(backend)?
+        .map_err(db)?
         .ok_or_else(|| StoreError::NotFound(format!("no release {id}")))?;
-        Release::from_row(&row).map_err(backend)
+        release_from_row(&row).map_err(db)
     }
 
     async fn release_by_sha256(&self, sha256: &str) -> StoreResult<Option<Release>> {
         let row = sqlx::query(
             "SELECT id, sha256, size, chip_id, project, version, security_version, key_id, \
-             signed_by_server, manifest, created_at FROM releases WHERE sha256 = ?",
+             signed_by_server, manifest, created_at FROM releases WHERE sha256 = $1",
         )
         .bind(sha256)
         .fetch_optional(&self.pool)
         .await
-        .map_err(backend)?;
-        row.as_ref()
-            .map(Release::from_row)
-            .transpose()
-            .map_err(backend)
+        .map_err(db)?;
+        row.as_ref().map(release_from_row).transpose().map_err(db)
     }
 
     async fn delete_release(&self, id: i64) -> StoreResult<Release> {
         let mut tx = self.begin().await?;
         let release = self.release(id).await?;
         let used: i64 = sqlx::query(
-            "SELECT (SELECT count(*) FROM deployments WHERE release_id = ?1) \
-             + (SELECT count(*) FROM rollouts WHERE release_id = ?1 AND deployment_id IS NULL)",
+            "SELECT (SELECT count(*) FROM deployments WHERE release_id = $1) \
+             + (SELECT count(*) FROM rollouts WHERE release_id = $1 AND deployment_id IS NULL)",
         )
         .bind(id)
         .fetch_one(&mut *tx)
         .await
         .and_then(|row| row.try_get(0))
-        .map_err(backend)?;
+        .map_err(db)?;
         if used > 0 {
             return Err(StoreError::Conflict(format!(
                 "release {id} is used by {used} deployment(s) or rollout(s); it cannot be deleted"
             )));
         }
-        sqlx::query("DELETE FROM releases WHERE id = ?")
+        sqlx::query("DELETE FROM releases WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok(release)
     }
 }
 
 #[async_trait]
-impl DeviceStore for SqliteStore {
+impl DeviceStore for SqlStore {
     async fn create_device(
         &self,
         name: &str,
@@ -240,7 +552,7 @@ impl DeviceStore for SqliteStore {
     ) -> StoreResult<Device> {
         let mut tx = self.begin().await?;
         let id: i64 = sqlx::query(
-            "INSERT INTO devices (name, token_hash, created_at) VALUES (?, ?, ?) RETURNING id",
+            "INSERT INTO devices (name, token_hash, created_at) VALUES ($1, $2, $3) RETURNING id",
         )
         .bind(name)
         .bind(&token_hash[..])
@@ -256,69 +568,68 @@ impl DeviceStore for SqliteStore {
             }
         })?;
         for tag in tags {
-            sqlx::query("INSERT OR IGNORE INTO device_tags (device_id, tag) VALUES (?, ?)")
-                .bind(id)
-                .bind(tag)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
+            sqlx::query(
+                "INSERT INTO device_tags (device_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(tag)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         }
-        tx.commit().await.map_err(backend)?;
+        tx.commit().await.map_err(db)?;
         self.device(id).await
     }
 
     async fn list_devices(&self) -> StoreResult<Vec<Device>> {
-        let rows = sqlx::query(
-            "SELECT d.id, d.name, d.created_at, d.last_seen, d.chip_id, d.project, d.version, \
-             d.sha256, d.security_version, d.slot, d.state, d.boot_count, \
-             (SELECT group_concat(tag, char(10)) FROM device_tags t WHERE t.device_id = d.id) \
-             AS tags FROM devices d ORDER BY d.name",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let sql = format!(
+            "SELECT {} FROM devices d ORDER BY d.name",
+            self.device_columns()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
         rows.iter()
             .map(device_from_row)
             .collect::<Result<_, _>>()
-            .map_err(backend)
+            .map_err(db)
     }
 
     async fn device_by_name(&self, name: &str) -> StoreResult<Device> {
-        let row = sqlx::query(
-            "SELECT d.id, d.name, d.created_at, d.last_seen, d.chip_id, d.project, d.version, \
-             d.sha256, d.security_version, d.slot, d.state, d.boot_count, \
-             (SELECT group_concat(tag, char(10)) FROM device_tags t WHERE t.device_id = d.id) \
-             AS tags FROM devices d WHERE d.name = ?",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?
-        .ok_or_else(|| StoreError::NotFound(format!("no device named {name:?}")))?;
-        device_from_row(&row).map_err(backend)
+        let sql = format!(
+            "SELECT {} FROM devices d WHERE d.name = $1",
+            self.device_columns()
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::NotFound(format!("no device named {name:?}")))?;
+        device_from_row(&row).map_err(db)
     }
 
     async fn device(&self, id: i64) -> StoreResult<Device> {
-        let row = sqlx::query(
-            "SELECT d.id, d.name, d.created_at, d.last_seen, d.chip_id, d.project, d.version, \
-             d.sha256, d.security_version, d.slot, d.state, d.boot_count, \
-             (SELECT group_concat(tag, char(10)) FROM device_tags t WHERE t.device_id = d.id) \
-             AS tags FROM devices d WHERE d.id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?
-        .ok_or_else(|| StoreError::NotFound(format!("no device {id}")))?;
-        device_from_row(&row).map_err(backend)
+        let sql = format!(
+            "SELECT {} FROM devices d WHERE d.id = $1",
+            self.device_columns()
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::NotFound(format!("no device {id}")))?;
+        device_from_row(&row).map_err(db)
     }
 
     async fn device_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(i64, String)>> {
-        let row = sqlx::query("SELECT id, name FROM devices WHERE token_hash = ?")
+        let row = sqlx::query("SELECT id, name FROM devices WHERE token_hash = $1")
             .bind(&token_hash[..])
             .fetch_optional(&self.pool)
             .await
-            .map_err(backend)?;
+            .map_err(db)?;
         row.map(|row| Ok((row.try_get("id")?, row.try_get("name")?)))
             .transpose()
             .map_err(|e: sqlx::Error| backend(e))
@@ -337,22 +648,21 @@ impl DeviceStore for SqliteStore {
             }
             Target::All => self.list_devices().await,
             Target::Tag(tag) => {
-                let rows = sqlx::query(
-                    "SELECT d.id, d.name, d.created_at, d.last_seen, d.chip_id, d.project, \
-                     d.version, d.sha256, d.security_version, d.slot, d.state, d.boot_count, \
-                     (SELECT group_concat(tag, char(10)) FROM device_tags t \
-                      WHERE t.device_id = d.id) AS tags FROM devices d \
-                     WHERE d.id IN (SELECT device_id FROM device_tags WHERE tag = ?) \
+                let sql = format!(
+                    "SELECT {} FROM devices d \
+                     WHERE d.id IN (SELECT device_id FROM device_tags WHERE tag = $1) \
                      ORDER BY d.name",
-                )
-                .bind(tag)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
+                    self.device_columns()
+                );
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .bind(tag)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db)?;
                 rows.iter()
                     .map(device_from_row)
                     .collect::<Result<_, _>>()
-                    .map_err(backend)
+                    .map_err(db)
             }
         }
     }
@@ -361,54 +671,51 @@ impl DeviceStore for SqliteStore {
         let mut tx = self.begin().await?;
         // One statement per 500 devices, not one per device: a second of
         // check-ins from a large fleet is tens of thousands of statuses, and
-        // every statement is a round trip to the connection's worker thread.
-        // The SQL built here holds only placeholders (AssertSqlSafe).
+        // every statement is a round trip to the database. Conditional: a
+        // status is written only over an older one, so a flush that comes
+        // late (another instance's, or a slow one) never overwrites what
+        // the device reported since.
         for chunk in statuses.chunks(500) {
-            let sql = format!(
+            let mut sql = Sql::new(
                 "UPDATE devices SET last_seen = v.column2, chip_id = v.column3, \
                  project = v.column4, version = v.column5, sha256 = v.column6, \
                  security_version = v.column7, slot = v.column8, state = v.column9, \
-                 boot_count = v.column10 \
-                 FROM (VALUES {}) AS v WHERE devices.id = v.column1",
-                vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+                 boot_count = v.column10 FROM (VALUES ",
             );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (device_id, s) in chunk {
-                query = query
-                    .bind(device_id)
-                    .bind(s.last_seen)
-                    .bind(s.chip_id)
-                    .bind(&s.project)
-                    .bind(&s.version)
-                    .bind(&s.sha256)
-                    .bind(s.security_version)
-                    .bind(s.slot)
+            sql.rows(chunk, |sql, (device_id, s)| {
+                sql.list([*device_id])
+                    .push(", ")
+                    .list([s.last_seen, s.chip_id])
+                    .push(", ")
+                    .list([&s.project, &s.version, &s.sha256])
+                    .push(", ")
+                    .list([s.security_version, s.slot])
+                    .push(", ")
                     .bind(&s.state)
+                    .push(", ")
                     .bind(s.boot_count);
-            }
-            query.execute(&mut *tx).await.map_err(backend)?;
+            });
+            sql.push(
+                ") AS v WHERE devices.id = v.column1 \
+                 AND (devices.last_seen IS NULL OR devices.last_seen <= v.column2)",
+            );
+            sql.query()?.execute(&mut *tx).await.map_err(db)?;
         }
-        tx.commit().await.map_err(backend)
+        tx.commit().await.map_err(db)
     }
 }
 
 #[async_trait]
-impl DeploymentStore for SqliteStore {
+impl DeploymentStore for SqlStore {
     async fn create_deployment(
         &self,
         release_id: i64,
         target: &str,
         assignments: &[NewAssignment],
     ) -> StoreResult<Deployment> {
-        let now = now_ms();
-        let mut tx = self.begin().await?;
-        let id = insert_deployment(&mut tx, release_id, target, now).await?;
-        let rows: Vec<NewRow<'_>> = assignments
-            .iter()
-            .map(|a| (a.device_id, 0, a.state.as_str(), a.reason.as_deref()))
-            .collect();
-        insert_assignments(&mut tx, id, &rows, now).await?;
-        tx.commit().await.map_err(backend)?;
+        let id = self
+            .retrying(|| self.try_create_deployment(release_id, target, assignments))
+            .await?;
         self.deployment(id).await
     }
 
@@ -418,81 +725,43 @@ impl DeploymentStore for SqliteStore {
         )
         .fetch_all(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         rows.iter()
             .map(Deployment::from_row)
             .collect::<Result<_, _>>()
-            .map_err(backend)
+            .map_err(db)
     }
 
     async fn deployment(&self, id: i64) -> StoreResult<Deployment> {
         let row = sqlx::query(
-            "SELECT id, release_id, target, state, created_at FROM deployments WHERE id = ?",
+            "SELECT id, release_id, target, state, created_at FROM deployments WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(backend)?
+        .map_err(db)?
         .ok_or_else(|| StoreError::NotFound(format!("no deployment {id}")))?;
-        Deployment::from_row(&row).map_err(backend)
+        Deployment::from_row(&row).map_err(db)
     }
 
     async fn assignments(&self, deployment_id: i64) -> StoreResult<Vec<Assignment>> {
         let rows = sqlx::query(
             "SELECT a.deployment_id, a.device_id, d.name, a.wave, a.state, a.reason, \
              a.updated_at FROM assignments a JOIN devices d ON d.id = a.device_id \
-             WHERE a.deployment_id = ? ORDER BY d.name",
+             WHERE a.deployment_id = $1 ORDER BY d.name",
         )
         .bind(deployment_id)
         .fetch_all(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         rows.iter()
             .map(Assignment::from_row)
             .collect::<Result<_, _>>()
-            .map_err(backend)
+            .map_err(db)
     }
 
     async fn cancel_deployment(&self, id: i64) -> StoreResult<Deployment> {
-        let mut tx = self.begin().await?;
-        let rollout: Option<i64> = sqlx::query("SELECT id FROM rollouts WHERE deployment_id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .and_then(|row| row.map(|r| r.try_get(0)).transpose())
-            .map_err(backend)?;
-        if let Some(rollout) = rollout {
-            return Err(StoreError::Conflict(format!(
-                "deployment {id} belongs to rollout {rollout}: cancel the rollout"
-            )));
-        }
-        let changed = sqlx::query(
-            "UPDATE deployments SET state = 'cancelled' WHERE id = ? AND state = 'active'",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?
-        .rows_affected();
-        if changed == 0 {
-            drop(tx);
-            let deployment = self.deployment(id).await?;
-            return Err(StoreError::Conflict(format!(
-                "deployment {id} is {} already",
-                deployment.state
-            )));
-        }
-        sqlx::query(
-            "UPDATE assignments SET state = 'cancelled', reason = 'cancelled', updated_at = ? \
-             WHERE deployment_id = ? AND state IN ('waiting', 'pending', 'offered', \
-             'downloading', 'installed', 'booted')",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        self.retrying(|| self.try_cancel_deployment(id)).await?;
         self.deployment(id).await
     }
 
@@ -503,23 +772,23 @@ impl DeploymentStore for SqliteStore {
              r.signed_by_server, r.manifest, r.created_at \
              FROM assignments a JOIN deployments p ON p.id = a.deployment_id \
              JOIN releases r ON r.id = p.release_id \
-             WHERE a.device_id = ? AND a.state IN \
+             WHERE a.device_id = $1 AND a.state IN \
              ('pending', 'offered', 'downloading', 'installed', 'booted') \
              ORDER BY a.deployment_id DESC LIMIT 1",
         )
         .bind(device_id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         let Some(row) = row else { return Ok(None) };
         let offer = (|| {
             Ok::<_, sqlx::Error>(Offer {
                 deployment_id: row.try_get("deployment_id")?,
                 state: row.try_get("assignment_state")?,
-                release: Release::from_row(&row)?,
+                release: release_from_row(&row)?,
             })
         })()
-        .map_err(backend)?;
+        .map_err(db)?;
         Ok(Some(offer))
     }
 
@@ -531,24 +800,24 @@ impl DeploymentStore for SqliteStore {
         let row = sqlx::query(
             "SELECT a.deployment_id, a.device_id, d.name, a.wave, a.state, a.reason, \
              a.updated_at FROM assignments a JOIN devices d ON d.id = a.device_id \
-             WHERE a.deployment_id = ? AND a.device_id = ?",
+             WHERE a.deployment_id = $1 AND a.device_id = $2",
         )
         .bind(deployment_id)
         .bind(device_id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         row.as_ref()
             .map(Assignment::from_row)
             .transpose()
-            .map_err(backend)
+            .map_err(db)
     }
 
     async fn artifact_assigned(&self, device_id: i64, sha256: &str) -> StoreResult<bool> {
         let found = sqlx::query(
             "SELECT 1 FROM assignments a JOIN deployments p ON p.id = a.deployment_id \
              JOIN releases r ON r.id = p.release_id \
-             WHERE a.device_id = ? AND r.sha256 = ? \
+             WHERE a.device_id = $1 AND r.sha256 = $2 \
              AND a.state NOT IN ('skipped', 'cancelled', 'waiting') \
              LIMIT 1",
         )
@@ -556,17 +825,167 @@ impl DeploymentStore for SqliteStore {
         .bind(sha256)
         .fetch_optional(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         Ok(found.is_some())
     }
 }
 
+impl SqlStore {
+    async fn try_create_deployment(
+        &self,
+        release_id: i64,
+        target: &str,
+        assignments: &[NewAssignment],
+    ) -> StoreResult<i64> {
+        let now = now_ms();
+        let mut tx = self.begin_assignments().await?;
+        let id = insert_deployment(&mut tx, release_id, target, now).await?;
+        let rows: Vec<NewRow<'_>> = assignments
+            .iter()
+            .map(|a| (a.device_id, 0, a.state.as_str(), a.reason.as_deref()))
+            .collect();
+        insert_assignments(&mut tx, id, &rows, now).await?;
+        let offered: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.2 == AssignmentState::Pending.as_str())
+            .map(|r| r.0)
+            .collect();
+        self.notify_offers(&mut tx, Some(&offered)).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(id)
+    }
+
+    async fn try_cancel_deployment(&self, id: i64) -> StoreResult<()> {
+        let mut tx = self.begin_assignments().await?;
+        let rollout: Option<i64> = sqlx::query("SELECT id FROM rollouts WHERE deployment_id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .and_then(|row| row.map(|r| r.try_get(0)).transpose())
+            .map_err(db)?;
+        if let Some(rollout) = rollout {
+            return Err(StoreError::Conflict(format!(
+                "deployment {id} belongs to rollout {rollout}: cancel the rollout"
+            )));
+        }
+        let changed = sqlx::query(
+            "UPDATE deployments SET state = 'cancelled' WHERE id = $1 AND state = 'active'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if changed == 0 {
+            drop(tx);
+            let deployment = self.deployment(id).await?;
+            return Err(StoreError::Conflict(format!(
+                "deployment {id} is {} already",
+                deployment.state
+            )));
+        }
+        let devices = cancel_assignments(&mut tx, id, "cancelled", now_ms()).await?;
+        self.notify_offers(&mut tx, Some(&devices)).await?;
+        tx.commit().await.map_err(db)
+    }
+}
+
+impl SqlStore {
+    /// [`EventStore::record_writes`] in one transaction: three statements
+    /// per batch, not three per write (every statement is a round trip).
+    async fn try_record_writes(
+        &self,
+        writes: &[Write],
+        next: NextState,
+    ) -> StoreResult<Vec<EventOutcome>> {
+        // The transaction reads the assignments, then moves them: nothing
+        // may move them in between (IMMEDIATE in SQLite, row locks taken in
+        // key order in PostgreSQL).
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        let keys = super::write_keys(writes);
+        let mut states: HashMap<(i64, i64), String> = HashMap::new();
+        if !keys.is_empty() {
+            let mut sql = Sql::new(
+                "SELECT deployment_id, device_id, state FROM assignments \
+                 WHERE (deployment_id, device_id) IN (VALUES ",
+            );
+            sql.rows(&keys, |sql, (deployment_id, device_id)| {
+                sql.list([*deployment_id, *device_id]);
+            });
+            sql.push(") ORDER BY deployment_id, device_id")
+                .push(self.dialect.for_update());
+            for row in sql.query()?.fetch_all(&mut *tx).await.map_err(db)? {
+                let key = (row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
+                states.insert(key, row.try_get(2).map_err(db)?);
+            }
+        }
+        let plan = super::plan_writes(writes, states, next);
+        if !plan.moves.is_empty() {
+            let mut sql = Sql::new("UPDATE assignments SET state = v.column3, ");
+            sql.push("reason = coalesce(v.column4, assignments.reason), updated_at = ")
+                .bind(now)
+                .push(" FROM (VALUES ");
+            sql.rows(&plan.moves, |sql, m| {
+                sql.list([m.deployment_id, m.device_id])
+                    .push(", ")
+                    .list([Some(m.to), m.reason]);
+            });
+            sql.push(
+                ") AS v WHERE assignments.deployment_id = v.column1 \
+                 AND assignments.device_id = v.column2",
+            );
+            sql.query()?.execute(&mut *tx).await.map_err(db)?;
+        }
+        if !plan.events.is_empty() {
+            let mut sql = Sql::new(
+                "INSERT INTO events (device_id, deployment_id, kind, reason, detail, at) VALUES ",
+            );
+            sql.rows(&plan.events, |sql, e| {
+                sql.list([Some(e.device_id), e.deployment_id])
+                    .push(", ")
+                    .list([Some(&e.kind), e.reason.as_ref(), e.detail.as_ref()])
+                    .push(", ")
+                    .bind(e.at(now));
+            });
+            sql.query()?.execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(plan.outcomes)
+    }
+}
+
+/// Cancels a deployment's unfinished assignments with `reason`; returns
+/// their devices.
+async fn cancel_assignments(
+    conn: &mut Conn,
+    deployment_id: i64,
+    reason: &str,
+    now: i64,
+) -> StoreResult<Vec<i64>> {
+    let sql = format!(
+        "UPDATE assignments SET state = 'cancelled', reason = $1, updated_at = $2 \
+         WHERE deployment_id = $3 AND state IN {UNFINISHED} RETURNING device_id"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(reason)
+        .bind(now)
+        .bind(deployment_id)
+        .fetch_all(conn)
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(db)
+}
+
 #[async_trait]
-impl EventStore for SqliteStore {
+impl EventStore for SqlStore {
     async fn add_event(&self, e: &NewEvent) -> StoreResult<i64> {
         sqlx::query(
             "INSERT INTO events (device_id, deployment_id, kind, reason, detail, at) \
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(e.device_id)
         .bind(e.deployment_id)
@@ -577,7 +996,7 @@ impl EventStore for SqliteStore {
         .fetch_one(&self.pool)
         .await
         .and_then(|row| row.try_get(0))
-        .map_err(backend)
+        .map_err(db)
     }
 
     async fn record_writes(
@@ -585,155 +1004,29 @@ impl EventStore for SqliteStore {
         writes: &[Write],
         next: NextState,
     ) -> StoreResult<Vec<EventOutcome>> {
-        // IMMEDIATE: the transaction reads before it writes; a deferred one
-        // would fail with SQLITE_BUSY when another writer commits in between.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
-        // Three statements per batch, not three per write: every statement
-        // is a round trip to the connection's worker thread. The SQL built
-        // here holds only placeholders (AssertSqlSafe); values are bound.
-        let now = now_ms();
-        let keys: Vec<(i64, i64)> = writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::Event(e) => Some((e.deployment_id?, e.device_id)),
-                Write::Transition {
-                    deployment_id,
-                    device_id,
-                    ..
-                } => Some((*deployment_id, *device_id)),
-            })
-            .collect();
-        let mut states: HashMap<(i64, i64), String> = HashMap::new();
-        if !keys.is_empty() {
-            let sql = format!(
-                "SELECT deployment_id, device_id, state FROM assignments \
-                 WHERE (deployment_id, device_id) IN (VALUES {})",
-                vec!["(?, ?)"; keys.len()].join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (deployment_id, device_id) in &keys {
-                query = query.bind(deployment_id).bind(device_id);
-            }
-            for row in query.fetch_all(&mut *tx).await.map_err(backend)? {
-                let key = (
-                    row.try_get(0).map_err(backend)?,
-                    row.try_get(1).map_err(backend)?,
-                );
-                states.insert(key, row.try_get(2).map_err(backend)?);
-            }
-        }
-        // Writes apply in order; the last state and the last reason win.
-        let mut changed: HashMap<(i64, i64), (&'static str, Option<&str>)> = HashMap::new();
-        let mut stored = Vec::with_capacity(writes.len());
-        let mut outcomes = Vec::with_capacity(writes.len());
-        for w in writes {
-            let (key, to, reason) = match w {
-                Write::Event(e) => {
-                    let Some(deployment_id) = e.deployment_id else {
-                        stored.push(e);
-                        outcomes.push(EventOutcome::Stored);
-                        continue;
-                    };
-                    let key = (deployment_id, e.device_id);
-                    let Some(current) = states.get(&key) else {
-                        outcomes.push(EventOutcome::NoAssignment);
-                        continue;
-                    };
-                    stored.push(e);
-                    (key, next(current, &e.kind), e.reason.as_deref())
-                }
-                Write::Transition {
-                    deployment_id,
-                    device_id,
-                    from,
-                    to,
-                    reason,
-                } => {
-                    let key = (*deployment_id, *device_id);
-                    let Some(current) = states.get(&key) else {
-                        outcomes.push(EventOutcome::NoAssignment);
-                        continue;
-                    };
-                    (key, (current == from).then_some(*to), *reason)
-                }
-            };
-            let Some(to) = to else {
-                outcomes.push(EventOutcome::Stored);
-                continue;
-            };
-            if let Some(current) = states.get_mut(&key) {
-                to.clone_into(current);
-            }
-            let entry = changed.entry(key).or_insert((to, None));
-            entry.0 = to;
-            if reason.is_some() {
-                entry.1 = reason;
-            }
-            outcomes.push(EventOutcome::Changed(to));
-        }
-        if !changed.is_empty() {
-            let sql = format!(
-                "UPDATE assignments SET state = v.column3, \
-                 reason = coalesce(v.column4, assignments.reason), updated_at = ? \
-                 FROM (VALUES {}) AS v \
-                 WHERE assignments.deployment_id = v.column1 AND assignments.device_id = v.column2",
-                vec!["(?, ?, ?, ?)"; changed.len()].join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
-            for ((deployment_id, device_id), (to, reason)) in &changed {
-                query = query
-                    .bind(deployment_id)
-                    .bind(device_id)
-                    .bind(*to)
-                    .bind(*reason);
-            }
-            query.execute(&mut *tx).await.map_err(backend)?;
-        }
-        if !stored.is_empty() {
-            let sql = format!(
-                "INSERT INTO events (device_id, deployment_id, kind, reason, detail, at) VALUES {}",
-                vec!["(?, ?, ?, ?, ?, ?)"; stored.len()].join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for e in stored {
-                query = query
-                    .bind(e.device_id)
-                    .bind(e.deployment_id)
-                    .bind(&e.kind)
-                    .bind(&e.reason)
-                    .bind(&e.detail)
-                    .bind(e.at(now));
-            }
-            query.execute(&mut *tx).await.map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(outcomes)
+        self.retrying(|| self.try_record_writes(writes, next)).await
     }
 
     async fn events(&self, device_id: Option<i64>, limit: i64) -> StoreResult<Vec<StoredEvent>> {
         let rows = sqlx::query(
             "SELECT e.id, d.name, e.deployment_id, e.kind, e.reason, e.detail, e.at \
              FROM events e JOIN devices d ON d.id = e.device_id \
-             WHERE (?1 IS NULL OR e.device_id = ?1) ORDER BY e.id DESC LIMIT ?2",
+             WHERE ($1 IS NULL OR e.device_id = $1) ORDER BY e.id DESC LIMIT $2",
         )
         .bind(device_id)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         rows.iter()
             .map(StoredEvent::from_row)
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(backend)
+            .map_err(db)
     }
 }
 
 #[async_trait]
-impl AuditStore for SqliteStore {
+impl AuditStore for SqlStore {
     async fn add_audit(
         &self,
         actor: &str,
@@ -741,55 +1034,94 @@ impl AuditStore for SqliteStore {
         target: &str,
         detail: &str,
     ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
-            .bind(now_ms())
-            .bind(actor)
-            .bind(action)
-            .bind(target)
-            .bind(detail)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(now_ms())
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(detail)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
         Ok(())
     }
 
     async fn audit(&self, limit: i64) -> StoreResult<Vec<AuditRecord>> {
         let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?",
+            "SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         rows.iter()
             .map(AuditRecord::from_row)
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(backend)
+            .map_err(db)
     }
 }
 
 #[async_trait]
-impl CredentialStore for SqliteStore {
+impl CredentialStore for SqlStore {
     async fn add_admin_token(&self, name: &str, token_hash: &[u8; 32]) -> StoreResult<()> {
-        sqlx::query("INSERT INTO admin_tokens (name, token_hash, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO admin_tokens (name, token_hash, created_at) VALUES ($1, $2, $3)")
             .bind(name)
             .bind(&token_hash[..])
             .bind(now_ms())
             .execute(&self.pool)
             .await
-            .map_err(backend)?;
+            .map_err(db)?;
         Ok(())
     }
 
     async fn admin_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<String>> {
-        let row = sqlx::query("SELECT name FROM admin_tokens WHERE token_hash = ?")
+        let row = sqlx::query("SELECT name FROM admin_tokens WHERE token_hash = $1")
             .bind(&token_hash[..])
             .fetch_optional(&self.pool)
             .await
-            .map_err(backend)?;
-        row.map(|row| row.try_get("name"))
-            .transpose()
-            .map_err(backend)
+            .map_err(db)?;
+        row.map(|row| row.try_get("name")).transpose().map_err(db)
+    }
+
+    async fn add_first_admin_token(&self, name: &str, token_hash: &[u8; 32]) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(FIRST_ADMIN_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        let added = sqlx::query(
+            "INSERT INTO admin_tokens (name, token_hash, created_at) SELECT $1, $2, $3 \
+             WHERE NOT EXISTS (SELECT 1 FROM admin_tokens)",
+        )
+        .bind(name)
+        .bind(&token_hash[..])
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(added == 1)
+    }
+
+    async fn setting_or_insert(&self, name: &str, value: &str) -> StoreResult<String> {
+        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(name)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(db)
     }
 
     async fn count_admin_tokens(&self) -> StoreResult<i64> {
@@ -797,7 +1129,7 @@ impl CredentialStore for SqliteStore {
             .fetch_one(&self.pool)
             .await
             .and_then(|row| row.try_get(0))
-            .map_err(backend)
+            .map_err(db)
     }
 
     async fn add_enrollment_secret(
@@ -808,7 +1140,7 @@ impl CredentialStore for SqliteStore {
     ) -> StoreResult<EnrollmentSecret> {
         let row = sqlx::query(
             "INSERT INTO enrollment_secrets (name, secret_hash, tags, created_at) \
-             VALUES (?, ?, ?, ?) RETURNING name, tags, created_at",
+             VALUES ($1, $2, $3, $4) RETURNING name, tags, created_at",
         )
         .bind(name)
         .bind(&secret_hash[..])
@@ -823,7 +1155,7 @@ impl CredentialStore for SqliteStore {
                 backend(e)
             }
         })?;
-        secret_from_row(&row).map_err(backend)
+        secret_from_row(&row).map_err(db)
     }
 
     async fn enrollment_secrets(&self) -> StoreResult<Vec<EnrollmentSecret>> {
@@ -831,11 +1163,11 @@ impl CredentialStore for SqliteStore {
             sqlx::query("SELECT name, tags, created_at FROM enrollment_secrets ORDER BY name")
                 .fetch_all(&self.pool)
                 .await
-                .map_err(backend)?;
+                .map_err(db)?;
         rows.iter()
             .map(secret_from_row)
             .collect::<Result<_, _>>()
-            .map_err(backend)
+            .map_err(db)
     }
 
     async fn enrollment_secret(
@@ -843,24 +1175,21 @@ impl CredentialStore for SqliteStore {
         secret_hash: &[u8; 32],
     ) -> StoreResult<Option<EnrollmentSecret>> {
         let row = sqlx::query(
-            "SELECT name, tags, created_at FROM enrollment_secrets WHERE secret_hash = ?",
+            "SELECT name, tags, created_at FROM enrollment_secrets WHERE secret_hash = $1",
         )
         .bind(&secret_hash[..])
         .fetch_optional(&self.pool)
         .await
-        .map_err(backend)?;
-        row.as_ref()
-            .map(secret_from_row)
-            .transpose()
-            .map_err(backend)
+        .map_err(db)?;
+        row.as_ref().map(secret_from_row).transpose().map_err(db)
     }
 
     async fn delete_enrollment_secret(&self, name: &str) -> StoreResult<()> {
-        let deleted = sqlx::query("DELETE FROM enrollment_secrets WHERE name = ?")
+        let deleted = sqlx::query("DELETE FROM enrollment_secrets WHERE name = $1")
             .bind(name)
             .execute(&self.pool)
             .await
-            .map_err(backend)?
+            .map_err(db)?
             .rows_affected();
         if deleted == 0 {
             return Err(StoreError::NotFound(format!(
@@ -872,7 +1201,7 @@ impl CredentialStore for SqliteStore {
 }
 
 #[async_trait]
-impl SessionStore for SqliteStore {
+impl SessionStore for SqlStore {
     async fn open_session(
         &self,
         session_hash: &[u8; 32],
@@ -881,14 +1210,14 @@ impl SessionStore for SqliteStore {
         expires_at: i64,
     ) -> StoreResult<Option<String>> {
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
+        sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
             .bind(now)
             .execute(&mut *tx)
             .await
-            .map_err(backend)?;
+            .map_err(db)?;
         let admin = sqlx::query(
             "INSERT INTO sessions (token_hash, admin_token_id, created_at, expires_at) \
-             SELECT ?, id, ?, ? FROM admin_tokens WHERE token_hash = ? \
+             SELECT $1, id, $2, $3 FROM admin_tokens WHERE token_hash = $4 \
              RETURNING (SELECT name FROM admin_tokens WHERE id = admin_token_id)",
         )
         .bind(&session_hash[..])
@@ -897,11 +1226,11 @@ impl SessionStore for SqliteStore {
         .bind(&admin_token_hash[..])
         .fetch_optional(&mut *tx)
         .await
-        .map_err(backend)?
+        .map_err(db)?
         .map(|row| row.try_get::<String, _>(0))
         .transpose()
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok(admin)
     }
 
@@ -909,13 +1238,13 @@ impl SessionStore for SqliteStore {
         let row = sqlx::query(
             "SELECT a.name, s.expires_at FROM sessions s \
              JOIN admin_tokens a ON a.id = s.admin_token_id \
-             WHERE s.token_hash = ? AND s.expires_at > ?",
+             WHERE s.token_hash = $1 AND s.expires_at > $2",
         )
         .bind(&session_hash[..])
         .bind(now)
         .fetch_optional(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         row.map(|row| {
             Ok(Session {
                 admin: row.try_get(0)?,
@@ -927,26 +1256,21 @@ impl SessionStore for SqliteStore {
     }
 
     async fn close_session(&self, session_hash: &[u8; 32]) -> StoreResult<bool> {
-        let deleted = sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
+        let deleted = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
             .bind(&session_hash[..])
             .execute(&self.pool)
             .await
-            .map_err(backend)?
+            .map_err(db)?
             .rows_affected();
         Ok(deleted > 0)
     }
 }
 
-/// The columns [`device_from_row`] reads, for a query over `devices d`.
-const DEVICE_COLUMNS: &str = "d.id, d.name, d.created_at, d.last_seen, d.chip_id, d.project, \
-     d.version, d.sha256, d.security_version, d.slot, d.state, d.boot_count, \
-     (SELECT group_concat(tag, char(10)) FROM device_tags t WHERE t.device_id = d.id) AS tags";
-
 /// The states of an unfinished assignment, as an SQL list.
 const OPEN_STATES: &str = "('pending', 'offered', 'downloading', 'installed', 'booted')";
 
-/// Appends `filter` as conditions on `devices d` (after a `WHERE 1`).
-fn push_device_filter(query: &mut QueryBuilder<Sqlite>, filter: &DeviceFilter) {
+/// Appends `filter` as conditions on `devices d` (after a `WHERE true`).
+fn push_device_filter(query: &mut Sql, filter: &DeviceFilter) {
     if let Some(search) = &filter.search {
         let escaped = search
             .replace('\\', "\\\\")
@@ -954,27 +1278,27 @@ fn push_device_filter(query: &mut QueryBuilder<Sqlite>, filter: &DeviceFilter) {
             .replace('_', "\\_");
         query
             .push(" AND d.name LIKE ")
-            .push_bind(format!("%{escaped}%"))
+            .bind(format!("%{escaped}%"))
             .push(" ESCAPE '\\'");
     }
     if let Some(tag) = &filter.tag {
         query
             .push(" AND d.id IN (SELECT device_id FROM device_tags WHERE tag = ")
-            .push_bind(tag.clone())
+            .bind(tag.clone())
             .push(")");
     }
     if let Some(version) = &filter.version {
-        query.push(" AND d.version = ").push_bind(version.clone());
+        query.push(" AND d.version = ").bind(version.clone());
     }
     if let Some(state) = &filter.state {
-        query.push(" AND d.state = ").push_bind(state.clone());
+        query.push(" AND d.state = ").bind(state.clone());
     }
     match filter.last_seen {
         Some(LastSeen::Since(at)) => {
-            query.push(" AND d.last_seen >= ").push_bind(at);
+            query.push(" AND d.last_seen >= ").bind(at);
         }
         Some(LastSeen::Before(at)) => {
-            query.push(" AND d.last_seen < ").push_bind(at);
+            query.push(" AND d.last_seen < ").bind(at);
         }
         Some(LastSeen::Never) => {
             query.push(" AND d.last_seen IS NULL");
@@ -984,14 +1308,14 @@ fn push_device_filter(query: &mut QueryBuilder<Sqlite>, filter: &DeviceFilter) {
 }
 
 /// Every row as a `T`.
-fn all<T: for<'r> FromRow<'r, SqliteRow>>(rows: &[SqliteRow]) -> StoreResult<Vec<T>> {
+fn all<T: for<'r> FromRow<'r, AnyRow>>(rows: &[AnyRow]) -> StoreResult<Vec<T>> {
     rows.iter()
         .map(T::from_row)
         .collect::<Result<_, _>>()
-        .map_err(backend)
+        .map_err(db)
 }
 
-fn tallies(rows: &[SqliteRow]) -> StoreResult<Vec<Tally>> {
+fn tallies(rows: &[AnyRow]) -> StoreResult<Vec<Tally>> {
     rows.iter()
         .map(|row| {
             Ok(Tally {
@@ -1000,11 +1324,11 @@ fn tallies(rows: &[SqliteRow]) -> StoreResult<Vec<Tally>> {
             })
         })
         .collect::<Result<_, sqlx::Error>>()
-        .map_err(backend)
+        .map_err(db)
 }
 
 #[async_trait]
-impl ViewStore for SqliteStore {
+impl ViewStore for SqlStore {
     async fn search_devices(
         &self,
         filter: &DeviceFilter,
@@ -1012,25 +1336,26 @@ impl ViewStore for SqliteStore {
         limit: i64,
         offset: i64,
     ) -> StoreResult<DevicePage> {
-        let mut count = QueryBuilder::new("SELECT count(*) FROM devices d WHERE 1");
+        let mut count = Sql::new("SELECT count(*) FROM devices d WHERE true");
         push_device_filter(&mut count, filter);
         let total: i64 = count
-            .build()
+            .query()?
             .fetch_one(&self.pool)
             .await
             .and_then(|row| row.try_get(0))
-            .map_err(backend)?;
+            .map_err(db)?;
         // The open assignment (at most one, see DeploymentStore::open_offer)
         // comes from the assignments_by_device index, for this page only.
-        let mut page = QueryBuilder::new(format!(
-            "SELECT {DEVICE_COLUMNS}, a.deployment_id AS open_deployment, \
+        let mut page = Sql::new(format!(
+            "SELECT {}, a.deployment_id AS open_deployment, \
              a.state AS open_state, r.version AS open_version \
              FROM devices d \
              LEFT JOIN assignments a ON a.device_id = d.id AND a.state IN {OPEN_STATES} \
              AND a.deployment_id = (SELECT max(deployment_id) FROM assignments \
                  WHERE device_id = d.id AND state IN {OPEN_STATES}) \
              LEFT JOIN deployments p ON p.id = a.deployment_id \
-             LEFT JOIN releases r ON r.id = p.release_id WHERE 1"
+             LEFT JOIN releases r ON r.id = p.release_id WHERE true",
+            self.device_columns()
         ));
         push_device_filter(&mut page, filter);
         page.push(match order {
@@ -1038,10 +1363,10 @@ impl ViewStore for SqliteStore {
             DeviceOrder::LastSeen => " ORDER BY d.last_seen IS NULL, d.last_seen, d.name",
         });
         page.push(" LIMIT ")
-            .push_bind(limit)
+            .bind(limit)
             .push(" OFFSET ")
-            .push_bind(offset);
-        let rows = page.build().fetch_all(&self.pool).await.map_err(backend)?;
+            .bind(offset);
+        let rows = page.query()?.fetch_all(&self.pool).await.map_err(db)?;
         let devices = rows
             .iter()
             .map(|row| {
@@ -1059,22 +1384,22 @@ impl ViewStore for SqliteStore {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(backend)?;
+            .map_err(db)?;
         Ok(DevicePage { total, devices })
     }
 
     async fn fleet_counts(&self, seen_since: i64) -> StoreResult<FleetCounts> {
         let row = sqlx::query(
             "SELECT count(*), count(*) FILTER (WHERE last_seen IS NULL), \
-             count(*) FILTER (WHERE last_seen < ?) FROM devices",
+             count(*) FILTER (WHERE last_seen < $1) FROM devices",
         )
         .bind(seen_since)
         .fetch_one(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         let (devices, never_seen, unseen) =
             (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))()
-                .map_err(backend)?;
+                .map_err(db)?;
         let by_version = self
             .tally(
                 "SELECT version, count(*) AS n FROM devices GROUP BY version \
@@ -1102,18 +1427,20 @@ impl ViewStore for SqliteStore {
 
     async fn recent_problems(&self, limit: i64) -> StoreResult<Vec<Problem>> {
         // The condition repeats the partial index's, so SQLite uses it.
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT d.name AS device, a.deployment_id, r.version, a.state, a.reason, \
-             a.updated_at FROM assignments a INDEXED BY assignments_problems \
+             a.updated_at FROM assignments a{} \
              JOIN devices d ON d.id = a.device_id \
              JOIN deployments p ON p.id = a.deployment_id \
              JOIN releases r ON r.id = p.release_id \
-             WHERE a.state IN ('failed', 'rolled_back') ORDER BY a.updated_at DESC LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+             WHERE a.state IN ('failed', 'rolled_back') ORDER BY a.updated_at DESC LIMIT $1",
+            self.dialect.indexed_by("assignments_problems")
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
         all(&rows)
     }
 
@@ -1127,28 +1454,29 @@ impl ViewStore for SqliteStore {
              p.created_at, a.updated_at FROM assignments a \
              JOIN deployments p ON p.id = a.deployment_id \
              JOIN releases r ON r.id = p.release_id \
-             WHERE a.device_id = ? ORDER BY a.deployment_id DESC LIMIT ?",
+             WHERE a.device_id = $1 ORDER BY a.deployment_id DESC LIMIT $2",
         )
         .bind(device_id)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         all(&rows)
     }
 
     async fn deployments_in_progress(&self) -> StoreResult<Vec<i64>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT DISTINCT deployment_id FROM assignments INDEXED BY assignments_open \
-             WHERE state IN {OPEN_STATES} ORDER BY deployment_id DESC"
+            "SELECT DISTINCT deployment_id FROM assignments{} \
+             WHERE state IN {OPEN_STATES} ORDER BY deployment_id DESC",
+            self.dialect.indexed_by("assignments_open")
         )))
         .fetch_all(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         rows.iter()
             .map(|row| row.try_get(0))
             .collect::<Result<_, _>>()
-            .map_err(backend)
+            .map_err(db)
     }
 
     async fn assignment_tallies(
@@ -1158,16 +1486,14 @@ impl ViewStore for SqliteStore {
         if deployment_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut query = QueryBuilder::new(
+        let mut query = Sql::new(
             "SELECT deployment_id, state, reason, count(*) AS devices FROM assignments \
              WHERE deployment_id IN (",
         );
-        let mut ids = query.separated(", ");
-        for id in deployment_ids {
-            ids.push_bind(*id);
-        }
-        query.push(") GROUP BY deployment_id, state, reason");
-        let rows = query.build().fetch_all(&self.pool).await.map_err(backend)?;
+        query
+            .list(deployment_ids.iter().copied())
+            .push(") GROUP BY deployment_id, state, reason");
+        let rows = query.query()?.fetch_all(&self.pool).await.map_err(db)?;
         all(&rows)
     }
 
@@ -1178,67 +1504,62 @@ impl ViewStore for SqliteStore {
         limit: i64,
         offset: i64,
     ) -> StoreResult<(i64, Vec<Assignment>)> {
-        let push_states = |query: &mut QueryBuilder<Sqlite>| {
+        let push_states = |query: &mut Sql| {
             if !states.is_empty() {
-                query.push(" AND a.state IN (");
-                let mut list = query.separated(", ");
-                for state in states {
-                    list.push_bind(state.clone());
-                }
-                query.push(")");
+                query.push(" AND a.state IN (").list(states).push(")");
             }
         };
-        let mut count = QueryBuilder::new("SELECT count(*) FROM assignments a WHERE ");
-        count.push("a.deployment_id = ").push_bind(deployment_id);
+        let mut count = Sql::new("SELECT count(*) FROM assignments a WHERE ");
+        count.push("a.deployment_id = ").bind(deployment_id);
         push_states(&mut count);
         let total: i64 = count
-            .build()
+            .query()?
             .fetch_one(&self.pool)
             .await
             .and_then(|row| row.try_get(0))
-            .map_err(backend)?;
-        let mut page = QueryBuilder::new(
+            .map_err(db)?;
+        let mut page = Sql::new(
             "SELECT a.deployment_id, a.device_id, d.name, a.wave, a.state, a.reason, \
              a.updated_at FROM assignments a JOIN devices d ON d.id = a.device_id WHERE ",
         );
-        page.push("a.deployment_id = ").push_bind(deployment_id);
+        page.push("a.deployment_id = ").bind(deployment_id);
         push_states(&mut page);
         page.push(" ORDER BY d.name LIMIT ")
-            .push_bind(limit)
+            .bind(limit)
             .push(" OFFSET ")
-            .push_bind(offset);
-        let rows = page.build().fetch_all(&self.pool).await.map_err(backend)?;
+            .bind(offset);
+        let rows = page.query()?.fetch_all(&self.pool).await.map_err(db)?;
         Ok((total, all(&rows)?))
     }
 
     async fn running_versions(&self, deployment_id: i64) -> StoreResult<Vec<Tally>> {
         let rows = sqlx::query(
             "SELECT d.version, count(*) AS n FROM assignments a \
-             JOIN devices d ON d.id = a.device_id WHERE a.deployment_id = ? \
+             JOIN devices d ON d.id = a.device_id WHERE a.deployment_id = $1 \
              GROUP BY d.version ORDER BY n DESC, d.version IS NULL, d.version",
         )
         .bind(deployment_id)
         .fetch_all(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         tallies(&rows)
     }
 
     async fn audit_before(&self, before: Option<i64>, limit: i64) -> StoreResult<Vec<AuditRecord>> {
         let rows = sqlx::query(
             "SELECT id, at, actor, action, target, detail FROM audit \
-             WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
+             WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
         )
         .bind(before)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         all(&rows)
     }
 }
 
-type Conn = sqlx::SqliteConnection;
+type Conn = sqlx::AnyConnection;
 
 async fn insert_deployment(
     conn: &mut Conn,
@@ -1248,7 +1569,7 @@ async fn insert_deployment(
 ) -> StoreResult<i64> {
     sqlx::query(
         "INSERT INTO deployments (release_id, target, state, created_at) \
-         VALUES (?, ?, 'active', ?) RETURNING id",
+         VALUES ($1, $2, 'active', $3) RETURNING id",
     )
     .bind(release_id)
     .bind(target)
@@ -1256,7 +1577,7 @@ async fn insert_deployment(
     .fetch_one(conn)
     .await
     .and_then(|row| row.try_get(0))
-    .map_err(backend)
+    .map_err(db)
 }
 
 /// An assignment to insert: device, wave, state, reason.
@@ -1280,33 +1601,26 @@ async fn insert_assignments(
             if devices.is_empty() {
                 continue;
             }
-            let sql = format!(
-                "UPDATE assignments SET state = 'cancelled', reason = 'superseded', \
-                 updated_at = ? WHERE state IN {superseded} AND device_id IN ({})",
-                vec!["?"; devices.len()].join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
-            for device_id in &devices {
-                query = query.bind(device_id);
-            }
-            query.execute(&mut *conn).await.map_err(backend)?;
+            let mut sql = Sql::new("UPDATE assignments SET state = 'cancelled', ");
+            sql.push("reason = 'superseded', updated_at = ")
+                .bind(now)
+                .push(&format!(" WHERE state IN {superseded} AND device_id IN ("))
+                .list(devices)
+                .push(")");
+            sql.query()?.execute(&mut *conn).await.map_err(db)?;
         }
-        let sql = format!(
+        let mut sql = Sql::new(
             "INSERT INTO assignments (deployment_id, device_id, wave, state, reason, \
-             updated_at) VALUES {}",
-            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+             updated_at) VALUES ",
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (device_id, wave, state, reason) in chunk {
-            query = query
-                .bind(deployment_id)
-                .bind(device_id)
-                .bind(wave)
-                .bind(state)
-                .bind(reason)
+        sql.rows(chunk, |sql, (device_id, wave, state, reason)| {
+            sql.list([deployment_id, *device_id, i64::from(*wave)])
+                .push(", ")
+                .list([Some(*state), *reason])
+                .push(", ")
                 .bind(now);
-        }
-        query.execute(&mut *conn).await.map_err(backend)?;
+        });
+        sql.query()?.execute(&mut *conn).await.map_err(db)?;
     }
     Ok(())
 }
@@ -1314,43 +1628,45 @@ async fn insert_assignments(
 const ROLLOUT_COLUMNS: &str = "id, release_id, deployment_id, target, plan, state, waves, opened, \
      succeeded_at, acknowledged_failures, paused_by, pause_reason, created_by, created_at, updated_at";
 
-fn rollout_from_row(row: &SqliteRow) -> StoreResult<Rollout> {
-    let plan: String = row.try_get("plan").map_err(backend)?;
-    let state: String = row.try_get("state").map_err(backend)?;
-    let waves: String = row.try_get("waves").map_err(backend)?;
-    let pause_reason: Option<String> = row.try_get("pause_reason").map_err(backend)?;
-    let opened: i64 = row.try_get("opened").map_err(backend)?;
-    let accepted: i64 = row.try_get("acknowledged_failures").map_err(backend)?;
+fn rollout_from_row(row: &AnyRow) -> StoreResult<Rollout> {
+    let plan: String = row.try_get("plan").map_err(db)?;
+    let state: String = row.try_get("state").map_err(db)?;
+    let waves: String = row.try_get("waves").map_err(db)?;
+    let pause_reason: Option<String> = row.try_get("pause_reason").map_err(db)?;
+    let opened: i64 = row.try_get("opened").map_err(db)?;
+    let accepted: i64 = row.try_get("acknowledged_failures").map_err(db)?;
     Ok(Rollout {
-        id: row.try_get("id").map_err(backend)?,
-        release_id: row.try_get("release_id").map_err(backend)?,
-        deployment_id: row.try_get("deployment_id").map_err(backend)?,
-        target: row.try_get("target").map_err(backend)?,
+        id: row.try_get("id").map_err(db)?,
+        release_id: row.try_get("release_id").map_err(db)?,
+        deployment_id: row.try_get("deployment_id").map_err(db)?,
+        target: row.try_get("target").map_err(db)?,
         plan: serde_json::from_str(&plan).map_err(backend)?,
         state: RolloutState::parse(&state)
             .ok_or_else(|| backend(format!("unknown rollout state {state:?}")))?,
         waves: serde_json::from_str(&waves).map_err(backend)?,
         opened: u32::try_from(opened).map_err(backend)?,
-        succeeded_at: row.try_get("succeeded_at").map_err(backend)?,
+        succeeded_at: row.try_get("succeeded_at").map_err(db)?,
         accepted_failures: u64::try_from(accepted).map_err(backend)?,
-        paused_by: row.try_get("paused_by").map_err(backend)?,
+        paused_by: row.try_get("paused_by").map_err(db)?,
         pause_reason: pause_reason
             .map(|r| serde_json::from_str(&r))
             .transpose()
             .map_err(backend)?,
-        created_by: row.try_get("created_by").map_err(backend)?,
-        created_at: row.try_get("created_at").map_err(backend)?,
-        updated_at: row.try_get("updated_at").map_err(backend)?,
+        created_by: row.try_get("created_by").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+        updated_at: row.try_get("updated_at").map_err(db)?,
     })
 }
 
-async fn read_rollout(conn: &mut Conn, id: i64) -> StoreResult<Rollout> {
-    let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?");
+/// Reads a rollout; `lock` follows the `SELECT` (`FOR UPDATE` when the
+/// transaction will change it, see [`Dialect::for_update`]).
+async fn read_rollout(conn: &mut Conn, id: i64, lock: &str) -> StoreResult<Rollout> {
+    let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1{lock}");
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(id)
         .fetch_optional(conn)
         .await
-        .map_err(backend)?
+        .map_err(db)?
         .ok_or_else(|| StoreError::NotFound(format!("no rollout {id}")))?;
     rollout_from_row(&row)
 }
@@ -1362,18 +1678,18 @@ async fn read_tallies(conn: &mut Conn, rollout: &Rollout) -> StoreResult<Vec<Wav
         return Ok(tallies);
     };
     let rows = sqlx::query(
-        "SELECT wave, state, reason, count(*) FROM assignments WHERE deployment_id = ? \
+        "SELECT wave, state, reason, count(*) FROM assignments WHERE deployment_id = $1 \
          GROUP BY wave, state, reason",
     )
     .bind(deployment_id)
     .fetch_all(conn)
     .await
-    .map_err(backend)?;
+    .map_err(db)?;
     for row in rows {
-        let wave: i64 = row.try_get(0).map_err(backend)?;
-        let state: String = row.try_get(1).map_err(backend)?;
-        let reason: Option<String> = row.try_get(2).map_err(backend)?;
-        let count: i64 = row.try_get(3).map_err(backend)?;
+        let wave: i64 = row.try_get(0).map_err(db)?;
+        let state: String = row.try_get(1).map_err(db)?;
+        let reason: Option<String> = row.try_get(2).map_err(db)?;
+        let count: i64 = row.try_get(3).map_err(db)?;
         let state = AssignmentState::parse(&state)
             .ok_or_else(|| backend(format!("unknown assignment state {state:?}")))?;
         let wave = usize::try_from(wave).map_err(backend)?;
@@ -1400,28 +1716,30 @@ async fn add_rollout_event(
 ) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO rollout_events (rollout_id, at, actor, kind, state, wave, detail) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(rollout.id)
     .bind(now)
     .bind(actor)
     .bind(kind)
     .bind(rollout.state.as_str())
-    .bind(rollout.opened)
+    .bind(i64::from(rollout.opened))
     .bind(detail.to_string())
     .execute(&mut *conn)
     .await
-    .map_err(backend)?;
+    .map_err(db)?;
     if audit {
-        sqlx::query("INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
-            .bind(now)
-            .bind(actor)
-            .bind(format!("rollout {kind}"))
-            .bind(format!("rollout:{}", rollout.id))
-            .bind(detail.to_string())
-            .execute(conn)
-            .await
-            .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(now)
+        .bind(actor)
+        .bind(format!("rollout {kind}"))
+        .bind(format!("rollout:{}", rollout.id))
+        .bind(detail.to_string())
+        .execute(conn)
+        .await
+        .map_err(db)?;
     }
     Ok(())
 }
@@ -1434,14 +1752,14 @@ async fn write_rollout(conn: &mut Conn, r: &Rollout) -> StoreResult<()> {
         .transpose()
         .map_err(backend)?;
     sqlx::query(
-        "UPDATE rollouts SET deployment_id = ?, state = ?, waves = ?, opened = ?, \
-         succeeded_at = ?, acknowledged_failures = ?, paused_by = ?, pause_reason = ?, \
-         updated_at = ? WHERE id = ?",
+        "UPDATE rollouts SET deployment_id = $1, state = $2, waves = $3, opened = $4, \
+         succeeded_at = $5, acknowledged_failures = $6, paused_by = $7, pause_reason = $8, \
+         updated_at = $9 WHERE id = $10",
     )
     .bind(r.deployment_id)
     .bind(r.state.as_str())
     .bind(serde_json::to_string(&r.waves).map_err(backend)?)
-    .bind(r.opened)
+    .bind(i64::from(r.opened))
     .bind(r.succeeded_at)
     .bind(i64::try_from(r.accepted_failures).map_err(backend)?)
     .bind(&r.paused_by)
@@ -1450,7 +1768,7 @@ async fn write_rollout(conn: &mut Conn, r: &Rollout) -> StoreResult<()> {
     .bind(r.id)
     .execute(conn)
     .await
-    .map_err(backend)?;
+    .map_err(db)?;
     Ok(())
 }
 
@@ -1467,20 +1785,18 @@ async fn move_devices(
     now: i64,
 ) -> StoreResult<()> {
     for chunk in ids.chunks(500) {
-        let sql = format!(
-            "UPDATE assignments SET state = ?, reason = coalesce(?, reason), updated_at = ? \
-             WHERE deployment_id = ? AND state IN {from} AND device_id IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql))
-            .bind(to)
+        let mut sql = Sql::new("UPDATE assignments SET state = ");
+        sql.bind(to)
+            .push(", reason = coalesce(")
             .bind(reason)
+            .push(", reason), updated_at = ")
             .bind(now)
-            .bind(deployment_id);
-        for id in chunk {
-            query = query.bind(id);
-        }
-        query.execute(&mut *conn).await.map_err(backend)?;
+            .push(" WHERE deployment_id = ")
+            .bind(deployment_id)
+            .push(&format!(" AND state IN {from} AND device_id IN ("))
+            .list(chunk.iter().copied())
+            .push(")");
+        sql.query()?.execute(&mut *conn).await.map_err(db)?;
     }
     Ok(())
 }
@@ -1494,21 +1810,21 @@ async fn devices_in(
     before: Option<i64>,
 ) -> StoreResult<Vec<(i64, u32, AssignmentState)>> {
     let sql = format!(
-        "SELECT device_id, wave, state FROM assignments WHERE deployment_id = ? \
-         AND state IN {states} AND (?2 IS NULL OR updated_at <= ?2) ORDER BY device_id"
+        "SELECT device_id, wave, state FROM assignments WHERE deployment_id = $1 \
+         AND state IN {states} AND ($2 IS NULL OR updated_at <= $2) ORDER BY device_id"
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(deployment_id)
         .bind(before)
         .fetch_all(conn)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
     rows.iter()
         .map(|row| {
-            let state: String = row.try_get(2).map_err(backend)?;
+            let state: String = row.try_get(2).map_err(db)?;
             Ok((
-                row.try_get(0).map_err(backend)?,
-                u32::try_from(row.try_get::<i64, _>(1).map_err(backend)?).map_err(backend)?,
+                row.try_get(0).map_err(db)?,
+                u32::try_from(row.try_get::<i64, _>(1).map_err(db)?).map_err(backend)?,
                 AssignmentState::parse(&state)
                     .ok_or_else(|| backend(format!("unknown assignment state {state:?}")))?,
             ))
@@ -1530,34 +1846,31 @@ async fn promote(
         return Ok(Vec::new());
     }
     let rows = sqlx::query(
-        "SELECT device_id FROM assignments WHERE deployment_id = ? AND state = 'waiting' \
-         AND wave BETWEEN 1 AND ? ORDER BY updated_at, wave, device_id LIMIT ?",
+        "SELECT device_id FROM assignments WHERE deployment_id = $1 AND state = 'waiting' \
+         AND wave BETWEEN 1 AND $2 ORDER BY updated_at, wave, device_id LIMIT $3",
     )
     .bind(deployment_id)
-    .bind(opened)
+    .bind(i64::from(opened))
     .bind(i64::try_from(n).unwrap_or(i64::MAX))
     .fetch_all(&mut *conn)
     .await
-    .map_err(backend)?;
+    .map_err(db)?;
     let ids: Vec<i64> = rows
         .iter()
         .map(|row| row.try_get(0))
         .collect::<Result<_, _>>()
-        .map_err(backend)?;
+        .map_err(db)?;
     for chunk in ids.chunks(500) {
-        let sql = format!(
-            "UPDATE assignments SET state = 'cancelled', reason = 'superseded', updated_at = ? \
-             WHERE deployment_id != ? AND state IN ('pending', 'offered', 'downloading', \
-             'installed', 'booted') AND device_id IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql))
+        let mut sql = Sql::new("UPDATE assignments SET state = 'cancelled', ");
+        sql.push("reason = 'superseded', updated_at = ")
             .bind(now)
-            .bind(deployment_id);
-        for id in chunk {
-            query = query.bind(id);
-        }
-        query.execute(&mut *conn).await.map_err(backend)?;
+            .push(" WHERE deployment_id != ")
+            .bind(deployment_id)
+            .push(" AND state IN ('pending', 'offered', 'downloading', 'installed', 'booted') ")
+            .push("AND device_id IN (")
+            .list(chunk.iter().copied())
+            .push(")");
+        sql.query()?.execute(&mut *conn).await.map_err(db)?;
     }
     move_devices(
         conn,
@@ -1573,13 +1886,13 @@ async fn promote(
 }
 
 #[async_trait]
-impl RolloutStore for SqliteStore {
+impl RolloutStore for SqlStore {
     async fn create_rollout(&self, new: NewRollout) -> StoreResult<Rollout> {
         let now = now_ms();
         let mut tx = self.begin().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO rollouts (release_id, target, plan, state, created_by, created_at, \
-             updated_at) VALUES (?, ?, ?, 'draft', ?, ?, ?) RETURNING id",
+             updated_at) VALUES ($1, $2, $3, 'draft', $4, $5, $6) RETURNING id",
         )
         .bind(new.release_id)
         .bind(&new.target)
@@ -1590,8 +1903,8 @@ impl RolloutStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .and_then(|row| row.try_get(0))
-        .map_err(backend)?;
-        let rollout = read_rollout(&mut tx, id).await?;
+        .map_err(db)?;
+        let rollout = read_rollout(&mut tx, id, "").await?;
         let detail = serde_json::json!({"release": new.release_id, "target": new.target});
         add_rollout_event(
             &mut tx,
@@ -1603,7 +1916,7 @@ impl RolloutStore for SqliteStore {
             false,
         )
         .await?;
-        tx.commit().await.map_err(backend)?;
+        tx.commit().await.map_err(db)?;
         Ok(rollout)
     }
 
@@ -1612,40 +1925,40 @@ impl RolloutStore for SqliteStore {
         let rows = sqlx::query(AssertSqlSafe(sql))
             .fetch_all(&self.pool)
             .await
-            .map_err(backend)?;
+            .map_err(db)?;
         rows.iter().map(rollout_from_row).collect()
     }
 
     async fn rollout(&self, id: i64) -> StoreResult<Rollout> {
-        let mut conn = self.pool.acquire().await.map_err(backend)?;
-        read_rollout(&mut conn, id).await
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        read_rollout(&mut conn, id, "").await
     }
 
     async fn rollout_tallies(&self, id: i64) -> StoreResult<Vec<WaveTally>> {
-        let mut conn = self.pool.acquire().await.map_err(backend)?;
-        let rollout = read_rollout(&mut conn, id).await?;
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let rollout = read_rollout(&mut conn, id, "").await?;
         read_tallies(&mut conn, &rollout).await
     }
 
     async fn rollout_events(&self, id: i64) -> StoreResult<Vec<RolloutEvent>> {
         let rows = sqlx::query(
             "SELECT id, at, actor, kind, state, wave, detail FROM rollout_events \
-             WHERE rollout_id = ? ORDER BY id",
+             WHERE rollout_id = $1 ORDER BY id",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         rows.iter()
             .map(|row| {
-                let detail: String = row.try_get("detail").map_err(backend)?;
-                let wave: i64 = row.try_get("wave").map_err(backend)?;
+                let detail: String = row.try_get("detail").map_err(db)?;
+                let wave: i64 = row.try_get("wave").map_err(db)?;
                 Ok(RolloutEvent {
-                    id: row.try_get("id").map_err(backend)?,
-                    at: row.try_get("at").map_err(backend)?,
-                    actor: row.try_get("actor").map_err(backend)?,
-                    kind: row.try_get("kind").map_err(backend)?,
-                    state: row.try_get("state").map_err(backend)?,
+                    id: row.try_get("id").map_err(db)?,
+                    at: row.try_get("at").map_err(db)?,
+                    actor: row.try_get("actor").map_err(db)?,
+                    kind: row.try_get("kind").map_err(db)?,
+                    state: row.try_get("state").map_err(db)?,
                     wave: u32::try_from(wave).map_err(backend)?,
                     detail: serde_json::from_str(&detail).map_err(backend)?,
                 })
@@ -1657,17 +1970,17 @@ impl RolloutStore for SqliteStore {
         let rows = sqlx::query(
             "SELECT a.device_id, count(*) FROM assignments a \
              JOIN deployments p ON p.id = a.deployment_id \
-             WHERE p.release_id = ? AND a.state IN ('failed', 'rolled_back') GROUP BY a.device_id",
+             WHERE p.release_id = $1 AND a.state IN ('failed', 'rolled_back') GROUP BY a.device_id",
         )
         .bind(release_id)
         .fetch_all(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(db)?;
         rows.iter()
             .map(|row| {
-                let n: i64 = row.try_get(1).map_err(backend)?;
+                let n: i64 = row.try_get(1).map_err(db)?;
                 Ok((
-                    row.try_get(0).map_err(backend)?,
+                    row.try_get(0).map_err(db)?,
                     u64::try_from(n).map_err(backend)?,
                 ))
             })
@@ -1682,12 +1995,79 @@ impl RolloutStore for SqliteStore {
         assignments: &[WaveAssignment],
         now: i64,
     ) -> StoreResult<Rollout> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        self.retrying(|| self.try_start_rollout(id, actor, waves, assignments, now))
             .await
-            .map_err(backend)?;
-        let mut rollout = read_rollout(&mut tx, id).await?;
+    }
+
+    async fn command_rollout(
+        &self,
+        id: i64,
+        command: Command,
+        actor: &str,
+        now: i64,
+    ) -> StoreResult<(Rollout, Vec<i64>)> {
+        self.retrying(|| self.try_command_rollout(id, command, actor, now))
+            .await
+    }
+
+    async fn step_rollout(
+        &self,
+        id: i64,
+        now: i64,
+        decide: Decide,
+    ) -> StoreResult<Option<StepOutcome>> {
+        self.retrying(|| self.try_step_rollout(id, now, decide))
+            .await
+    }
+
+    async fn active_rollouts(&self) -> StoreResult<Vec<i64>> {
+        let rows =
+            sqlx::query("SELECT id FROM rollouts WHERE state IN ('running', 'paused') ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        rows.iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(db)
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> StoreResult<bool> {
+        let taken = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+             expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at <= $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now.saturating_add(ttl_ms))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(taken == 1)
+    }
+}
+
+impl SqlStore {
+    async fn try_start_rollout(
+        &self,
+        id: i64,
+        actor: &str,
+        waves: &[u64],
+        assignments: &[WaveAssignment],
+        now: i64,
+    ) -> StoreResult<Rollout> {
+        let mut tx = self.begin_assignments().await?;
+        let mut rollout = read_rollout(&mut tx, id, self.dialect.for_update()).await?;
         rollout.state = Command::Start
             .apply(rollout.state, rollout.opened, rollout.waves.len())
             .map_err(|e| StoreError::Conflict(format!("rollout {id} cannot start: {e}")))?;
@@ -1714,23 +2094,19 @@ impl RolloutStore for SqliteStore {
         let detail = serde_json::json!({"deployment": deployment_id, "devices": assignments.len(),
             "skipped": skipped, "held_back": held_back, "waves": waves});
         add_rollout_event(&mut tx, &rollout, now, actor, "started", &detail, false).await?;
-        tx.commit().await.map_err(backend)?;
+        tx.commit().await.map_err(db)?;
         Ok(rollout)
     }
 
-    async fn command_rollout(
+    async fn try_command_rollout(
         &self,
         id: i64,
         command: Command,
         actor: &str,
         now: i64,
     ) -> StoreResult<(Rollout, Vec<i64>)> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
-        let mut rollout = read_rollout(&mut tx, id).await?;
+        let mut tx = self.begin_assignments().await?;
+        let mut rollout = read_rollout(&mut tx, id, self.dialect.for_update()).await?;
         let before = rollout.state;
         rollout.state = command
             .apply(rollout.state, rollout.opened, rollout.waves.len())
@@ -1767,31 +2143,20 @@ impl RolloutStore for SqliteStore {
             }
             (Command::Cancel, deployment_id) => {
                 if let Some(deployment_id) = deployment_id {
-                    sqlx::query("UPDATE deployments SET state = 'cancelled' WHERE id = ?")
+                    sqlx::query("UPDATE deployments SET state = 'cancelled' WHERE id = $1")
                         .bind(deployment_id)
                         .execute(&mut *tx)
                         .await
-                        .map_err(backend)?;
-                    let sql = format!(
-                        "UPDATE assignments SET state = 'cancelled', reason = 'cancelled', \
-                         updated_at = ? WHERE deployment_id = ? AND state IN {UNFINISHED} \
-                         RETURNING device_id"
-                    );
-                    let rows = sqlx::query(AssertSqlSafe(sql))
-                        .bind(now)
-                        .bind(deployment_id)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                    for row in rows {
-                        unoffered.push(row.try_get(0).map_err(backend)?);
-                    }
+                        .map_err(db)?;
+                    unoffered =
+                        cancel_assignments(&mut tx, deployment_id, "cancelled", now).await?;
                 }
                 rollout.paused_by = None;
                 rollout.pause_reason = None;
             }
             (Command::Start | Command::Pause, _) => {}
         }
+        self.notify_offers(&mut tx, Some(&unoffered)).await?;
         write_rollout(&mut tx, &rollout).await?;
         add_rollout_event(
             &mut tx,
@@ -1803,22 +2168,18 @@ impl RolloutStore for SqliteStore {
             false,
         )
         .await?;
-        tx.commit().await.map_err(backend)?;
+        tx.commit().await.map_err(db)?;
         Ok((rollout, unoffered))
     }
 
-    async fn step_rollout(
+    async fn try_step_rollout(
         &self,
         id: i64,
         now: i64,
         decide: Decide,
     ) -> StoreResult<Option<StepOutcome>> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
-        let mut rollout = read_rollout(&mut tx, id).await?;
+        let mut tx = self.begin_assignments().await?;
+        let mut rollout = read_rollout(&mut tx, id, self.dialect.for_update()).await?;
         let Some(deployment_id) = rollout.deployment_id.filter(|_| rollout.state.is_active())
         else {
             return Ok(None);
@@ -1881,6 +2242,13 @@ impl RolloutStore for SqliteStore {
             rollout.updated_at = now;
             write_rollout(&mut tx, &rollout).await?;
         }
+        let moved: Vec<i64> = promoted
+            .iter()
+            .chain(&unoffered)
+            .chain(&step.fail)
+            .copied()
+            .collect();
+        self.notify_offers(&mut tx, Some(&moved)).await?;
         for note in &step.notes {
             add_rollout_event(
                 &mut tx,
@@ -1893,7 +2261,7 @@ impl RolloutStore for SqliteStore {
             )
             .await?;
         }
-        tx.commit().await.map_err(backend)?;
+        tx.commit().await.map_err(db)?;
         Ok(Some(StepOutcome {
             rollout,
             promoted,
@@ -1902,58 +2270,22 @@ impl RolloutStore for SqliteStore {
             notes: step.notes,
         }))
     }
-
-    async fn active_rollouts(&self) -> StoreResult<Vec<i64>> {
-        let rows =
-            sqlx::query("SELECT id FROM rollouts WHERE state IN ('running', 'paused') ORDER BY id")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-        rows.iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()
-            .map_err(backend)
-    }
-
-    async fn try_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: i64,
-        ttl_ms: i64,
-    ) -> StoreResult<bool> {
-        let taken = sqlx::query(
-            "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
-             expires_at = excluded.expires_at \
-             WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
-        )
-        .bind(name)
-        .bind(holder)
-        .bind(now.saturating_add(ttl_ms))
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?
-        .rows_affected();
-        Ok(taken == 1)
-    }
 }
 
 /// Moves every `pending` device of the deployment back to `waiting` (not
 /// offered any more); returns them.
 async fn unoffer(conn: &mut Conn, deployment_id: i64, now: i64) -> StoreResult<Vec<i64>> {
     let rows = sqlx::query(
-        "UPDATE assignments SET state = 'waiting', updated_at = ? \
-         WHERE deployment_id = ? AND state = 'pending' RETURNING device_id",
+        "UPDATE assignments SET state = 'waiting', updated_at = $1 \
+         WHERE deployment_id = $2 AND state = 'pending' RETURNING device_id",
     )
     .bind(now)
     .bind(deployment_id)
     .fetch_all(conn)
     .await
-    .map_err(backend)?;
+    .map_err(db)?;
     rows.iter()
         .map(|row| row.try_get(0))
         .collect::<Result<_, _>>()
-        .map_err(backend)
+        .map_err(db)
 }
