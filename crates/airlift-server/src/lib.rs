@@ -44,6 +44,8 @@ pub mod metrics;
 pub mod rollout;
 pub mod scheduler;
 pub mod store;
+pub mod throttle;
+pub mod tls;
 
 pub use config::{Config, Secret};
 pub use error::ApiError;
@@ -88,6 +90,9 @@ pub enum ServerError {
     /// The signing key could not be loaded or created.
     #[error("signing key: {0}")]
     Key(#[from] keys::KeyError),
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     /// Serving failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
@@ -117,6 +122,8 @@ pub struct ServerState {
     pub changes: Arc<Changes>,
     /// This instance's name in leases (random, new at every start).
     pub instance: String,
+    /// Failed authentications per client and per credential.
+    pub throttle: throttle::Throttle,
 }
 
 impl ServerState {
@@ -148,6 +155,7 @@ impl Deref for AppState {
 pub struct Server {
     state: AppState,
     sqlite: SqliteStore,
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// The admin token created because the data directory was new; it is
     /// also in `DIR/admin.token` and never shown again.
     pub initial_admin_token: Option<String>,
@@ -157,6 +165,10 @@ impl Server {
     /// Opens the data directory, creating and initialising it when empty.
     pub async fn open(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ => None,
+        };
         let dir = config.data_dir.clone();
         let dir_error = |source| ServerError::DataDir {
             path: dir.display().to_string(),
@@ -189,6 +201,8 @@ impl Server {
         let events = EventWriter::start(store.clone(), changes.clone());
         let instance =
             auth::new_token("instance-").map_err(|e| dir_error(std::io::Error::other(e)))?;
+        let throttle =
+            throttle::Throttle::new(config.auth_failures_burst, config.auth_failure_interval_ms);
         let state = AppState(Arc::new(ServerState {
             config,
             store,
@@ -201,10 +215,12 @@ impl Server {
             events,
             changes,
             instance,
+            throttle,
         }));
         Ok(Server {
             state,
             sqlite,
+            tls,
             initial_admin_token,
         })
     }
@@ -212,6 +228,11 @@ impl Server {
     /// The state handlers run with.
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Whether the server speaks HTTPS (it was given a certificate).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Serves HTTP on `listener` until `shutdown` completes, then finishes
@@ -236,7 +257,12 @@ impl Server {
             let holder = self.state.instance.clone();
             tokio::spawn(scheduler::run(self.state.clone(), every, holder))
         });
-        let result = connection::serve(listener, router, self.state.clone(), shutdown).await;
+        let setup = connection::Setup {
+            router,
+            state: self.state.clone(),
+            tls: self.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+        };
+        let result = connection::serve(listener, setup, shutdown).await;
         flusher.abort();
         if let Some(scheduler) = scheduler {
             scheduler.abort();
