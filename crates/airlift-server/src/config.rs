@@ -443,4 +443,34 @@ mod tests {
             assert!(err.to_string().contains("invalid"), "{name}={value}: {err}");
         }
     }
+
+    #[test]
+    fn tls_and_connection_bounds_come_from_the_environment_and_tls_needs_both_files() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("AIRLIFT_TLS_CERT", "/etc/airlift/chain.pem"),
+                ("AIRLIFT_TLS_KEY", "/etc/airlift/key.pem"),
+                ("AIRLIFT_HEADER_TIMEOUT_MS", "5000"),
+                ("AIRLIFT_MAX_CONNECTIONS", "300"),
+                ("AIRLIFT_AUTH_FAILURES_BURST", "7"),
+                ("AIRLIFT_AUTH_FAILURE_INTERVAL_MS", "250"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.tls_cert,
+            Some(PathBuf::from("/etc/airlift/chain.pem"))
+        );
+        assert_eq!(config.header_timeout_ms, 5000);
+        assert_eq!(config.max_connections, 300);
+        assert_eq!(
+            (config.auth_failures_burst, config.auth_failure_interval_ms),
+            (7, 250)
+        );
+        let err = Config::load(None, env(&[("AIRLIFT_TLS_CERT", "/c.pem")])).unwrap_err();
+        assert!(err.to_string().contains("both the certificate"), "{err}");
+        let err = Config::load(None, env(&[("AIRLIFT_MAX_CONNECTIONS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("max_connections"), "{err}");
+    }
 }
