@@ -21,6 +21,13 @@ pub struct ServeArgs {
     /// TOML configuration file.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain, the server's first
+    /// (`airlift keys tls` makes one for a lab) [env: AIRLIFT_TLS_CERT].
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key [env: AIRLIFT_TLS_KEY].
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -29,10 +36,14 @@ pub struct ServeArgs {
 /// The dashboard's address for a server listening on `address`: a browser
 /// cannot open the unspecified address, so that becomes `localhost`.
 pub fn dashboard_url(address: SocketAddr) -> String {
+    dashboard_url_of("http", address)
+}
+
+fn dashboard_url_of(scheme: &str, address: SocketAddr) -> String {
     if address.ip().is_unspecified() {
-        format!("http://localhost:{}/", address.port())
+        format!("{scheme}://localhost:{}/", address.port())
     } else {
-        format!("http://{address}/")
+        format!("{scheme}://{address}/")
     }
 }
 
@@ -44,6 +55,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls_cert = Some(cert);
+        config.tls_key = Some(key);
+        config.validate()?;
     }
     if args.print_config {
         print!("{}", config.to_toml());
@@ -75,14 +91,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let address = listener.local_addr().unwrap_or(listen);
-        tracing::info!(%address, data = %data_dir.display(), "airlift server listening");
+        let scheme = if server.is_tls() { "https" } else { "http" };
+        tracing::info!(%address, data = %data_dir.display(), scheme, "airlift server listening");
         eprintln!(
-            "airlift: serving http://{address} from {}",
+            "airlift: serving {scheme}://{address} from {}",
             data_dir.display()
         );
         eprintln!(
             "airlift: dashboard at {} (sign in with the admin token in {})",
-            dashboard_url(address),
+            dashboard_url_of(scheme, address),
             data_dir.join("admin.token").display()
         );
         server.run(listener, shutdown).await?;

@@ -25,6 +25,8 @@ pub struct Server {
     /// The dashboard's address, as `airlift serve` printed it.
     pub dashboard: String,
     pub data: PathBuf,
+    /// The CA the CLI trusts for an `https://` server (`AIRLIFT_CA_CERT`).
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Server {
@@ -76,6 +78,7 @@ impl Server {
             url,
             dashboard,
             data: data.to_owned(),
+            ca_cert: None,
         }
     }
 
@@ -87,12 +90,15 @@ impl Server {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(AIRLIFT)
+        let mut command = Command::new(AIRLIFT);
+        command
             .args(args)
             .env("AIRLIFT_SERVER", &self.url)
-            .env("AIRLIFT_TOKEN", self.admin_token())
-            .output()
-            .unwrap()
+            .env("AIRLIFT_TOKEN", self.admin_token());
+        if let Some(ca) = &self.ca_cert {
+            command.env("AIRLIFT_CA_CERT", ca);
+        }
+        command.output().unwrap()
     }
 
     pub fn cli_json(&self, args: &[&str]) -> Value {
