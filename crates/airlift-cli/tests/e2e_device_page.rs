@@ -183,6 +183,17 @@ fn page_status(http: &Client, url: &str) -> Value {
         .unwrap()
 }
 
+/// Asks the device page (password `pw`) to pull `image` and
+/// `/fw/v3.manifest` from `files`.
+fn pull(http: &Client, url: &str, files: &str, image: &str) -> reqwest::blocking::Response {
+    http.post(format!("{url}/api/pull"))
+        .header("X-Airlift-CSRF", "1")
+        .basic_auth("x", Some("pw"))
+        .json(&serde_json::json!({"url": format!("{files}{image}"), "manifest_url": format!("{files}/fw/v3.manifest")}))
+        .send()
+        .unwrap()
+}
+
 /// Asks for a reboot on the device page and waits for boot `boots + 1`.
 fn reboot(http: &Client, url: &str, agent: &Agent, boots: u64) {
     let answer = http
@@ -221,13 +232,7 @@ fn device_page_pulls_a_release_from_a_url_and_reboots_on_request() {
         || agent.log_text(),
     );
 
-    let missing = http
-        .post(format!("{url}/api/pull"))
-        .header("X-Airlift-CSRF", "1")
-        .basic_auth("x", Some("pw"))
-        .json(&serde_json::json!({"url": format!("{files}/fw/nope.bin"), "manifest_url": format!("{files}/fw/v3.manifest")}))
-        .send()
-        .unwrap();
+    let missing = pull(&http, &url, &files, "/fw/nope.bin");
     assert_eq!(missing.status().as_u16(), 422);
     let body: Value = missing.json().unwrap();
     assert_eq!(body["error"]["code"], "download", "{body}");
@@ -238,13 +243,7 @@ fn device_page_pulls_a_release_from_a_url_and_reboots_on_request() {
         "{body}"
     );
 
-    let pulled = http
-        .post(format!("{url}/api/pull"))
-        .header("X-Airlift-CSRF", "1")
-        .basic_auth("x", Some("pw"))
-        .json(&serde_json::json!({"url": format!("{files}/fw/v3.bin"), "manifest_url": format!("{files}/fw/v3.manifest")}))
-        .send()
-        .unwrap();
+    let pulled = pull(&http, &url, &files, "/fw/v3.bin");
     assert_eq!(pulled.status().as_u16(), 200);
     wait_for(
         "3.0.0 to run confirmed",
@@ -383,13 +382,7 @@ fn a_pull_streams_no_more_than_the_signed_size_issue_16() {
         || agent.log_text(),
     );
     let before = rss_of(agent.child.id());
-    let pulled = http
-        .post(format!("{url}/api/pull"))
-        .header("X-Airlift-CSRF", "1")
-        .basic_auth("x", Some("pw"))
-        .json(&serde_json::json!({"url": format!("{files}/fw/v3.bin"), "manifest_url": format!("{files}/fw/v3.manifest")}))
-        .send()
-        .unwrap();
+    let pulled = pull(&http, &url, &files, "/fw/v3.bin");
     let grown = rss_of(agent.child.id()).saturating_sub(before);
     assert_eq!(pulled.status().as_u16(), 200, "{}", agent.log_text());
     eprintln!(

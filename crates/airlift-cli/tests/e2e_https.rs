@@ -24,24 +24,14 @@ fn lab_certificates(dir: &Path) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// `airlift flash create` with the device's HTTPS settings.
-fn provision(flash: &Path, firmware: &Path, trust: &Path, tls: &[&str]) {
-    let mut args = vec![
-        "flash",
-        "create",
-        flash.to_str().unwrap(),
-        "--firmware",
-        firmware.to_str().unwrap(),
-        "--trust",
-        trust.to_str().unwrap(),
-    ];
-    args.extend_from_slice(tls);
-    let output = airlift(&args);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+/// Waits for the device's first failed check-in; its log.
+fn refused_check_in(agent: &Agent) -> String {
+    wait_for(
+        "the device to refuse the server",
+        || agent.log_text().contains("check-in failed"),
+        || agent.log_text(),
     );
+    agent.log_text()
 }
 
 fn https_server(d: &Path, certs: &Value) -> Server {
@@ -70,7 +60,7 @@ fn devices_pinned_to_the_lab_ca_or_the_server_certificate_update_over_https_issu
         let token = server.add_device(name, "secure");
         let flash = d.join(format!("{name}.flash"));
         let pin = certs[pin].as_str().unwrap();
-        provision(
+        create_flash_with(
             &flash,
             &v1,
             &server.signing_pub(),
@@ -100,14 +90,9 @@ fn a_device_that_requires_https_refuses_a_plain_http_server_with_a_clear_error_i
     let token = server.add_device("strict", "lab");
     let v1 = write(d, "v1.bin", &image("1.0.0", 30_000));
     let flash = d.join("strict.flash");
-    provision(&flash, &v1, &server.signing_pub(), &["--require-https"]);
+    create_flash_with(&flash, &v1, &server.signing_pub(), &["--require-https"]);
     let agent = Agent::with_server(&flash, &server.url, &token, &[]);
-    wait_for(
-        "the device to refuse the plain server",
-        || agent.log_text().contains("check-in failed"),
-        || agent.log_text(),
-    );
-    let log = agent.log_text();
+    let log = refused_check_in(&agent);
     assert!(
         log.contains("refusing plain HTTP") && log.contains("requires HTTPS"),
         "{log}"
@@ -131,14 +116,9 @@ fn a_device_pinned_to_another_certificate_refuses_the_server_issue_16() {
     let v1 = write(d, "v1.bin", &image("1.0.0", 30_000));
     let flash = d.join("wary.flash");
     let pin = other["ca_sha256"].as_str().unwrap();
-    provision(&flash, &v1, &server.signing_pub(), &["--tls-pin", pin]);
+    create_flash_with(&flash, &v1, &server.signing_pub(), &["--tls-pin", pin]);
     let agent = Agent::with_server(&flash, &server.url, &token, &[]);
-    wait_for(
-        "the device to refuse the server's certificate",
-        || agent.log_text().contains("check-in failed"),
-        || agent.log_text(),
-    );
-    let log = agent.log_text();
+    let log = refused_check_in(&agent);
     assert!(log.contains("not the pinned one"), "{log}");
     let device = server.cli_json(&["device", "show", "wary"]);
     assert_eq!(device["status"]["last_seen"], Value::Null, "{device:#}");

@@ -30,22 +30,6 @@ fn host(server: &TestServer) -> String {
     server.url.trim_start_matches("http://").to_owned()
 }
 
-async fn metric(server: &TestServer, line_start: &str) -> u64 {
-    let text = server
-        .client
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {line_start} in {text}"))
-}
-
 #[tokio::test]
 async fn wrong_admin_tokens_are_throttled_with_retry_after_and_a_metric_issue_16() {
     let server = TestServer::start_with(|c| c.auth_failures_burst = 5).await;
@@ -90,14 +74,10 @@ async fn wrong_admin_tokens_are_throttled_with_retry_after_and_a_metric_issue_16
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        metric(
-            &server,
-            "airlift_auth_throttled_total{credential=\"admin_token\"}"
-        )
-        .await
-            >= 2
-    );
+    let throttled = server
+        .metric("airlift_auth_throttled_total{credential=\"admin_token\"}")
+        .await;
+    assert!(throttled >= 2, "{throttled}");
 }
 
 #[tokio::test]
@@ -159,7 +139,7 @@ async fn enrolment_secrets_device_tokens_and_sign_in_are_throttled_too_issue_16(
     assert_eq!(last, StatusCode::TOO_MANY_REQUESTS, "dashboard sign-in");
     for credential in ["enrollment_secret", "device_token", "session"] {
         let line = format!("airlift_auth_throttled_total{{credential=\"{credential}\"}}");
-        assert!(metric(&server, &line).await >= 1, "{credential}");
+        assert!(server.metric(&line).await >= 1, "{credential}");
     }
 }
 
@@ -250,7 +230,7 @@ async fn a_request_head_sent_one_byte_at_a_time_is_cut_off_at_the_header_deadlin
             "{path}: the slow head was not cut off"
         );
     }
-    assert!(metric(&server, "airlift_header_timeouts_total").await >= 2);
+    assert!(server.metric("airlift_header_timeouts_total").await >= 2);
     // A client that sends its head at once is answered as usual.
     let ok = server
         .client
@@ -386,7 +366,7 @@ async fn a_thousand_slow_connections_do_not_keep_check_ins_from_being_answered_i
         assert_eq!(answer["poll_seconds"], 60);
     }
     let answered = checkins.elapsed();
-    let open = metric(&server, "airlift_connections_open").await;
+    let open = server.metric("airlift_connections_open").await;
     assert!(open > SLOW as u64, "{open} connections open on the server");
     eprintln!(
         "{SLOW} slow connections opened in {opened:?} and held ({open} open on the server); \
@@ -408,64 +388,31 @@ async fn the_server_speaks_https_with_a_lab_certificate_downloads_included_issue
     let (cert, key) = (certs.path().join("c.pem"), certs.path().join("k.pem"));
     std::fs::write(&cert, &pair.chain_pem).unwrap();
     std::fs::write(&key, &pair.key_pem).unwrap();
-    let server = TestServer::start_with(|c| {
+    let mut server = TestServer::start_with(|c| {
         c.tls_cert = Some(cert.clone());
         c.tls_key = Some(key.clone());
     })
     .await;
-    let https = server.url.replace("http://", "https://");
-    let client = reqwest::Client::builder()
+    let plain = server.url.clone();
+    // From here on the helpers speak HTTPS, trusting the lab CA.
+    server.url = server.url.replace("http://", "https://");
+    server.client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(pair.ca_pem.as_bytes()).unwrap())
         .build()
         .unwrap();
-    let health = client.get(format!("{https}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    let https = server.url.clone();
 
     // A whole update's HTTP over TLS: upload, deploy, check-in, ranged download.
     let v1 = common::image("1.0.0", 0, 7);
-    let release: Value = client
-        .post(format!("{https}/api/v1/releases"))
-        .bearer_auth(&server.admin_token)
-        .body(v1.clone())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token: Value = client
-        .post(format!("{https}/api/v1/devices"))
-        .bearer_auth(&server.admin_token)
-        .json(&json!({"name": "secure", "tags": []}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["token"].as_str().unwrap();
-    let deployed = client
-        .post(format!("{https}/api/v1/deployments"))
-        .bearer_auth(&server.admin_token)
-        .json(&json!({"release": release["id"].to_string(), "target": "device:secure"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deployed.status(), StatusCode::CREATED);
-    let answer: Value = client
-        .post(format!("{https}/api/v1/device/checkin"))
-        .bearer_auth(token)
-        .json(&Running::factory().checkin())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let release = server.release(&v1).await;
+    let token = server.device("secure", &[]).await;
+    server.deploy(&release, "device:secure").await;
+    let answer = server.checkin(&token, &Running::factory()).await;
     let path = answer["update"]["url"].as_str().unwrap();
-    let tail = client
+    let tail = server
+        .client
         .get(format!("{https}{path}"))
-        .bearer_auth(token)
+        .bearer_auth(&token)
         .header("range", "bytes=100-")
         .send()
         .await
@@ -483,24 +430,12 @@ async fn the_server_speaks_https_with_a_lab_certificate_downloads_included_issue
             .is_err()
     );
     assert!(
-        server
-            .client
-            .get(format!("{}/healthz", server.url))
+        untrusting
+            .get(format!("{plain}/healthz"))
             .send()
             .await
             .is_err()
     );
-    let failures = client
-        .get(format!("{https}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let count = failures
-        .lines()
-        .find_map(|l| l.strip_prefix("airlift_tls_handshake_failures_total "))
-        .unwrap();
-    assert!(count.parse::<u64>().unwrap() >= 2, "{failures}");
+    let failures = server.metric("airlift_tls_handshake_failures_total ").await;
+    assert!(failures >= 2, "{failures}");
 }

@@ -225,7 +225,12 @@ pub fn fleet_firmware(path: &Path, version: &str, size: Option<usize>) {
 
 /// `airlift flash create FLASH --firmware FW --trust KEY`.
 pub fn create_flash(flash: &Path, firmware: &Path, trust: &Path) {
-    airlift(&[
+    create_flash_with(flash, firmware, trust, &[]);
+}
+
+/// The same with more options (`--tls-pin`, `--require-https`); they must succeed.
+pub fn create_flash_with(flash: &Path, firmware: &Path, trust: &Path, extra: &[&str]) {
+    let mut args = vec![
         "flash",
         "create",
         flash.to_str().unwrap(),
@@ -233,7 +238,16 @@ pub fn create_flash(flash: &Path, firmware: &Path, trust: &Path) {
         firmware.to_str().unwrap(),
         "--trust",
         trust.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let output = airlift(&args);
+    if !extra.is_empty() {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 /// `airlift flash inspect FLASH --json`.
