@@ -77,9 +77,13 @@ pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, String> {
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let mut config = if let Some(pin) = trust.pin {
+        let pinned = Pinned {
+            pin: Ok(pin),
+            provider,
+        };
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned { pin, provider }))
+            .with_custom_certificate_verifier(Arc::new(pinned))
             .with_no_client_auth()
     } else if !trust.ca_certs.is_empty() {
         let mut roots = RootCertStore::empty();
@@ -93,10 +97,24 @@ pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, String> {
             .with_no_client_auth()
     } else {
         use rustls_platform_verifier::BuilderVerifierExt;
-        builder
-            .with_platform_verifier()
-            .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
-            .with_no_client_auth()
+        match builder.clone().with_platform_verifier() {
+            Ok(builder) => builder.with_no_client_auth(),
+            // No system roots (a bare container): plain HTTP still works,
+            // and HTTPS says what to do.
+            Err(e) => {
+                let none = Pinned {
+                    pin: Err(format!(
+                        "no root certificates to trust ({e}): give a CA (--ca-cert) or a pin \
+                         (--tls-pin)"
+                    )),
+                    provider,
+                };
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(none))
+                    .with_no_client_auth()
+            }
+        }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
@@ -107,10 +125,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Accepts the server whose certificate, or a certificate it chains to in
-/// what the server sends, has the pinned SHA-256.
+/// what the server sends, has the pinned SHA-256 (or none, saying why,
+/// when there is nothing to trust).
 #[derive(Debug)]
 struct Pinned {
-    pin: [u8; 32],
+    pin: Result<[u8; 32], String>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -123,7 +142,8 @@ impl ServerCertVerifier for Pinned {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let matches = |cert: &CertificateDer<'_>| Sha256::digest(cert.as_ref())[..] == self.pin;
+        let pin = self.pin.clone().map_err(rustls::Error::General)?;
+        let matches = |cert: &CertificateDer<'_>| Sha256::digest(cert.as_ref())[..] == pin;
         if matches(end_entity) {
             return Ok(ServerCertVerified::assertion());
         }
@@ -132,7 +152,7 @@ impl ServerCertVerifier for Pinned {
                 "the server's certificate (SHA-256 {}) is not the pinned one ({}) and does \
                  not chain to it",
                 hex(&Sha256::digest(end_entity.as_ref())),
-                hex(&self.pin)
+                hex(&pin)
             )));
         };
         let mut roots = RootCertStore::empty();
