@@ -349,8 +349,12 @@ impl Agent {
 
     /// The device page's address, from the log line `device page at http://ADDR`.
     pub fn page_url(&self) -> String {
+        // Whole lines only: stderr is written piecewise, and a line read
+        // half-written would give "http://" without its address.
         let find = || {
-            self.log_text()
+            let log = self.log_text();
+            let whole = log.rfind('\n').map_or("", |end| &log[..end]);
+            whole
                 .lines()
                 .filter_map(|l| l.split("device page at ").nth(1))
                 .next_back()
