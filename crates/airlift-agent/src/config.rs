@@ -103,6 +103,8 @@ pub struct AgentConfig {
     pub downloads: Option<reqwest::Client>,
     /// The network link downloads share (fleet sim, `--link-mbps`).
     pub link: Option<Arc<crate::fleet::Link>>,
+    /// Refuse to talk to a plain `http://` server (or pull from one).
+    pub require_https: bool,
 }
 
 impl Default for AgentConfig {
@@ -130,6 +132,7 @@ impl Default for AgentConfig {
             http_limit: None,
             downloads: None,
             link: None,
+            require_https: false,
         }
     }
 }

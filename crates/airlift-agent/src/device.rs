@@ -117,6 +117,7 @@ impl<F: AgentFlash> Agent<F> {
             http,
             config.downloads.clone(),
             config.http_limit.clone(),
+            config.require_https,
         );
         Ok(Agent {
             flash,
@@ -449,16 +450,24 @@ impl Runtime {
                     manifest_url,
                     reply,
                 }) => {
-                    let fetched = self.transport.fetch(&url).await;
-                    let manifest = self.transport.fetch(&manifest_url).await;
-                    let result = match (fetched, manifest) {
-                        (Ok(image), Ok(manifest)) => {
-                            self.local(dev, client, Origin::Pull, Source::Bytes(image), &manifest)
+                    // The manifest is small and says the image's size and
+                    // SHA-256: the image is then streamed into the slot,
+                    // never more than that size, never held in RAM.
+                    let limit = airlift_format::manifest::MAX_SIGNED_LEN;
+                    let result = match self.transport.fetch(&manifest_url, limit).await {
+                        Ok(manifest) => {
+                            let sha256 = airlift_format::manifest::SignedManifest::parse(&manifest)
+                                .map(|m| crate::hex(&m.manifest.image_sha256))
+                                .unwrap_or_default();
+                            let source = Source::Http {
+                                url,
+                                sha256,
+                                foreign: true,
+                            };
+                            self.local(dev, client, Origin::Pull, source, &manifest)
                                 .await?
                         }
-                        (Err(message), _) | (_, Err(message)) => {
-                            Err(airlift_client::Refusal::download(&message).into())
-                        }
+                        Err(message) => Err(airlift_client::Refusal::download(&message).into()),
                     };
                     let done = result.is_ok();
                     let _ = reply.send(result);
@@ -486,6 +495,7 @@ impl Runtime {
         let source = Source::Http {
             url: self.transport.url(&update.url).unwrap_or_default(),
             sha256: update.sha256.to_string(),
+            foreign: false,
         };
         self.refresh(dev, client, "downloading", None);
         self.attempt(dev, client, &attempt, &source)

@@ -14,7 +14,14 @@ use crate::device::{Happening, Runtime};
 /// Where an image comes from.
 pub(crate) enum Source {
     Bytes(Vec<u8>),
-    Http { url: String, sha256: String },
+    /// `foreign`: not the device's server (a pull from the device page):
+    /// no token is sent, no retry is made, and a failure says only that
+    /// the URL could not be fetched.
+    Http {
+        url: String,
+        sha256: String,
+        foreign: bool,
+    },
 }
 
 enum Stop {
@@ -52,8 +59,12 @@ impl Runtime {
                         client.restarted(attempt, at, self.now_ms(), &mut self.journal());
                     }
                 }
-                Source::Http { url, sha256 } => {
-                    self.download(&mut session, client, attempt, url, sha256)
+                Source::Http {
+                    url,
+                    sha256,
+                    foreign,
+                } => {
+                    self.download(&mut session, client, attempt, url, sha256, *foreign)
                         .await?;
                 }
             }
@@ -74,14 +85,20 @@ impl Runtime {
         attempt: &Attempt,
         url: &str,
         sha256: &str,
+        foreign: bool,
     ) -> Result<(), Failure> {
         while let Some(fetch) = session.request() {
             match self
-                .stream(session, client, attempt, url, sha256, fetch)
+                .stream(session, client, attempt, (url, sha256, foreign), fetch)
                 .await
             {
                 Ok(()) => {}
                 Err(Stop::Failure(f)) => return Err(f),
+                Err(Stop::Interrupt(_)) if foreign => {
+                    return Err(Failure::Download(airlift_client::text::Text::format(
+                        format_args!("could not fetch {url}"),
+                    )));
+                }
                 Err(Stop::Interrupt(why)) => {
                     if matches!(why, Interrupt::Retry(_)) {
                         self.happen(&Happening::Retry);
@@ -100,15 +117,20 @@ impl Runtime {
         session: &mut Session<'_, '_, F>,
         client: &mut Client,
         attempt: &Attempt,
-        url: &str,
-        sha256: &str,
+        (url, sha256, foreign): (&str, &str, bool),
         fetch: Fetch,
     ) -> Result<(), Stop> {
-        let request = self.transport.artifact(url, fetch, sha256);
+        let request = self
+            .transport
+            .artifact(url, fetch, sha256, foreign)
+            .map_err(|refused| {
+                Interrupt::Fatal(airlift_client::text::Text::from_str_cut(&refused))
+            })?;
         let _permit = self.transport.permit().await;
         let mut response = request.send().await.map_err(|e| {
             Interrupt::Retry(airlift_client::text::Text::format(format_args!(
-                "cannot reach the server: {e}"
+                "cannot reach the server: {}",
+                crate::transport::describe(&e)
             )))
         })?;
         let content_range = response

@@ -21,6 +21,8 @@
 //!   from the server into the client's session.
 //! * [`page`]: what the device page sees and asks; [`web`]: the page and
 //!   its API (`web/device`).
+//! * [`tls`]: how a device trusts its server over HTTPS (system roots, a
+//!   CA, or a pinned certificate) and refuses plain HTTP when told to.
 //!
 //! **Architecture invariant:** all device state lives in the flash; the
 //! agent process holds only caches, so killing it at any moment is a power
@@ -35,6 +37,7 @@ pub mod fleet;
 pub mod page;
 pub mod provision;
 pub mod report;
+pub mod tls;
 pub mod transport;
 pub mod web;
 

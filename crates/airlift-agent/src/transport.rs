@@ -10,15 +10,41 @@ use airlift_client::download::Fetch;
 use airlift_protocol::{CheckIn, CheckInAnswer, EnrollAnswer, EnrollRequest, Event};
 
 use crate::AgentError;
+use crate::tls::{Trust, plain_http_refused};
 
 /// A reqwest client suited to devices: short connect timeout, a read
-/// timeout so a stalled download is retried.
+/// timeout so a stalled download is retried; HTTPS trusts the system's roots.
 pub fn http_client() -> Result<reqwest::Client, AgentError> {
+    http_client_with(&Trust::default())
+}
+
+/// The same, trusting what `trust` says (a CA, a pinned certificate) and
+/// refusing plain HTTP when it requires HTTPS.
+pub fn http_client_with(trust: &Trust) -> Result<reqwest::Client, AgentError> {
+    let tls = crate::tls::client_config(trust).map_err(AgentError::Http)?;
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(30))
+        .tls_backend_preconfigured(tls)
+        .https_only(trust.require_https)
         .build()
         .map_err(|e| AgentError::Http(e.to_string()))
+}
+
+/// An error with its causes (reqwest's own message leaves out why a
+/// request failed: a refused certificate, a refused connection).
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn bounded<const N: usize>(s: &str) -> heapless::String<N> {
@@ -50,7 +76,7 @@ pub async fn enroll(
         .json(&request)
         .send()
         .await
-        .map_err(|e| AgentError::Http(format!("enrolment: {e}")))?;
+        .map_err(|e| AgentError::Http(format!("enrolment: {}", describe(&e))))?;
     let status = response.status();
     if !status.is_success() {
         let body = response.text().await.unwrap_or_default();
@@ -72,6 +98,7 @@ pub(crate) struct Transport {
     http: reqwest::Client,
     downloads: Option<reqwest::Client>,
     limit: Option<Arc<tokio::sync::Semaphore>>,
+    require_https: bool,
 }
 
 impl Transport {
@@ -81,6 +108,7 @@ impl Transport {
         http: reqwest::Client,
         downloads: Option<reqwest::Client>,
         limit: Option<Arc<tokio::sync::Semaphore>>,
+        require_https: bool,
     ) -> Transport {
         Transport {
             server,
@@ -88,6 +116,15 @@ impl Transport {
             http,
             downloads,
             limit,
+            require_https,
+        }
+    }
+
+    /// Refuses a plain `http://` URL when the device requires HTTPS.
+    pub(crate) fn allowed(&self, url: &str) -> Result<(), String> {
+        match plain_http_refused(url).filter(|_| self.require_https) {
+            Some(refused) => Err(refused),
+            None => Ok(()),
         }
     }
 
@@ -123,6 +160,7 @@ impl Transport {
         let url = self
             .url("/api/v1/device/checkin")
             .ok_or_else(|| AgentError::Http("no server".into()))?;
+        self.allowed(&url).map_err(AgentError::Http)?;
         let _permit = self.permit().await;
         let response = self
             .authed(self.http.post(url))
@@ -130,7 +168,7 @@ impl Transport {
             .json(report)
             .send()
             .await
-            .map_err(|e| AgentError::Http(format!("cannot reach the server: {e}")))?;
+            .map_err(|e| AgentError::Http(format!("cannot reach the server: {}", describe(&e))))?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
@@ -151,6 +189,7 @@ impl Transport {
         let Some(url) = self.url("/api/v1/device/events") else {
             return Ok(false);
         };
+        self.allowed(&url)?;
         let request = self
             .authed(self.http.post(&url))
             .timeout(Duration::from_secs(10));
@@ -162,25 +201,28 @@ impl Transport {
         match request.send().await {
             Ok(r) if r.status().is_success() => Ok(true),
             Ok(r) => Err(format!("server refused: {}", r.status())),
-            Err(e) => Err(format!("could not send: {e}")),
+            Err(e) => Err(format!("could not send: {}", describe(&e))),
         }
     }
 
     /// The request for `fetch` of the artifact at `url` whose SHA-256 is
     /// `sha256`: with the device's token and `If-Range` only on its own
     /// server (a presigned object store URL gets neither; the client
-    /// decides, [`Fetch::request`]).
+    /// decides, [`Fetch::request`]), and never the token to another host
+    /// the device page asked for (`foreign`: a pull).
     pub(crate) fn artifact(
         &self,
         url: &str,
         fetch: Fetch,
         sha256: &str,
-    ) -> reqwest::RequestBuilder {
+        foreign: bool,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        self.allowed(url)?;
         let client = self.downloads.as_ref().unwrap_or(&self.http);
         let server = self.server.as_deref().unwrap_or("");
         let wanted = fetch.request(server, url, sha256);
         let mut request = client.get(url);
-        if wanted.token {
+        if wanted.token && !foreign {
             request = self.authed(request);
         }
         if let Some(range) = wanted.range {
@@ -189,24 +231,27 @@ impl Transport {
         if let Some(if_range) = wanted.if_range {
             request = request.header("If-Range", if_range.as_str());
         }
-        request
+        Ok(request)
     }
 
-    /// Downloads `url` whole (the device page's pull).
-    pub(crate) async fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("cannot download {url}: {e}"))?;
+    /// Downloads at most `limit` bytes from `url` on another host (the
+    /// device page's pull of a manifest). Whatever fails, the answer says
+    /// only that it could not fetch: the device page does not tell what
+    /// other hosts of its network answer.
+    pub(crate) async fn fetch(&self, url: &str, limit: usize) -> Result<Vec<u8>, String> {
+        self.allowed(url)?;
+        let could_not = || format!("could not fetch {url}");
+        let mut response = self.http.get(url).send().await.map_err(|_| could_not())?;
         if !response.status().is_success() {
-            return Err(format!("{url} answered {}", response.status()));
+            return Err(could_not());
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| format!("cannot download {url}: {e}"))?;
-        Ok(bytes.to_vec())
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|_| could_not())? {
+            if bytes.len() + chunk.len() > limit {
+                return Err(format!("{url} is larger than {limit} bytes"));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
     }
 }

@@ -101,6 +101,7 @@ fn issue_10_a_refused_upload_does_not_block_the_servers_deployment_of_that_relea
     let foreign = std::fs::read(fixture("hello_world_new.bin")).unwrap();
     let answer = Client::new()
         .post(format!("{url}/api/upload"))
+        .header("X-Airlift-CSRF", "1")
         .basic_auth("admin", Some("pw"))
         .header(
             "X-Airlift-Manifest",

@@ -1,5 +1,7 @@
 //! What a device is provisioned with and keeps across resets: its Wi-Fi
-//! network, its server and token, its boot-attempt limit.
+//! network, its server and token, its boot-attempt limit, and how it trusts
+//! its server over HTTPS (a pinned certificate, whether plain HTTP is
+//! refused).
 //!
 //! The same power-safe [records](crate::records) as the notes, in the next
 //! two sectors of the same partition (sectors 2 and 3): provisioning writes
@@ -22,6 +24,8 @@ const TAG_PASSWORD: u8 = 2;
 const TAG_SERVER: u8 = 3;
 const TAG_TOKEN: u8 = 4;
 const TAG_MAX_ATTEMPTS: u8 = 5;
+const TAG_TLS_PIN: u8 = 6;
+const TAG_REQUIRE_HTTPS: u8 = 7;
 
 /// Longest Wi-Fi network name (802.11's bound).
 pub const SSID_MAX: usize = 32;
@@ -43,6 +47,11 @@ pub struct Settings {
     pub token: Token,
     /// Boots an unconfirmed image gets (0: the engine's default).
     pub max_attempts: u8,
+    /// SHA-256 of the certificate the server must present or chain to
+    /// (`airlift keys tls` prints it); `None` trusts the usual roots.
+    pub tls_pin: Option<[u8; 32]>,
+    /// Refuse a plain `http://` server.
+    pub require_https: bool,
 }
 
 impl fmt::Debug for Settings {
@@ -54,6 +63,8 @@ impl fmt::Debug for Settings {
             .field("server", &self.server)
             .field("token", &redacted(&self.token))
             .field("max_attempts", &self.max_attempts)
+            .field("tls_pin", &self.tls_pin.is_some())
+            .field("require_https", &self.require_https)
             .finish()
     }
 }
@@ -93,6 +104,8 @@ impl SettingsStore {
                 TAG_SERVER => s.server = Text::from_str_cut(text).0,
                 TAG_TOKEN => s.token = Text::from_str_cut(text).0,
                 TAG_MAX_ATTEMPTS => s.max_attempts = payload.first().copied().unwrap_or(0),
+                TAG_TLS_PIN => s.tls_pin = payload.try_into().ok(),
+                TAG_REQUIRE_HTTPS => s.require_https = payload.first() == Some(&1),
                 _ => {}
             }
         }
@@ -109,6 +122,14 @@ impl SettingsStore {
         w.item(flash, TAG_SERVER, settings.server.as_bytes())?;
         w.item(flash, TAG_TOKEN, settings.token.as_bytes())?;
         w.item(flash, TAG_MAX_ATTEMPTS, &[settings.max_attempts])?;
+        if let Some(pin) = &settings.tls_pin {
+            w.item(flash, TAG_TLS_PIN, pin)?;
+        }
+        w.item(
+            flash,
+            TAG_REQUIRE_HTTPS,
+            &[u8::from(settings.require_https)],
+        )?;
         w.commit(flash)
     }
 }

@@ -181,6 +181,8 @@ pub fn run_path(path: RecordPath) -> Result<RecordReport, String> {
             server: Text::<255>::format(format_args!("https://updates-{n}.example.com")).0,
             token: Text::<128>::format(format_args!("{}", "t".repeat(100 + usize::from(n)))).0,
             max_attempts: n,
+            tls_pin: Some([n; 32]),
+            require_https: n.is_multiple_of(2),
         };
         store
             .save(&mut pre, &settings(1))

@@ -123,6 +123,8 @@ fn settings_read_back_as_provisioned_beside_the_notes_and_keep_secrets_out_of_de
         server: "https://updates.example.com".try_into().unwrap(),
         token: "a".repeat(128).as_str().try_into().unwrap(),
         max_attempts: 5,
+        tls_pin: Some([0xab; 32]),
+        require_https: true,
     };
     settings.save(&mut flash, &s).unwrap();
     let notes = NoteStore::new(NVS).unwrap();

@@ -56,6 +56,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod throttle;
+
 /// Longest device name, in bytes (UTF-8).
 pub const NAME_MAX: usize = 64;
 /// Longest tag, in bytes.
@@ -83,6 +85,17 @@ pub const UNESCAPE_BUFFER_LEN: usize = URL_MAX;
 
 /// A SHA-256 as 64 lowercase hex characters.
 pub type Sha256Hex = heapless::String<SHA256_HEX_LEN>;
+
+/// Whether `s` is a SHA-256 as the protocol writes it: 64 hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == SHA256_HEX_LEN && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether `s` is text a person may be shown as it is: no control
+/// characters (line breaks, escape sequences, NUL).
+pub fn is_plain_text(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
 /// A project name or version string.
 pub type Label = heapless::String<LABEL_MAX>;
 /// A device name.

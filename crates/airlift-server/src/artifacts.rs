@@ -365,6 +365,12 @@ impl Artifacts {
         Ok(bytes)
     }
 
+    /// Whether an artifact of `size` bytes is kept in the memory cache
+    /// once read (larger ones are streamed from their file instead).
+    pub fn fits_cache(&self, size: u64) -> bool {
+        size <= self.lock().limit
+    }
+
     /// Deletes an artifact.
     pub async fn delete(&self, sha256: &str) -> Result<(), ArtifactError> {
         {

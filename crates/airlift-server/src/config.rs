@@ -145,6 +145,27 @@ pub struct Config {
     /// Milliseconds between two steps of the rollout scheduler
     /// (`AIRLIFT_ROLLOUT_TICK_MS`); 0 runs no scheduler (tests step it themselves).
     pub rollout_tick_ms: u64,
+    /// PEM certificate chain to serve HTTPS with, the server's certificate
+    /// first (`AIRLIFT_TLS_CERT`; `airlift keys tls` makes one for a lab).
+    /// Without it the server speaks plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (`AIRLIFT_TLS_KEY`).
+    pub tls_key: Option<PathBuf>,
+    /// Milliseconds a client has to send a whole request head (and, over
+    /// TLS, finish its handshake) once it started one (`AIRLIFT_HEADER_TIMEOUT_MS`).
+    pub header_timeout_ms: u64,
+    /// Connections served at once (`AIRLIFT_MAX_CONNECTIONS`); more are
+    /// answered 503 and closed. Also kept below the process's file
+    /// descriptor limit.
+    pub max_connections: u32,
+    /// Failed authentications a client may make back to back
+    /// (`AIRLIFT_AUTH_FAILURES_BURST`); a credential under attack from many
+    /// addresses gets ten times as many.
+    pub auth_failures_burst: u32,
+    /// Milliseconds after which a client may fail once more
+    /// (`AIRLIFT_AUTH_FAILURE_INTERVAL_MS`); a credential's allowance
+    /// refills ten times as fast.
+    pub auth_failure_interval_ms: u64,
 }
 
 /// The `SameSite` attribute of the dashboard's session cookie.
@@ -178,6 +199,12 @@ impl Default for Config {
             cookie_same_site: SameSite::Strict,
             session_hours: 12,
             rollout_tick_ms: 1000,
+            tls_cert: None,
+            tls_key: None,
+            header_timeout_ms: 10_000,
+            max_connections: 10_000,
+            auth_failures_burst: 20,
+            auth_failure_interval_ms: 1000,
         }
     }
 }
@@ -316,6 +343,30 @@ impl Config {
                 self.rollout_tick_ms =
                     parse("AIRLIFT_ROLLOUT_TICK_MS", value, "a number of milliseconds")?
             }
+            "AIRLIFT_TLS_CERT" => self.tls_cert = Some(PathBuf::from(value)),
+            "AIRLIFT_TLS_KEY" => self.tls_key = Some(PathBuf::from(value)),
+            "AIRLIFT_HEADER_TIMEOUT_MS" => {
+                self.header_timeout_ms = parse(
+                    "AIRLIFT_HEADER_TIMEOUT_MS",
+                    value,
+                    "a number of milliseconds",
+                )?
+            }
+            "AIRLIFT_MAX_CONNECTIONS" => {
+                self.max_connections =
+                    parse("AIRLIFT_MAX_CONNECTIONS", value, "a number of connections")?
+            }
+            "AIRLIFT_AUTH_FAILURES_BURST" => {
+                self.auth_failures_burst =
+                    parse("AIRLIFT_AUTH_FAILURES_BURST", value, "a number of failures")?
+            }
+            "AIRLIFT_AUTH_FAILURE_INTERVAL_MS" => {
+                self.auth_failure_interval_ms = parse(
+                    "AIRLIFT_AUTH_FAILURE_INTERVAL_MS",
+                    value,
+                    "a number of milliseconds",
+                )?
+            }
             _ => {}
         }
         Ok(())
@@ -373,6 +424,26 @@ impl Config {
                 name: "download_url_seconds",
                 message: "a download URL must last from 1 second to 7 days (S3's longest)".into(),
             });
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                name: "tls_cert",
+                message: "HTTPS needs both the certificate (tls_cert, AIRLIFT_TLS_CERT, \
+                          --tls-cert) and its key (tls_key, AIRLIFT_TLS_KEY, --tls-key)"
+                    .into(),
+            });
+        }
+        for (name, value) in [
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("max_connections", u64::from(self.max_connections)),
+            ("auth_failures_burst", u64::from(self.auth_failures_burst)),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    name,
+                    message: "must be at least 1".into(),
+                });
+            }
         }
         if self.session_hours == 0 {
             return Err(ConfigError::Invalid {
@@ -523,5 +594,35 @@ mod tests {
             let err = Config::load(None, env(&[(name, value)])).unwrap_err();
             assert!(err.to_string().contains("invalid"), "{name}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn tls_and_connection_bounds_come_from_the_environment_and_tls_needs_both_files() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("AIRLIFT_TLS_CERT", "/etc/airlift/chain.pem"),
+                ("AIRLIFT_TLS_KEY", "/etc/airlift/key.pem"),
+                ("AIRLIFT_HEADER_TIMEOUT_MS", "5000"),
+                ("AIRLIFT_MAX_CONNECTIONS", "300"),
+                ("AIRLIFT_AUTH_FAILURES_BURST", "7"),
+                ("AIRLIFT_AUTH_FAILURE_INTERVAL_MS", "250"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.tls_cert,
+            Some(PathBuf::from("/etc/airlift/chain.pem"))
+        );
+        assert_eq!(config.header_timeout_ms, 5000);
+        assert_eq!(config.max_connections, 300);
+        assert_eq!(
+            (config.auth_failures_burst, config.auth_failure_interval_ms),
+            (7, 250)
+        );
+        let err = Config::load(None, env(&[("AIRLIFT_TLS_CERT", "/c.pem")])).unwrap_err();
+        assert!(err.to_string().contains("both the certificate"), "{err}");
+        let err = Config::load(None, env(&[("AIRLIFT_MAX_CONNECTIONS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("max_connections"), "{err}");
     }
 }

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -37,6 +37,15 @@ pub enum ApiError {
     /// 413: the body is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
+    /// 429: too many failed authentications from this client (or for this
+    /// credential); answered with `Retry-After`.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What is refused, and for how long.
+        message: String,
+        /// Seconds until the client may try again.
+        retry_after_secs: u64,
+    },
     /// 422: the body is well-formed but its content is refused (e.g. a bad image).
     #[error("{message}")]
     Unprocessable {
@@ -89,6 +98,7 @@ impl ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -109,7 +119,16 @@ impl IntoResponse for ApiError {
                 message,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::TooManyRequests {
+            retry_after_secs, ..
+        } = &self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        response
     }
 }
 
@@ -125,6 +144,14 @@ impl From<StoreError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        // A body over the limit is refused while it is read: say so (413),
+        // not that the JSON is bad.
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::TooLarge(format!(
+                "the JSON body is larger than the limit of {} bytes",
+                crate::api::MAX_JSON_BYTES
+            ));
+        }
         Self::bad_request("bad_json", rejection.body_text())
     }
 }

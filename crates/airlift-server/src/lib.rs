@@ -48,6 +48,8 @@ pub mod peers;
 pub mod rollout;
 pub mod scheduler;
 pub mod store;
+pub mod throttle;
+pub mod tls;
 
 pub use config::{Config, DatabaseUrl, Secret};
 pub use error::ApiError;
@@ -92,6 +94,9 @@ pub enum ServerError {
     /// The signing key could not be loaded or created.
     #[error("signing key: {0}")]
     Key(#[from] keys::KeyError),
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     /// Serving failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
@@ -124,6 +129,8 @@ pub struct ServerState {
     /// Whether other instances may share the database (PostgreSQL): what
     /// this one caches may be changed by them ([`peers`]).
     pub shared: bool,
+    /// Failed authentications per client and per credential.
+    pub throttle: throttle::Throttle,
 }
 
 impl ServerState {
@@ -157,6 +164,7 @@ pub struct Server {
     sql: SqlStore,
     /// The tasks that listen to and talk with other instances (PostgreSQL).
     peers: Vec<tokio::task::JoinHandle<()>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// The admin token created because the data directory was new; it is
     /// also in `DIR/admin.token` and never shown again.
     pub initial_admin_token: Option<String>,
@@ -166,6 +174,10 @@ impl Server {
     /// Opens the data directory, creating and initialising it when empty.
     pub async fn open(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ => None,
+        };
         let dir = config.data_dir.clone();
         let dir_error = |source| ServerError::DataDir {
             path: dir.display().to_string(),
@@ -226,6 +238,8 @@ impl Server {
         let changes = Arc::new(Changes::default());
         let events = EventWriter::start(store.clone(), changes.clone());
         let database_url = config.database_url.clone();
+        let throttle =
+            throttle::Throttle::new(config.auth_failures_burst, config.auth_failure_interval_ms);
         let state = AppState(Arc::new(ServerState {
             config,
             store,
@@ -239,6 +253,7 @@ impl Server {
             changes,
             instance,
             shared,
+            throttle,
         }));
         let mut peers = Vec::new();
         if let Some(url) = database_url {
@@ -249,6 +264,7 @@ impl Server {
             state,
             sql,
             peers,
+            tls,
             initial_admin_token,
         })
     }
@@ -256,6 +272,11 @@ impl Server {
     /// The state handlers run with.
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Whether the server speaks HTTPS (it was given a certificate).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Serves HTTP on `listener` until `shutdown` completes, then finishes
@@ -280,7 +301,12 @@ impl Server {
             let holder = self.state.instance.clone();
             tokio::spawn(scheduler::run(self.state.clone(), every, holder))
         });
-        let result = connection::serve(listener, router, self.state.clone(), shutdown).await;
+        let setup = connection::Setup {
+            router,
+            state: self.state.clone(),
+            tls: self.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+        };
+        let result = connection::serve(listener, setup, shutdown).await;
         flusher.abort();
         if let Some(scheduler) = scheduler {
             scheduler.abort();

@@ -26,6 +26,15 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Answers with a 5xx status.
     pub server_errors: AtomicU64,
+    /// Connections open now (a gauge).
+    pub connections_open: AtomicU64,
+    /// Connections answered 503 and closed at the connection limit.
+    pub connections_refused: AtomicU64,
+    /// Connections closed because a request head (or TLS handshake) did
+    /// not arrive in time.
+    pub header_timeouts: AtomicU64,
+    /// TLS handshakes that failed.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -36,7 +45,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             (
                 "airlift_checkins_total",
                 "Device check-ins answered.",
@@ -87,12 +96,34 @@ impl Metrics {
                 "Answers with a 5xx status.",
                 &self.server_errors,
             ),
+            (
+                "airlift_connections_refused_total",
+                "Connections answered 503 at the connection limit.",
+                &self.connections_refused,
+            ),
+            (
+                "airlift_header_timeouts_total",
+                "Connections closed for a request head or TLS handshake not sent in time.",
+                &self.header_timeouts,
+            ),
+            (
+                "airlift_tls_handshake_failures_total",
+                "TLS handshakes that failed.",
+                &self.tls_handshake_failures,
+            ),
         ];
         let mut out = String::new();
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
+        let _ = writeln!(
+            out,
+            "# HELP airlift_connections_open Connections open now.\n\
+             # TYPE airlift_connections_open gauge\n\
+             airlift_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
         out
     }
 }

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlift_agent::device::{Agent, AgentConfig, Behaviours, Happening, http_client};
+use airlift_agent::device::{Agent, AgentConfig, Behaviours, Happening};
 use airlift_agent::flash::FileFlash;
+use airlift_agent::transport::http_client_with;
 use airlift_agent::web;
 use anyhow::Context;
 use clap::Args;
@@ -53,6 +54,12 @@ pub struct RunArgs {
     /// Name in log lines [default: the flash file's name].
     #[arg(long)]
     pub name: Option<String>,
+    #[command(flatten)]
+    pub trust: super::client::TrustArgs,
+    /// Refuse a plain http:// server (also provisioned in the flash's
+    /// settings: `airlift flash create --require-https`).
+    #[arg(long)]
+    pub require_https: bool,
 }
 
 fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
@@ -66,8 +73,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "--server needs the device's --token (airlift device add NAME prints it; or AIRLIFT_DEVICE_TOKEN)"
         );
     }
-    let flash = FileFlash::open(&args.flash)
+    let mut flash = FileFlash::open(&args.flash)
         .with_context(|| format!("cannot open flash file {}", args.flash.display()))?;
+    // What the flash was provisioned with, and what the options add.
+    let provisioned = airlift_agent::tls::provisioned_trust(&mut flash)
+        .with_context(|| format!("{} is not a usable flash image", args.flash.display()))?;
+    let given = args.trust.trust()?;
+    let trust = airlift_agent::tls::Trust {
+        pin: given.pin.or(provisioned.pin),
+        ca_certs: given.ca_certs,
+        require_https: args.require_https || provisioned.require_https,
+    };
+    if let Some(refused) = args
+        .server
+        .as_deref()
+        .and_then(airlift_agent::tls::plain_http_refused)
+        .filter(|_| trust.require_https)
+    {
+        eprintln!("airlift: {refused}");
+    }
     let name = args.name.clone().unwrap_or_else(|| {
         args.flash
             .file_stem()
@@ -83,6 +107,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         health_check: secs(args.health_check, "health-check")?,
         watchdog: secs(args.watchdog, "watchdog")?,
         bootloader: args.bootloader.into(),
+        require_https: trust.require_https,
         ..AgentConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -91,10 +116,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let http = http_client()?;
+        let http = http_client_with(&trust)?;
         // Downloads on their own connections, as esp_https_ota does.
         let config = AgentConfig {
-            downloads: Some(http_client()?),
+            downloads: Some(http_client_with(&trust)?),
             ..config
         };
         let log_name = name.clone();
@@ -114,14 +139,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             let address = listener.local_addr().unwrap_or(listen);
-            let router = web::router(agent.control(), &password);
+            let page_log = name.clone();
+            let router = web::router_with_log(
+                agent.control(),
+                &password,
+                Some(Arc::new(move |line: &str| {
+                    eprintln!("airlift-agent[{page_log}]: {line}");
+                })),
+            );
             if args.password.is_some() {
                 eprintln!("airlift: device page at http://{address}");
             } else {
                 eprintln!("airlift: device page at http://{address} (password: {password})");
             }
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
+                if let Err(e) = web::serve(listener, router).await {
                     eprintln!("airlift: device page stopped: {e}");
                 }
             });

@@ -2,6 +2,9 @@
 //! `deploy`, `deployment`): server address and admin token from flags or
 //! `AIRLIFT_SERVER` / `AIRLIFT_TOKEN`, and errors that quote the server.
 
+use std::path::PathBuf;
+
+use airlift_agent::tls::{Trust, parse_pin, read_pem_certs};
 use anyhow::{Context, bail};
 use clap::Args;
 use reqwest::blocking::{Client, RequestBuilder, Response};
@@ -22,6 +25,46 @@ pub struct ServerArgs {
     /// Admin token (printed by the first `airlift serve`, also in DIR/admin.token).
     #[arg(long, env = "AIRLIFT_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// How an `https://` server is trusted (the system's roots by default).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrustArgs {
+    /// Trust this CA certificate (PEM) for the server's HTTPS instead of the
+    /// system's roots (`airlift keys tls` writes airlift-ca.pem).
+    #[arg(long, env = "AIRLIFT_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Accept only the server certificate with this SHA-256, or one that
+    /// chains to the certificate with it (`airlift keys tls` prints both).
+    #[arg(long, env = "AIRLIFT_TLS_PIN", global = true)]
+    pub tls_pin: Option<String>,
+}
+
+impl TrustArgs {
+    /// What these options trust.
+    pub fn trust(&self) -> anyhow::Result<Trust> {
+        let ca_certs = match &self.ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                read_pem_certs(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => Vec::new(),
+        };
+        let pin = self
+            .tls_pin
+            .as_deref()
+            .map(parse_pin)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--tls-pin: {e}"))?;
+        Ok(Trust {
+            ca_certs,
+            pin,
+            require_https: false,
+        })
+    }
 }
 
 /// An authenticated connection to the admin API.
@@ -37,8 +80,11 @@ impl Api {
         let Some(token) = args.token.clone() else {
             bail!("no admin token: pass --token or set AIRLIFT_TOKEN (see DIR/admin.token)")
         };
+        let tls = airlift_agent::tls::client_config(&args.trust.trust()?)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let http = Client::builder()
             .timeout(None)
+            .tls_backend_preconfigured(tls)
             .build()
             .context("cannot build the HTTP client")?;
         Ok(Api {

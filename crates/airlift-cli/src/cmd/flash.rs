@@ -34,6 +34,8 @@ pub enum FlashCommand {
         /// Overwrite FILE if it exists.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        tls: DeviceTls,
     },
     /// Create the whole flash of a real board, to write at offset 0: the
     /// ESP-IDF bootloader, the partition table at 0x8000, otadata, the
@@ -67,6 +69,8 @@ pub enum FlashCommand {
         /// Overwrite FILE if it exists.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        tls: DeviceTls,
     },
     /// Show a flash image: partition table, otadata, both slots, the boot
     /// counter and the boot log.
@@ -80,6 +84,51 @@ pub enum FlashCommand {
     },
 }
 
+/// How a device trusts its server over HTTPS, written into its flash settings.
+#[derive(clap::Args, Debug)]
+pub struct DeviceTls {
+    /// SHA-256 of the certificate the device accepts from its server (the
+    /// server's own, or a CA's it sends: `airlift keys tls` prints both).
+    #[arg(long)]
+    tls_pin: Option<String>,
+    /// The device refuses a plain http:// server.
+    #[arg(long)]
+    require_https: bool,
+}
+
+impl DeviceTls {
+    /// Writes them into the flash file's settings, when any is given.
+    fn provision(&self, file: &Path) -> anyhow::Result<()> {
+        if self.tls_pin.is_none() && !self.require_https {
+            return Ok(());
+        }
+        let pin = self
+            .tls_pin
+            .as_deref()
+            .map(airlift_agent::tls::parse_pin)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--tls-pin: {e}"))?;
+        let mut flash =
+            FileFlash::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        airlift_agent::tls::provision_trust(&mut flash, pin, self.require_https)
+            .with_context(|| format!("cannot write the settings of {}", file.display()))?;
+        println!(
+            "settings: {}{}",
+            if pin.is_some() {
+                "server certificate pinned"
+            } else {
+                "no pin"
+            },
+            if self.require_https {
+                ", plain HTTP refused"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    }
+}
+
 /// Runs an `airlift flash` subcommand.
 pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -89,6 +138,7 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
             partitions,
             trust,
             force,
+            tls,
         } => {
             let image = read(&firmware)?;
             let entries = read_partitions(partitions.as_deref(), &AIRLIFT_DEFAULT)?;
@@ -96,6 +146,7 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
             let bytes = provision::flash_image(&entries, &image, &keys)
                 .with_context(|| format!("cannot provision {}", firmware.display()))?;
             write_flash(&file, &bytes, force)?;
+            tls.provision(&file)?;
             println!(
                 "created {} ({} bytes): {} in ota_0, {} trusted key(s)",
                 file.display(),
@@ -112,6 +163,7 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
             trust,
             flash_size,
             force,
+            tls,
         } => {
             let image = read(&firmware)?;
             let boot = read(&bootloader)?;
@@ -120,6 +172,7 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
             let bytes = provision::whole_flash(&entries, &image, &keys, &boot, flash_size)
                 .with_context(|| format!("cannot provision {}", firmware.display()))?;
             write_flash(&file, &bytes, force)?;
+            tls.provision(&file)?;
             let chip = image::verify(&image).map(|i| i.chip())?;
             let slot = entries
                 .iter()

@@ -7,11 +7,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlift_agent::device::{AgentConfig, Behaviour, Behaviours, http_client};
+use airlift_agent::device::{AgentConfig, Behaviour, Behaviours};
 use airlift_agent::fleet::{
     Enrolment, Faults, Link, Stats, deploy, enrol_all, plain_downloads, spawn_fleet, watch,
 };
 use airlift_agent::provision;
+use airlift_agent::transport::http_client_with;
 use airlift_format::manifest::parse_public_key_file;
 use airlift_format::partition::AIRLIFT_DEFAULT;
 use anyhow::{Context, bail};
@@ -133,6 +134,9 @@ pub struct SimArgs {
     /// Print the final summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// How the devices trust an https:// server.
+    #[command(flatten)]
+    pub tls: super::client::TrustArgs,
 }
 
 /// `VERSION=BEHAVIOUR[@SHARE]`.
@@ -271,6 +275,8 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let trust = args.tls.trust()?;
+    let http_client = move || http_client_with(&trust);
     runtime.block_on(async move {
         let http = http_client()?;
         let names: Vec<String> = (1..=args.devices).map(|i| format!("{prefix}-{i:05}")).collect();

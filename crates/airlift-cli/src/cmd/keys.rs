@@ -26,6 +26,27 @@ pub enum KeysCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Make a TLS certificate for a lab server: a CA of its own
+    /// (DIR/airlift-ca.pem) and a server certificate it signed
+    /// (DIR/airlift-server.pem, the chain to give `airlift serve
+    /// --tls-cert`; its key DIR/airlift-server.key, mode 0600). Prints the
+    /// pins (SHA-256 of each certificate) for `--tls-pin` and `airlift
+    /// flash create --tls-pin`.
+    Tls {
+        /// A DNS name or IP address the server is reached at (repeat)
+        /// [default: localhost, 127.0.0.1 and ::1].
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Directory to write the three files to.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `airlift release` subcommands: offline signing here, the server-facing
@@ -68,7 +89,66 @@ pub struct SignArgs {
 pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
         KeysCommand::Generate { name, force } => generate(&name, force),
+        KeysCommand::Tls {
+            names,
+            dir,
+            force,
+            json,
+        } => tls(names, &dir, force, json),
     }
+}
+
+fn tls(names: Vec<String>, dir: &Path, force: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let names = if names.is_empty() {
+        vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+    } else {
+        names
+    };
+    let pair = airlift_server::tls::lab_pair(&names)?;
+    let (ca, chain, key) = (
+        dir.join("airlift-ca.pem"),
+        dir.join("airlift-server.pem"),
+        dir.join("airlift-server.key"),
+    );
+    for path in [&ca, &chain, &key] {
+        if path.exists() && !force {
+            bail!("{} exists: pass --force to overwrite it", path.display());
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_new(&ca, &pair.ca_pem, 0o644, force)?;
+    write_new(&chain, &pair.chain_pem, 0o644, force)?;
+    write_new(&key, &pair.key_pem, 0o600, force)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ca": ca, "cert": chain, "key": key, "names": names,
+                "ca_sha256": pair.ca_sha256, "cert_sha256": pair.cert_sha256,
+            }))?
+        );
+    } else {
+        println!("wrote {} (the lab CA)", ca.display());
+        println!(
+            "wrote {} and {} (for {})",
+            chain.display(),
+            key.display(),
+            names.join(", ")
+        );
+        println!("pin of the CA:                 {}", pair.ca_sha256);
+        println!("pin of the server certificate: {}", pair.cert_sha256);
+        println!(
+            "serve: airlift serve --tls-cert {} --tls-key {}",
+            chain.display(),
+            key.display()
+        );
+        println!(
+            "clients: --ca-cert {} or --tls-pin {}",
+            ca.display(),
+            pair.ca_sha256
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs an `airlift release` subcommand.

@@ -32,6 +32,13 @@ pub struct ServeArgs {
     /// TOML configuration file.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain, the server's first
+    /// (`airlift keys tls` makes one for a lab) [env: AIRLIFT_TLS_CERT].
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key [env: AIRLIFT_TLS_KEY].
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -40,10 +47,14 @@ pub struct ServeArgs {
 /// The dashboard's address for a server listening on `address`: a browser
 /// cannot open the unspecified address, so that becomes `localhost`.
 pub fn dashboard_url(address: SocketAddr) -> String {
+    dashboard_url_of("http", address)
+}
+
+fn dashboard_url_of(scheme: &str, address: SocketAddr) -> String {
     if address.ip().is_unspecified() {
-        format!("http://localhost:{}/", address.port())
+        format!("{scheme}://localhost:{}/", address.port())
     } else {
-        format!("http://{address}/")
+        format!("{scheme}://{address}/")
     }
 }
 
@@ -64,6 +75,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(endpoint) = args.s3_endpoint {
         config.s3_endpoint = Some(endpoint);
+    }
+    if let Some(cert) = args.tls_cert {
+        config.tls_cert = Some(cert);
+    }
+    if let Some(key) = args.tls_key {
+        config.tls_key = Some(key);
     }
     config.validate()?;
     if args.print_config {
@@ -97,14 +114,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         let address = listener.local_addr().unwrap_or(listen);
         let instance = server.state().instance.clone();
-        tracing::info!(%address, data = %data_dir.display(), %instance, "airlift server listening");
+        let scheme = if server.is_tls() { "https" } else { "http" };
+        tracing::info!(%address, data = %data_dir.display(), scheme, %instance, "airlift server listening");
         eprintln!(
-            "airlift: serving http://{address} from {} as {instance}",
+            "airlift: serving {scheme}://{address} from {} as {instance}",
             data_dir.display()
         );
         eprintln!(
             "airlift: dashboard at {} (sign in with the admin token in {})",
-            dashboard_url(address),
+            dashboard_url_of(scheme, address),
             data_dir.join("admin.token").display()
         );
         server.run(listener, shutdown).await?;

@@ -27,6 +27,8 @@ pub struct Server {
     pub data: PathBuf,
     /// Its name in the database's leases, as `airlift serve` printed it.
     pub instance: String,
+    /// The CA the CLI trusts for an `https://` server (`AIRLIFT_CA_CERT`).
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Server {
@@ -81,6 +83,7 @@ impl Server {
             dashboard,
             data: data.to_owned(),
             instance,
+            ca_cert: None,
         }
     }
 
@@ -92,12 +95,15 @@ impl Server {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(AIRLIFT)
+        let mut command = Command::new(AIRLIFT);
+        command
             .args(args)
             .env("AIRLIFT_SERVER", &self.url)
-            .env("AIRLIFT_TOKEN", self.admin_token())
-            .output()
-            .unwrap()
+            .env("AIRLIFT_TOKEN", self.admin_token());
+        if let Some(ca) = &self.ca_cert {
+            command.env("AIRLIFT_CA_CERT", ca);
+        }
+        command.output().unwrap()
     }
 
     pub fn cli_json(&self, args: &[&str]) -> Value {
@@ -259,7 +265,12 @@ pub fn fleet_sim(
 
 /// `airlift flash create FLASH --firmware FW --trust KEY`.
 pub fn create_flash(flash: &Path, firmware: &Path, trust: &Path) {
-    airlift(&[
+    create_flash_with(flash, firmware, trust, &[]);
+}
+
+/// The same with more options (`--tls-pin`, `--require-https`); they must succeed.
+pub fn create_flash_with(flash: &Path, firmware: &Path, trust: &Path, extra: &[&str]) {
+    let mut args = vec![
         "flash",
         "create",
         flash.to_str().unwrap(),
@@ -267,7 +278,16 @@ pub fn create_flash(flash: &Path, firmware: &Path, trust: &Path) {
         firmware.to_str().unwrap(),
         "--trust",
         trust.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let output = airlift(&args);
+    if !extra.is_empty() {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 /// `airlift flash inspect FLASH --json`.
@@ -369,8 +389,12 @@ impl Agent {
 
     /// The device page's address, from the log line `device page at http://ADDR`.
     pub fn page_url(&self) -> String {
+        // Whole lines only: stderr is written piecewise, and a line read
+        // half-written would give "http://" without its address.
         let find = || {
-            self.log_text()
+            let log = self.log_text();
+            let whole = log.rfind('\n').map_or("", |end| &log[..end]);
+            whole
                 .lines()
                 .filter_map(|l| l.split("device page at ").nth(1))
                 .next_back()

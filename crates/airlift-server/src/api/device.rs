@@ -22,6 +22,7 @@ use crate::deploy::{AssignmentState, skip_reason};
 use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use crate::metrics::Metrics;
 use crate::store::{DeviceStatus, EventOutcome, NewEvent, Offer};
+use crate::throttle::{ClientAddr, Credential, Peer};
 
 /// The device a request is authenticated as (its bearer token).
 #[derive(Debug, Clone)]
@@ -39,7 +40,13 @@ impl FromRequestParts<AppState> for DeviceAuth {
         let token = bearer(parts.headers.get(header::AUTHORIZATION)).ok_or_else(|| {
             ApiError::Unauthorized("missing device token (Authorization: Bearer)".into())
         })?;
-        DeviceAuth::from_token(state, token).await
+        let client = parts.extensions.get::<ClientAddr>().copied();
+        state.throttle.check(Credential::DeviceToken, client)?;
+        let device = DeviceAuth::from_token(state, token).await;
+        if let Err(ApiError::Unauthorized(_)) = &device {
+            state.throttle.failed(Credential::DeviceToken, client);
+        }
+        device
     }
 }
 
@@ -71,8 +78,10 @@ fn secrets_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
         (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn enroll(
     State(state): State<AppState>,
+    Peer(client): Peer,
     ApiJson(request): ApiJson<EnrollRequest>,
 ) -> Result<(StatusCode, ApiJson<EnrollAnswer>), ApiError> {
+    state.throttle.check(Credential::EnrollmentSecret, client)?;
     let hash = hash_token(&request.secret);
     let configured = state
         .config
@@ -82,11 +91,10 @@ pub async fn enroll(
         .is_some_and(|h| secrets_equal(&h, &hash));
     let mut tags: Vec<String> = request.tags.iter().map(|t| t.to_string()).collect();
     if !configured {
-        let secret = state
-            .store
-            .enrollment_secret(&hash)
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("unknown enrolment secret".into()))?;
+        let secret = state.store.enrollment_secret(&hash).await?.ok_or_else(|| {
+            state.throttle.failed(Credential::EnrollmentSecret, client);
+            ApiError::Unauthorized("unknown enrolment secret".into())
+        })?;
         tags.extend(secret.tags);
     }
     tags.sort();
@@ -197,6 +205,7 @@ pub async fn checkin(
     device: DeviceAuth,
     ApiJson(report): ApiJson<CheckIn>,
 ) -> Result<ApiJson<CheckInAnswer>, ApiError> {
+    super::validate::check_in(&report)?;
     Metrics::inc(&state.metrics.checkins);
     let status = DeviceStatus {
         last_seen: Some(crate::now_ms()),
@@ -360,6 +369,7 @@ pub async fn post_event(
 }
 
 fn new_event(device_id: i64, event: Event) -> Result<NewEvent, ApiError> {
+    super::validate::event(&event)?;
     let deployment_id = match event.deployment {
         Some(id) => {
             Some(i64::try_from(id).map_err(|_| ApiError::NotFound(format!("no deployment {id}")))?)
@@ -438,13 +448,53 @@ pub async fn download_artifact(
             "no artifact {sha256} assigned to this device"
         )));
     }
-    let bytes = state
-        .artifacts
-        .get(&sha256)
-        .await
-        .map_err(ApiError::internal)?;
+    // An artifact larger than the memory cache is streamed from its file,
+    // so no request holds it whole in RAM (HTTP/1.0, HTTPS).
+    let source = match state.artifacts.local_file(&sha256) {
+        Some((file, size)) if !state.artifacts.fits_cache(size) => Source::File(file, size),
+        _ => Source::Bytes(
+            state
+                .artifacts
+                .get(&sha256)
+                .await
+                .map_err(ApiError::internal)?,
+        ),
+    };
     Metrics::inc(&state.metrics.downloads);
-    Ok(ranged_response(&state, &headers, &sha256, bytes))
+    ranged_response(&state, &headers, &sha256, source).await
+}
+
+/// Where a download's bytes come from.
+enum Source {
+    Bytes(Bytes),
+    File(Arc<std::fs::File>, u64),
+}
+
+impl Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Bytes(bytes) => bytes.len() as u64,
+            Source::File(_, size) => *size,
+        }
+    }
+
+    /// The body holding bytes `start..end`.
+    async fn body(self, start: u64, end: u64) -> Result<Body, ApiError> {
+        match self {
+            Source::Bytes(bytes) => Ok(Body::from(bytes.slice(start as usize..end as usize))),
+            Source::File(file, _) => {
+                use tokio::io::{AsyncReadExt, AsyncSeekExt};
+                let file = file.try_clone().map_err(ApiError::internal)?;
+                let mut file = tokio::fs::File::from_std(file);
+                file.seek(std::io::SeekFrom::Start(start))
+                    .await
+                    .map_err(ApiError::internal)?;
+                let stream =
+                    tokio_util::io::ReaderStream::with_capacity(file.take(end - start), 64 * 1024);
+                Ok(Body::from_stream(stream))
+            }
+        }
+    }
 }
 
 /// Whether the device may download the artifact: a well-formed SHA-256 of a
@@ -454,10 +504,8 @@ pub(crate) async fn download_allowed(
     device_id: i64,
     sha256: &str,
 ) -> Result<bool, ApiError> {
-    let well_formed = sha256.len() == 64
-        && sha256
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let well_formed =
+        airlift_protocol::is_sha256_hex(sha256) && !sha256.bytes().any(|b| b.is_ascii_uppercase());
     if !well_formed {
         return Ok(false);
     }
@@ -499,9 +547,14 @@ pub(crate) fn requested_range(
         .and_then(|r| parse_range(r, len))
 }
 
-fn ranged_response(state: &AppState, headers: &HeaderMap, sha256: &str, bytes: Bytes) -> Response {
+async fn ranged_response(
+    state: &AppState,
+    headers: &HeaderMap,
+    sha256: &str,
+    source: Source,
+) -> Result<Response, ApiError> {
     let etag = format!("\"{sha256}\"");
-    let len = bytes.len() as u64;
+    let len = source.len();
     let text = |name| {
         headers
             .get(name)
@@ -534,7 +587,7 @@ fn ranged_response(state: &AppState, headers: &HeaderMap, sha256: &str, bytes: B
                 .metrics
                 .download_bytes
                 .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-            (StatusCode::OK, Body::from(bytes)).into_response()
+            (StatusCode::OK, source.body(0, len).await?).into_response()
         }
         Some(ByteRange::Unsatisfiable) => {
             let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
@@ -548,8 +601,8 @@ fn ranged_response(state: &AppState, headers: &HeaderMap, sha256: &str, bytes: B
                 .metrics
                 .download_bytes
                 .fetch_add(end - start, std::sync::atomic::Ordering::Relaxed);
-            let body = bytes.slice(start as usize..end as usize);
-            let mut response = (StatusCode::PARTIAL_CONTENT, Body::from(body)).into_response();
+            let body = source.body(start, end).await?;
+            let mut response = (StatusCode::PARTIAL_CONTENT, body).into_response();
             if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1)) {
                 response.headers_mut().insert(header::CONTENT_RANGE, value);
             }
@@ -561,7 +614,7 @@ fn ranged_response(state: &AppState, headers: &HeaderMap, sha256: &str, bytes: B
             response.headers_mut().insert(name, value);
         }
     }
-    response
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -48,11 +48,13 @@ use crate::AppState;
 use crate::auth::{bearer, hash_token};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::throttle::{ClientAddr, Credential};
 
 pub mod admin;
 pub mod device;
 pub mod fleet;
 pub mod session;
+mod validate;
 
 use session::Via;
 pub mod rollouts;
@@ -183,6 +185,10 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
     (router, openapi)
 }
 
+/// Largest JSON body accepted (a check-in is well under 1 KiB); a larger
+/// one is answered 413, before it is read when its length is declared.
+pub const MAX_JSON_BYTES: usize = 1024 * 1024;
+
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let (api, openapi) = routes(&state);
@@ -196,6 +202,10 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(crate::dashboard::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BYTES))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            crate::connection::BODY_STALL,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe));
     let router = match cors(&state.config) {
         Some(cors) => router.layer(cors),
@@ -231,12 +241,27 @@ fn cors(config: &crate::Config) -> Option<CorsLayer> {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    use std::fmt::Write;
+
+    let mut text = state.metrics.render();
+    let _ = writeln!(
+        text,
+        "# HELP airlift_auth_throttled_total Requests refused for too many failed \
+         authentications, per credential.\n# TYPE airlift_auth_throttled_total counter"
+    );
+    for (credential, count) in state.throttle.throttled() {
+        let _ = writeln!(
+            text,
+            "airlift_auth_throttled_total{{credential=\"{}\"}} {count}",
+            credential.as_str()
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
-        state.metrics.render(),
+        text,
     )
 }
 
@@ -267,7 +292,8 @@ async fn admin_layer(
     next: Next,
 ) -> Result<Response, ApiError> {
     let method = request.method().clone();
-    let (name, via) = authenticate_admin(&state, &method, request.headers()).await?;
+    let client = request.extensions().get::<ClientAddr>().copied();
+    let (name, via) = authenticate_admin(&state, &method, request.headers(), client).await?;
     let route = request.extensions().get::<MatchedPath>().map_or_else(
         || request.uri().path().to_owned(),
         |p| p.as_str().to_owned(),
@@ -306,16 +332,17 @@ async fn authenticate_admin(
     state: &AppState,
     method: &Method,
     headers: &HeaderMap,
+    client: Option<ClientAddr>,
 ) -> Result<(String, Via), ApiError> {
     if let Some(authorization) = headers.get(header::AUTHORIZATION) {
         let token = bearer(Some(authorization)).ok_or_else(|| {
             ApiError::Unauthorized("missing admin token (Authorization: Bearer)".into())
         })?;
-        let name = state
-            .store
-            .admin_token(&hash_token(token))
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("unknown admin token".into()))?;
+        state.throttle.check(Credential::AdminToken, client)?;
+        let Some(name) = state.store.admin_token(&hash_token(token)).await? else {
+            state.throttle.failed(Credential::AdminToken, client);
+            return Err(ApiError::Unauthorized("unknown admin token".into()));
+        };
         return Ok((name, Via::Token));
     }
     if session::session_cookie(headers).is_none() {
@@ -323,9 +350,11 @@ async fn authenticate_admin(
             "missing admin token (Authorization: Bearer) or dashboard session".into(),
         ));
     }
-    let session = session::session_of(state, headers).await?.ok_or_else(|| {
-        ApiError::Unauthorized("the dashboard session has ended: sign in again".into())
-    })?;
+    let session = session::session_of(state, headers, client)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Unauthorized("the dashboard session has ended: sign in again".into())
+        })?;
     if !method.is_safe() {
         session::check_csrf(&state.config, headers)?;
     }

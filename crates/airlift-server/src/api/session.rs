@@ -21,6 +21,7 @@ use crate::auth::{hash_token, new_token};
 use crate::config::{Config, SameSite};
 use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::store::Session;
+use crate::throttle::{ClientAddr, Credential, Peer};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "airlift_session";
@@ -40,18 +41,26 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .filter(|value| !value.is_empty())
 }
 
-/// The open session a request's cookie names, if any.
+/// The open session a request's cookie names, if any. A cookie that names
+/// none counts as a failed authentication of `client`, and a throttled
+/// client is refused (429) before its cookie is looked up.
 pub async fn session_of(
     state: &AppState,
     headers: &HeaderMap,
+    client: Option<ClientAddr>,
 ) -> Result<Option<Session>, ApiError> {
-    match session_cookie(headers) {
-        Some(value) => Ok(state
-            .store
-            .session(&hash_token(value), crate::now_ms())
-            .await?),
-        None => Ok(None),
+    let Some(value) = session_cookie(headers) else {
+        return Ok(None);
+    };
+    state.throttle.check(Credential::Session, client)?;
+    let session = state
+        .store
+        .session(&hash_token(value), crate::now_ms())
+        .await?;
+    if session.is_none() {
+        state.throttle.failed(Credential::Session, client);
     }
+    Ok(session)
 }
 
 /// Refuses a cookie-authenticated request that a foreign page could have made.
@@ -138,6 +147,7 @@ pub struct SessionState {
         (status = 403, description = "no X-Airlift-CSRF header, or a foreign Origin", body = ErrorBody)))]
 pub async fn sign_in(
     State(state): State<AppState>,
+    Peer(client): Peer,
     headers: HeaderMap,
     ApiJson(request): ApiJson<SignIn>,
 ) -> Result<
@@ -148,6 +158,7 @@ pub async fn sign_in(
     ApiError,
 > {
     check_csrf(&state.config, &headers)?;
+    state.throttle.check(Credential::Session, client)?;
     let value = new_token("al_session_").map_err(ApiError::internal)?;
     let now = crate::now_ms();
     let lifetime_secs = u64::from(state.config.session_hours) * 3600;
@@ -162,6 +173,7 @@ pub async fn sign_in(
         )
         .await?
         .ok_or_else(|| {
+            state.throttle.failed(Credential::Session, client);
             ApiError::Unauthorized(
                 "that is not an admin token: the server's first start wrote one to admin.token \
                  in its data directory"
@@ -193,9 +205,10 @@ pub async fn sign_in(
     responses((status = 200, body = SessionState)))]
 pub async fn session_state(
     State(state): State<AppState>,
+    Peer(client): Peer,
     headers: HeaderMap,
 ) -> Result<ApiJson<SessionState>, ApiError> {
-    let session = session_of(&state, &headers).await?;
+    let session = session_of(&state, &headers, client).await?;
     Ok(ApiJson(SessionState {
         signed_in: session.is_some(),
         session,
@@ -210,10 +223,11 @@ pub async fn session_state(
         (status = 403, description = "no X-Airlift-CSRF header, or a foreign Origin", body = ErrorBody)))]
 pub async fn sign_out(
     State(state): State<AppState>,
+    Peer(client): Peer,
     headers: HeaderMap,
 ) -> Result<(StatusCode, [(header::HeaderName, HeaderValue); 1]), ApiError> {
     check_csrf(&state.config, &headers)?;
-    if let Some(session) = session_of(&state, &headers).await?
+    if let Some(session) = session_of(&state, &headers, client).await?
         && let Some(value) = session_cookie(&headers)
         && state.store.close_session(&hash_token(value)).await?
     {

@@ -210,10 +210,35 @@ impl TestServer {
             .await
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of the metrics line starting with `line_start` (name and labels).
+    pub async fn metric(&self, line_start: &str) -> u64 {
+        metric_in(&self.metrics_text().await, line_start)
+    }
+
     /// Files under `DIR/sub`, recursively, relative names.
     pub fn files_under(&self, sub: &str) -> Vec<PathBuf> {
         files_under(&self.dir.path().join(sub))
     }
+}
+
+/// The value of the line starting with `line_start` in a Prometheus text.
+pub fn metric_in(text: &str, line_start: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in {text}"))
 }
 
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
