@@ -633,6 +633,46 @@ pub struct AssignmentQuery {
     pub offset: Option<i64>,
 }
 
+impl AssignmentQuery {
+    /// The states asked for (all when none), or the 400 naming the valid ones.
+    fn states(&self) -> Result<Vec<String>, ApiError> {
+        let mut states = Vec::new();
+        for name in self.state.iter().flat_map(|s| s.split(',')) {
+            let name = name.trim();
+            if name.is_empty() {
+                continue;
+            }
+            let parsed = AssignmentState::parse(name).ok_or_else(|| {
+                ApiError::bad_request(
+                    "bad_query",
+                    format!(
+                        "state {name:?} is invalid: expected one of {}",
+                        AssignmentState::ALL.map(AssignmentState::as_str).join(", ")
+                    ),
+                )
+            })?;
+            states.push(parsed.as_str().to_owned());
+        }
+        Ok(states)
+    }
+
+    /// How many of the deployment's assignments are in the states asked
+    /// for, and the page of them asked for.
+    pub(crate) async fn page(
+        &self,
+        state: &AppState,
+        deployment_id: i64,
+    ) -> Result<(i64, Vec<Assignment>), ApiError> {
+        let states = self.states()?;
+        let limit = self.limit.unwrap_or(i64::MAX).max(0);
+        let offset = self.offset.unwrap_or(0).max(0);
+        Ok(state
+            .store
+            .assignments_page(deployment_id, &states, limit, offset)
+            .await?)
+    }
+}
+
 async fn deployment_detail(
     state: &AppState,
     id: i64,
@@ -642,29 +682,7 @@ async fn deployment_detail(
     let release = state.store.release(deployment.release_id).await?;
     let tallies = state.store.assignment_tallies(&[id]).await?;
     let progress = Progress::of(&deployment, &tallies);
-    let mut states = Vec::new();
-    for name in query.state.iter().flat_map(|s| s.split(',')) {
-        let name = name.trim();
-        if name.is_empty() {
-            continue;
-        }
-        let parsed = AssignmentState::parse(name).ok_or_else(|| {
-            ApiError::bad_request(
-                "bad_query",
-                format!(
-                    "state {name:?} is invalid: expected one of {}",
-                    AssignmentState::ALL.map(AssignmentState::as_str).join(", ")
-                ),
-            )
-        })?;
-        states.push(parsed.as_str().to_owned());
-    }
-    let limit = query.limit.unwrap_or(i64::MAX).max(0);
-    let offset = query.offset.unwrap_or(0).max(0);
-    let (assignments_total, assignments) = state
-        .store
-        .assignments_page(id, &states, limit, offset)
-        .await?;
+    let (assignments_total, assignments) = query.page(state, id).await?;
     state.flush_statuses().await?;
     let versions = state.store.running_versions(id).await?;
     Ok(DeploymentDetail {
