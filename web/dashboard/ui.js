@@ -66,6 +66,7 @@ const STATES = {
   rolled_back: "rolled back",
   cancelled: "cancelled",
   skipped: "cannot take it",
+  waiting: "waiting for its wave",
 };
 
 /** An assignment state in words. */
@@ -150,6 +151,7 @@ export const PROGRESS_PARTS = [
   ["confirmed", "Confirmed", ["confirmed"]],
   ["updating", "Updating", ["offered", "downloading", "installed", "booted"]],
   ["waiting", "Waiting for check-in", ["pending"]],
+  ["queued", "Waiting for their wave", ["waiting"]],
   ["failed", "Failed", ["failed"]],
   ["rolled_back", "Rolled back", ["rolled_back"]],
   ["cancelled", "Cancelled", ["cancelled"]],
@@ -180,6 +182,11 @@ export function Progress({ progress, legend = false }) {
       ${parts.map((p) => html`<li><span class=${`swatch ${p.key}`}></span>${p.label}: <strong>${count(p.n)}</strong></li>`)}
     </ul>`}
   </div>`;
+}
+
+/** One name and value of a description list (`<dl>`). */
+export function Field({ name, children }) {
+  return html`<div class="kv"><dt>${name}</dt><dd>${children}</dd></div>`;
 }
 
 /** A badge for a deployment's status. */

@@ -118,8 +118,8 @@ function Unable({ detail }) {
   </section>`;
 }
 
-/** Failed and rolled-back devices, each with why. */
-function Problems({ id, revision }) {
+/** Failed and rolled-back devices, each with why (also on a rollout's page). */
+export function Problems({ id, revision }) {
   const { data } = useLive(() => get(`/api/v1/deployments/${id}${query({ state: "failed,rolled_back", limit: 100 })}`), [id, revision]);
   if (!data || data.assignments_total === 0) return null;
   return html`<section aria-labelledby="problems-title" id="problems">
@@ -146,7 +146,8 @@ function Versions({ detail }) {
   </section>`;
 }
 
-function Devices({ id, revision }) {
+/** The deployment's devices, a page at a time, filtered by state (also on a rollout's page, with each device's wave). */
+export function DeploymentDevices({ id, revision, label = "Devices of this deployment" }) {
   const [state, setState] = useState("");
   const [page, setPage] = useState(1);
   const { data } = useLive(
@@ -154,6 +155,7 @@ function Devices({ id, revision }) {
     [id, state, page, revision],
   );
   const pages = data ? Math.max(1, Math.ceil(data.assignments_total / PAGE)) : 1;
+  const waves = data?.assignments.some((a) => a.wave > 0);
   return html`<section aria-labelledby="devices-title">
     <h2 id="devices-title">Devices</h2>
     <div class="field">
@@ -163,10 +165,11 @@ function Devices({ id, revision }) {
         ${data && Object.entries(data.counts).filter(([, n]) => n > 0).map(([s, n]) => html`<option value=${s}>${stateText(s)} (${count(n)})</option>`)}
       </select>
     </div>
-    ${data && html`<${Table} label="Devices of this deployment" empty="None."
-      head=${["Device", "State", "Why", "Since"]}
+    ${data && html`<${Table} label=${label} empty="None."
+      head=${waves ? ["Device", "Wave", "State", "Why", "Since"] : ["Device", "State", "Why", "Since"]}
       rows=${data.assignments.map((a) => html`<tr>
         <td><${DeviceLink} name=${a.device_name} /></td>
+        ${waves && html`<td>${a.wave || "-"}</td>`}
         <td>${stateText(a.state)}</td>
         <td>${reasonText(a.reason)}</td>
         <td>${ago(a.updated_at)}</td>
@@ -184,9 +187,9 @@ function Devices({ id, revision }) {
  * (`detail`, as GET /api/v1/deployments/ID answers without assignments),
  * its `id`, and a `revision` that changes whenever its counts or status do
  * (a section that loads more reloads then, so it never lags the header).
- * Staged rollouts add their section here.
+ * Staged rollouts put theirs first (views/rollouts.js).
  */
-export const DEPLOYMENT_SECTIONS = [Unable, Problems, Versions, Devices];
+export const DEPLOYMENT_SECTIONS = [Unable, Problems, Versions, DeploymentDevices];
 
 function Cancel({ detail, onCancelled }) {
   const [asking, setAsking] = useState(false);
