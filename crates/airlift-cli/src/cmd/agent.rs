@@ -13,23 +13,25 @@ use airlift_agent::web;
 use anyhow::Context;
 use clap::Args;
 
+use super::client::or_env;
+
 /// `airlift device run` options.
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// The flash file (`airlift flash create`).
     #[arg(long)]
     pub flash: PathBuf,
-    /// Server base URL; without it the device runs offline (local page only).
-    #[arg(long, env = "AIRLIFT_SERVER")]
+    /// Server base URL; without it the device runs offline (local page only) [env: AIRLIFT_SERVER]
+    #[arg(long)]
     pub server: Option<String>,
-    /// The device's token (`airlift device add`).
-    #[arg(long, env = "AIRLIFT_DEVICE_TOKEN", hide_env_values = true)]
+    /// The device's token (`airlift device add`) [env: AIRLIFT_DEVICE_TOKEN]
+    #[arg(long)]
     pub token: Option<String>,
     /// Serve the device page and API on this address (e.g. 127.0.0.1:8081).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Password of the device page [default: generated and printed].
-    #[arg(long, env = "AIRLIFT_DEVICE_PASSWORD", hide_env_values = true)]
+    /// Password of the device page [env: AIRLIFT_DEVICE_PASSWORD] [default: generated and printed]
+    #[arg(long)]
     pub password: Option<String>,
     /// Simulated firmware behaviour: VERSION=healthy|crash|hang (repeat).
     #[arg(long = "behave", value_parser = Behaviours::parse_rule)]
@@ -60,7 +62,11 @@ fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
 }
 
 /// Runs `airlift device run` until killed.
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Read here, not by clap: see `client::ServerArgs`.
+    args.server = or_env(args.server.as_ref(), "AIRLIFT_SERVER");
+    args.token = or_env(args.token.as_ref(), "AIRLIFT_DEVICE_TOKEN");
+    args.password = or_env(args.password.as_ref(), "AIRLIFT_DEVICE_PASSWORD");
     if args.server.is_some() && args.token.is_none() {
         anyhow::bail!(
             "--server needs the device's --token (airlift device add NAME prints it; or AIRLIFT_DEVICE_TOKEN)"

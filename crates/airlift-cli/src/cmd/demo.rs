@@ -95,7 +95,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let serving = tokio::spawn(server.run(listener, async move {
             let _ = stopped.await;
         }));
-        println!("1. An Airlift server is running at {base} (data in {}).", data.display());
+        outln!("1. An Airlift server is running at {base} (data in {}).", data.display());
 
         let key_text = std::fs::read_to_string(data.join("signing.pub"))?;
         let key = parse_public_key_file(&key_text)?;
@@ -116,29 +116,29 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         };
         let stats = Arc::new(Stats::new(devices));
         let mut fleet = spawn_fleet(names.into_iter().zip(tokens).collect(), base_image, &template, &Faults::default(), &http, &stats)?;
-        println!(
+        outln!(
             "2. {devices} simulated ESP32s (tag demo) boot firmware 1.0.0 from their own flash: the same engine,\n   protocol and bootloader rules as a real board; each trusts the server's signing key."
         );
         let limit = Some(Duration::from_secs(120));
         let tick = Duration::from_millis(500);
-        let show = |s: &airlift_agent::fleet::Summary| println!("   {}", s.line());
+        let show = |s: &airlift_agent::fleet::Summary| outln!("   {}", s.line());
         if !watch(&stats, tick, limit, |s| s.confirmed_on("1.0.0") == devices, show).await {
             bail!("the devices did not boot");
         }
 
         let good = upload(&http, &base, &admin, test_image("1.1.0", 0, 52_000)).await?;
         let (good_deployment, _) = deploy(&http, &base, &admin, &good, "tag:demo").await?;
-        println!(
+        outln!(
             "3. Release 1.1.0 uploaded (the server checked the image and signed its manifest) and deployed to tag:demo.\n   Each device downloads it into the inactive slot, verifies it, activates it, reboots, runs it on trial\n   and confirms it after a health check:"
         );
         if !watch(&stats, tick, limit, |s| s.confirmed_on("1.1.0") == devices, show).await {
             bail!("the good release did not reach every device");
         }
-        println!("   All {devices} devices confirmed 1.1.0 (deployment {good_deployment}).");
+        outln!("   All {devices} devices confirmed 1.1.0 (deployment {good_deployment}).");
 
         let bad = upload(&http, &base, &admin, test_image("1.2.0", 0, 52_000)).await?;
         let (bad_deployment, _) = deploy(&http, &base, &admin, &bad, "tag:demo").await?;
-        println!(
+        outln!(
             "4. Release 1.2.0 crashes at boot. Deployed to tag:demo: each device installs it, boots it, crashes\n   before confirming; after 3 failed boots the boot guard selects 1.1.0 again by itself:"
         );
         let devices_u64 = devices as u64;
@@ -152,19 +152,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .await?
             .json()
             .await?;
-        println!(
+        outln!(
             "   Deployment {bad_deployment}: {} of {devices} devices rolled_back (reason boot_failed); every device runs {:?}.",
             detail["counts"]["rolled_back"],
             stats.summary().versions
         );
-        println!(
+        outln!(
             "5. See it all in the dashboard: {}  (sign in with the admin token in {})\n   or from the command line: AIRLIFT_SERVER={base} AIRLIFT_TOKEN=$(cat {}) airlift device list",
             super::serve::dashboard_url(address),
             data.join("admin.token").display(),
             data.join("admin.token").display()
         );
         if !args.exit {
-            println!("   The devices keep running; Ctrl-C stops the demo.");
+            outln!("   The devices keep running; Ctrl-C stops the demo.");
             let _ = tokio::signal::ctrl_c().await;
         }
         fleet.abort_all();

@@ -57,7 +57,7 @@ pub enum DeploymentCommand {
 
 fn print_detail(d: &Value) {
     let r = &d["release"];
-    println!(
+    outln!(
         "deployment {}: {} {} -> {} ({}, {})",
         field(d, "id"),
         field(r, "project"),
@@ -75,7 +75,7 @@ fn print_detail(d: &Value) {
                 .collect()
         })
         .unwrap_or_default();
-    println!(
+    outln!(
         "  {}",
         if counts.is_empty() {
             "no devices".to_owned()
@@ -92,7 +92,7 @@ fn print_detail(d: &Value) {
             .as_str()
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {:<24} {}{}",
             field(a, "device_name"),
             field(a, "state"),
@@ -124,7 +124,7 @@ pub fn run(command: DeploymentCommand) -> anyhow::Result<ExitCode> {
                 print_json(&list)?;
             } else {
                 for d in list.as_array().map(Vec::as_slice).unwrap_or_default() {
-                    println!(
+                    outln!(
                         "{:>4}  release {:<4} {:<28} {:<10} {}",
                         field(d, "id"),
                         field(d, "release_id"),

@@ -77,25 +77,10 @@ async fn receive(
     let info = verifier
         .finish()
         .map_err(|e| invalid_image(format!("{e}")))?;
-    if !info.checksum_valid() {
-        return Err(invalid_image(format!(
-            "image checksum is 0x{:02x} but the segments sum to 0x{:02x}: the file is corrupt",
-            info.stored_checksum, info.computed_checksum
-        )));
+    match info.release_problem() {
+        Some(problem) => Err(invalid_image(problem.to_string())),
+        None => Ok(info),
     }
-    if let Some(digest) = info.digest.filter(|d| !d.is_valid()) {
-        return Err(invalid_image(format!(
-            "appended SHA-256 is {} but the image hashes to {}: the file is corrupt",
-            hex::encode(digest.stored),
-            hex::encode(digest.computed)
-        )));
-    }
-    if info.app_desc.is_none() {
-        return Err(invalid_image(
-            "image has no application descriptor (esp_app_desc_t): expected an ESP-IDF app image",
-        ));
-    }
-    Ok(info)
 }
 
 /// An offline-signed manifest must describe exactly the uploaded image.
