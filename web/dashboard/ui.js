@@ -189,10 +189,10 @@ export function Field({ name, children }) {
   return html`<div class="kv"><dt>${name}</dt><dd>${children}</dd></div>`;
 }
 
-/** A badge for a deployment's status. */
-export function Status({ status }) {
+/** A badge for a deployment's state. */
+export function Status({ state }) {
   const words = { active: "in progress", finished: "finished", cancelled: "cancelled" };
-  return html`<span class=${`badge ${status}`}>${words[status] ?? status}</span>`;
+  return html`<span class=${`badge ${state}`}>${words[state] ?? state}</span>`;
 }
 
 /** A page heading that takes the focus when the page opens (for keyboard and screen reader users). */

@@ -167,7 +167,7 @@ fn dashboard_signs_in_uploads_deploys_to_a_tag_of_50_devices_shows_rollbacks_his
     let deployments = server.cli_json(&["deployment", "list"]);
     let by_id = |n: usize| server.deployment(deployments[n]["id"].as_i64().unwrap());
     let (cancelled, crash, good) = (by_id(0), by_id(1), by_id(2));
-    assert_eq!(cancelled["status"], "cancelled", "{cancelled:#}");
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled:#}");
     assert_eq!(cancelled["target"], "device:lab-00007", "{cancelled:#}");
     assert_eq!(crash["counts"]["rolled_back"], 53, "{crash:#}");
     assert_eq!(

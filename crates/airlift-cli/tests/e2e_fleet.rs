@@ -69,7 +69,7 @@ fn fleet_sim_brings_every_device_to_the_release_despite_power_cuts_and_drops() {
     let deployments = server.cli_json(&["deployment", "list"]);
     let id = deployments[0]["id"].as_i64().unwrap();
     let done = server.wait_for_state(id, "confirmed", 24);
-    assert_eq!(done["status"], "finished");
+    assert_eq!(done["state"], "finished");
 }
 
 #[test]

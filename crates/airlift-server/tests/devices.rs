@@ -172,7 +172,7 @@ async fn state_of(server: &TestServer, deployment: &Value) -> (String, Value) {
         )
         .await;
     (
-        detail["status"].as_str().unwrap().to_owned(),
+        detail["state"].as_str().unwrap().to_owned(),
         detail["counts"].clone(),
     )
 }
@@ -396,7 +396,7 @@ async fn a_new_deployment_supersedes_the_devices_unfinished_one_and_cancel_stops
             StatusCode::OK,
         )
         .await;
-    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["state"], "cancelled");
     assert_eq!(cancelled["counts"]["cancelled"], 1);
     assert!(server.checkin(&token, &Running::factory()).await["update"].is_null());
     server

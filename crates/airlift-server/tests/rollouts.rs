@@ -307,7 +307,7 @@ async fn the_next_wave_opens_after_the_success_threshold_and_the_soak_and_the_la
             StatusCode::OK,
         )
         .await;
-    assert_eq!(deployment_view["status"], "finished");
+    assert_eq!(deployment_view["state"], "finished");
     assert_eq!(deployment_view["counts"]["confirmed"], 10);
 }
 

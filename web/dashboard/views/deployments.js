@@ -95,7 +95,7 @@ export function Deployments({ params }) {
           <td>${d.version}</td>
           <td>${d.target}</td>
           <td>${ago(d.created_at)}</td>
-          <td><${Status} status=${d.status} /></td>
+          <td><${Status} state=${d.state} /></td>
           <td class="progress-cell"><${Progress} progress=${d} /></td>
         </tr>`)} />`}
     </section>`;
@@ -185,7 +185,7 @@ export function DeploymentDevices({ id, revision, label = "Devices of this deplo
 /**
  * The sections of a deployment's page, in order, each given the deployment
  * (`detail`, as GET /api/v1/deployments/ID answers without assignments),
- * its `id`, and a `revision` that changes whenever its counts or status do
+ * its `id`, and a `revision` that changes whenever its counts or state do
  * (a section that loads more reloads then, so it never lags the header).
  * Staged rollouts put theirs first (views/rollouts.js).
  */
@@ -194,7 +194,7 @@ export const DEPLOYMENT_SECTIONS = [Unable, Problems, Versions, DeploymentDevice
 function Cancel({ detail, onCancelled }) {
   const [asking, setAsking] = useState(false);
   const [error, setError] = useState(null);
-  if (detail.status !== "active") return null;
+  if (detail.state !== "active") return null;
   const cancel = async () => {
     setAsking(false);
     try {
@@ -221,9 +221,9 @@ export function DeploymentPage({ id }) {
     return html`<${Title}>Deployment #${id}</${Title}>
       <${LoadError} error=${error} />${!error && html`<p role="status">Loading…</p>`}`;
   }
-  const revision = `${detail.status} ${JSON.stringify(detail.counts)}`;
+  const revision = `${detail.state} ${JSON.stringify(detail.counts)}`;
   return html`<${Title}>Deployment #${detail.id}: ${detail.release.version} to ${detail.target}</${Title}>
-    <p class="meta"><${Status} status=${detail.status} />${` created ${when(detail.created_at)}, release #${detail.release.id} (${detail.release.project}, ${chipName(detail.release.chip_id)}), ${devices(detail.devices)} targeted`}</p>
+    <p class="meta"><${Status} state=${detail.state} />${` created ${when(detail.created_at)}, release #${detail.release.id} (${detail.release.project}, ${chipName(detail.release.chip_id)}), ${devices(detail.devices)} targeted`}</p>
     <${LoadError} error=${error} />
     <${Cancel} detail=${detail} onCancelled=${() => setCancelled((n) => n + 1)} />
     <section aria-labelledby="progress-title" id="deployment-progress">

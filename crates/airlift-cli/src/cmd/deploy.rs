@@ -63,7 +63,7 @@ fn print_detail(d: &Value) {
         field(r, "project"),
         field(r, "version"),
         field(d, "target"),
-        field(d, "status"),
+        field(d, "state"),
         age(&d["created_at"]),
     );
     let counts: Vec<String> = d["counts"]

@@ -546,13 +546,14 @@ pub struct Progress {
     /// Why devices were skipped, failed, rolled back or cancelled: state ->
     /// reason -> devices.
     pub reasons: BTreeMap<String, BTreeMap<String, i64>>,
-    /// `active` while some device has not finished, `finished` when all
-    /// have, or `cancelled`.
-    pub status: String,
 }
 
 impl Progress {
-    fn of(deployment: &Deployment, tallies: &[AssignmentTally]) -> Progress {
+    /// The deployment's progress; also sets its `state` to the one people
+    /// see (there is no other): `active` while some device has not
+    /// finished (a rollout's devices waiting for their wave have not),
+    /// `finished` when all have, or `cancelled`.
+    fn of(deployment: &mut Deployment, tallies: &[AssignmentTally]) -> Progress {
         let mut progress = Progress {
             counts: AssignmentState::ALL
                 .iter()
@@ -578,10 +579,9 @@ impl Progress {
                     .or_default() += t.devices;
             }
         }
-        progress.status = match deployment.state.as_str() {
-            "active" if !unfinished => "finished".to_owned(),
-            other => other.to_owned(),
-        };
+        if deployment.state == "active" && !unfinished {
+            "finished".clone_into(&mut deployment.state);
+        }
         progress
     }
 }
@@ -592,7 +592,7 @@ pub struct DeploymentDetail {
     /// The deployment.
     #[serde(flatten)]
     pub deployment: Deployment,
-    /// Counts per state, devices that can take it, reasons, status.
+    /// Counts per assignment state, devices that can take it, reasons.
     #[serde(flatten)]
     pub progress: Progress,
     /// The release.
@@ -663,10 +663,10 @@ async fn deployment_detail(
     id: i64,
     query: &AssignmentQuery,
 ) -> Result<DeploymentDetail, ApiError> {
-    let deployment = state.store.deployment(id).await?;
+    let mut deployment = state.store.deployment(id).await?;
     let release = state.store.release(deployment.release_id).await?;
     let tallies = state.store.assignment_tallies(&[id]).await?;
-    let progress = Progress::of(&deployment, &tallies);
+    let progress = Progress::of(&mut deployment, &tallies);
     let (assignments_total, assignments) = query.page(state, id).await?;
     state.flush_statuses().await?;
     let versions = state.store.running_versions(id).await?;
@@ -688,7 +688,7 @@ pub struct DeploymentSummary {
     pub deployment: Deployment,
     /// The release's version.
     pub version: String,
-    /// Counts per state, devices that can take it, reasons, status.
+    /// Counts per assignment state, devices that can take it, reasons.
     #[serde(flatten)]
     pub progress: Progress,
 }
@@ -702,7 +702,7 @@ pub(crate) async fn deployment_summaries(
     let tallies = state.store.assignment_tallies(&ids).await?;
     let mut versions = std::collections::HashMap::new();
     let mut summaries = Vec::with_capacity(deployments.len());
-    for deployment in deployments {
+    for mut deployment in deployments {
         let version = match versions.get(&deployment.release_id) {
             Some(version) => String::clone(version),
             None => {
@@ -711,7 +711,7 @@ pub(crate) async fn deployment_summaries(
                 version
             }
         };
-        let progress = Progress::of(&deployment, &tallies);
+        let progress = Progress::of(&mut deployment, &tallies);
         summaries.push(DeploymentSummary {
             deployment,
             version,
