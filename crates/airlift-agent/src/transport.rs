@@ -16,10 +16,17 @@ use crate::AgentError;
 pub fn http_client() -> Result<reqwest::Client, AgentError> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(READ_TIMEOUT_SECONDS))
         .build()
         .map_err(|e| AgentError::Http(e.to_string()))
 }
+
+/// A connection silent this long is given up ([`http_client`]).
+const READ_TIMEOUT_SECONDS: u64 = 30;
+
+/// How long a device's check-in may wait for its answer (a long poll):
+/// within the read timeout, with room for a slow answer.
+pub const LONG_POLL: Duration = Duration::from_secs(READ_TIMEOUT_SECONDS - 5);
 
 fn bounded<const N: usize>(s: &str) -> heapless::String<N> {
     airlift_client::text::Text::<N>::from_str_cut(s).0
@@ -124,9 +131,11 @@ impl Transport {
             .url("/api/v1/device/checkin")
             .ok_or_else(|| AgentError::Http("no server".into()))?;
         let _permit = self.permit().await;
+        // A long poll may be held that long before the answer starts.
+        let wait = u64::from(report.long_poll_seconds.unwrap_or(0));
         let response = self
             .authed(self.http.post(url))
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(30 + wait))
             .json(report)
             .send()
             .await

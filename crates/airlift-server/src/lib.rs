@@ -40,6 +40,7 @@ pub mod deploy;
 pub mod error;
 pub mod events;
 pub mod keys;
+pub mod longpoll;
 pub mod metrics;
 pub mod rollout;
 pub mod scheduler;
@@ -115,6 +116,8 @@ pub struct ServerState {
     pub events: EventWriter,
     /// What dashboards watch to update without reloading.
     pub changes: Arc<Changes>,
+    /// Check-ins waiting for an offer (long polls).
+    pub long_polls: longpoll::LongPolls,
     /// This instance's name in leases (random, new at every start).
     pub instance: String,
 }
@@ -200,6 +203,7 @@ impl Server {
             statuses: StatusBuffer::default(),
             events,
             changes,
+            long_polls: longpoll::LongPolls::default(),
             instance,
         }));
         Ok(Server {

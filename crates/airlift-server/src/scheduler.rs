@@ -104,6 +104,7 @@ pub async fn follow(
     });
     for &device in promoted {
         state.offers.set(device, Some(offer.clone()));
+        state.long_polls.wake(device);
     }
     Ok(())
 }

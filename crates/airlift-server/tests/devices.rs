@@ -979,3 +979,42 @@ async fn a_download_marks_the_offer_downloading_and_a_result_first_reported_at_c
         "manifest signed by an unknown key (reported at check-in)"
     );
 }
+
+#[tokio::test]
+async fn issue_17_a_deployment_or_rollout_to_a_target_that_reaches_no_device_is_refused_naming_the_tags_in_use()
+ {
+    let server = TestServer::start().await;
+    let release = server.release(&image("v2", 0, 1)).await;
+    let body = |target: &str| json!({"release": release["id"], "target": target});
+    let refused = server
+        .admin_json(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(body("all")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    assert_eq!(error_code(&refused), "no_devices");
+    server.device("kitchen", &["lab"]).await;
+    server.device("porch", &["lab", "outdoor"]).await;
+    for path in ["/api/v1/deployments", "/api/v1/rollouts"] {
+        let refused = server
+            .admin_json(
+                Method::POST,
+                path,
+                Some(body("tag:labs")),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await;
+        assert_eq!(error_code(&refused), "no_devices");
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(r#"no device has the tag "labs" (tags in use: lab (2), outdoor (1))"#),
+            "{message}"
+        );
+    }
+    let deployments = server
+        .admin_json(Method::GET, "/api/v1/deployments", None, StatusCode::OK)
+        .await;
+    assert_eq!(deployments, json!([]), "nothing was created");
+}

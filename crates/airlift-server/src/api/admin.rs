@@ -439,6 +439,19 @@ pub struct DeviceDetail {
     /// Its latest assignments (at most 50), newest first, each with its
     /// release and how it ended.
     pub history: Vec<DeviceAssignment>,
+    /// When the server expects to hear from it next.
+    pub check_in: NextCheckIn,
+}
+
+/// When the server expects a device's next check-in.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NextCheckIn {
+    /// A check-in of the device waits on this server instance now (a long
+    /// poll): an update offered to it goes out at once.
+    pub waiting: bool,
+    /// When its next check-in is due if it polls as the server tells it:
+    /// its last check-in plus the poll interval (none before the first).
+    pub due_at: Option<i64>,
 }
 
 /// Most assignments a device's history shows.
@@ -467,10 +480,18 @@ pub async fn get_device(
         .store
         .device_assignments(device.id, HISTORY_SHOWN)
         .await?;
+    let check_in = NextCheckIn {
+        waiting: state.long_polls.is_waiting(device.id),
+        due_at: device
+            .status
+            .last_seen
+            .map(|seen| seen + i64::from(state.config.poll_seconds) * 1000),
+    };
     Ok(ApiJson(DeviceDetail {
         device,
         assignment,
         history,
+        check_in,
     }))
 }
 
@@ -733,6 +754,43 @@ pub(crate) fn parse_target(text: &str) -> Result<Target, ApiError> {
     })
 }
 
+/// The devices `target` reaches now, or the refusal that says the target
+/// reaches none (a typo in a tag would otherwise make a deployment that
+/// finishes at once, having done nothing) and which tags devices carry.
+pub(crate) async fn reached(state: &AppState, target: &Target) -> Result<Vec<Device>, ApiError> {
+    let devices = state.store.devices_for_target(target).await?;
+    if !devices.is_empty() {
+        return Ok(devices);
+    }
+    let message = match target {
+        Target::Tag(tag) => {
+            let tags: Vec<String> = state
+                .store
+                .fleet_counts(0)
+                .await?
+                .by_tag
+                .into_iter()
+                .filter_map(|t| Some(format!("{} ({})", t.value?, t.devices)))
+                .collect();
+            let known = if tags.is_empty() {
+                "no device has a tag yet".to_owned()
+            } else {
+                format!("tags in use: {}", tags.join(", "))
+            };
+            format!(
+                "no device has the tag {tag:?} ({known}); tag devices when adding them (--tag) or pick another target"
+            )
+        }
+        _ => format!(
+            "{target} reaches no device: add devices first (POST /api/v1/devices, airlift device add)"
+        ),
+    };
+    Err(ApiError::Unprocessable {
+        code: "no_devices",
+        message,
+    })
+}
+
 pub(crate) async fn find_release(state: &AppState, reference: &str) -> Result<Release, ApiError> {
     if let Ok(id) = reference.parse::<i64>() {
         return Ok(state.store.release(id).await?);
@@ -746,11 +804,12 @@ pub(crate) async fn find_release(state: &AppState, reference: &str) -> Result<Re
 
 /// Deploys a release to one device, a tag or all devices. Devices already
 /// running it, with another chip, or whose security version is above the
-/// release's are skipped. An unfinished assignment of an earlier deployment
+/// release's are skipped; a target that reaches no device is refused. An unfinished assignment of an earlier deployment
 /// is superseded (cancelled).
 #[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments", security(("admin_token" = [])),
     request_body = NewDeployment,
-    responses((status = 201, body = DeploymentDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = DeploymentDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, description = "the target reaches no device", body = ErrorBody)))]
 pub async fn create_deployment(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<NewDeployment>,
@@ -758,7 +817,7 @@ pub async fn create_deployment(
     let target = parse_target(&request.target)?;
     let release = find_release(&state, &request.release).await?;
     state.flush_statuses().await?;
-    let devices = state.store.devices_for_target(&target).await?;
+    let devices = reached(&state, &target).await?;
     let assignments: Vec<NewAssignment> = devices
         .iter()
         .map(|device| match skip_reason(&device.status, &release) {
@@ -791,6 +850,7 @@ pub async fn create_deployment(
             release: release.clone(),
         };
         state.offers.set(a.device_id, Some(Arc::new(offer)));
+        state.long_polls.wake(a.device_id);
     }
     let detail = deployment_detail(&state, deployment.id, &AssignmentQuery::default()).await?;
     let audit = serde_json::json!({"release": release.id, "target": target.to_string(),

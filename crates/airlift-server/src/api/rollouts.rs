@@ -241,7 +241,7 @@ async fn start(state: &AppState, rollout: &Rollout, actor: &str) -> Result<(), A
     let release = state.store.release(rollout.release_id).await?;
     let target = parse_target(&rollout.target)?;
     state.flush_statuses().await?;
-    let devices = state.store.devices_for_target(&target).await?;
+    let devices = super::admin::reached(state, &target).await?;
     let failures = if rollout.plan.penalty_failures > 0 {
         state.store.release_failures(release.id).await?
     } else {
@@ -309,8 +309,13 @@ pub async fn create_rollout(
     plan.check()
         .map_err(|e| ApiError::bad_request("bad_plan", e))?;
     let release = super::admin::find_release(&state, &request.release).await?;
-    // Unknown device names are refused now rather than at the start.
-    state.store.devices_for_target(&target).await?;
+    // Unknown device names are refused now rather than at the start; a
+    // rollout that starts now must reach some device.
+    if request.start {
+        super::admin::reached(&state, &target).await?;
+    } else {
+        state.store.devices_for_target(&target).await?;
+    }
     let rollout = state
         .store
         .create_rollout(NewRollout {
