@@ -204,3 +204,233 @@ fn issue_17_the_server_log_written_to_a_file_is_plain_text_and_the_readme_names_
         "colour codes in a log file: {text:?}"
     );
 }
+
+/// A server whose devices are told to poll once an hour: an update that
+/// reaches a device within a test came through a check-in that waited.
+fn hourly_server(d: &Path) -> Server {
+    Server::start(&d.join("data"), &[("AIRLIFT_POLL_SECONDS", "3600")])
+}
+
+/// Releases 1.0.0 (id 1) and 1.1.0 (id 2) on `server`; a flash file
+/// `FLASH` running 1.0.0 that trusts the server's key.
+fn two_releases_and_a_flash(server: &Server, d: &Path, flash: &str) -> std::path::PathBuf {
+    let v1 = d.join("v1.bin");
+    let v2 = d.join("v2.bin");
+    fleet_firmware(&v1, "1.0.0", None);
+    fleet_firmware(&v2, "1.1.0", None);
+    assert_eq!(server.upload(&v1), 1);
+    assert_eq!(server.upload(&v2), 2);
+    let flash = d.join(flash);
+    create_flash(&flash, &v1, &server.signing_pub());
+    flash
+}
+
+fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn issue_17_a_device_run_in_the_background_stops_on_sigint_says_so_and_its_page_uses_the_servers_name()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = hourly_server(d);
+    let flash = two_releases_and_a_flash(&server, d, "dev.flash");
+    let token = server.add_device("kitchen", "lab");
+    // `cmd &` in a script: the shell starts it with SIGINT ignored.
+    let log = d.join("device.log");
+    let mut shell = Command::new("sh")
+        .arg("-c")
+        .arg(r#""$0" device run --flash "$1" --server "$2" --token "$3" --listen 127.0.0.1:0 --password pw & echo $!; wait $!"#)
+        .args([AIRLIFT, flash.to_str().unwrap(), &server.url, &token])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut pid = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(shell.stdout.as_mut().unwrap()),
+        &mut pid,
+    )
+    .unwrap();
+    let pid: u32 = pid.trim().parse().unwrap();
+    let page = || {
+        read(&log)
+            .lines()
+            .find_map(|l| l.strip_prefix("airlift: device page at "))
+            .map(str::to_owned)
+    };
+    wait_for("the device page", || page().is_some(), || read(&log));
+    let page = page().unwrap();
+    let name = || -> Option<String> {
+        let status: serde_json::Value = reqwest::blocking::Client::new()
+            .get(format!("{page}/api/status"))
+            .bearer_auth("pw")
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        status["name"].as_str().map(str::to_owned)
+    };
+    wait_for(
+        "the page to call the device kitchen, as the server does",
+        || name().as_deref() == Some("kitchen"),
+        || format!("the page says {:?}\n{}", name(), read(&log)),
+    );
+    assert!(
+        read(&log).contains("the server knows this device as kitchen"),
+        "{}",
+        read(&log)
+    );
+
+    signal(pid, "INT");
+    let status = shell.wait().unwrap();
+    let text = read(&log);
+    assert!(status.success(), "{status:?}: {text}");
+    assert!(
+        text.contains("airlift: device dev stopped; "),
+        "it says it stopped: {text}"
+    );
+}
+
+#[test]
+fn issue_17_a_deployment_reaches_a_device_waiting_on_its_check_in_and_deploy_wait_follows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = hourly_server(d);
+    let flash = two_releases_and_a_flash(&server, d, "kitchen.flash");
+    let token = server.add_device("kitchen", "lab");
+    let agent = Agent::start(
+        &flash,
+        &[
+            "--server",
+            &server.url,
+            "--token",
+            &token,
+            "--health-check",
+            "0.05",
+        ],
+    );
+    wait_for(
+        "kitchen's check-in to wait on the server",
+        || server.cli_json(&["device", "show", "kitchen"])["check_in"]["waiting"] == true,
+        || agent.log_text(),
+    );
+    let output = server.cli(&["deploy", "2", "--to", "tag:lab", "--wait"]);
+    let text = stdout_of(&output);
+    assert!(
+        output.status.success(),
+        "{text}{}{}",
+        String::from_utf8_lossy(&output.stderr),
+        agent.log_text()
+    );
+    assert!(
+        text.starts_with("deployment 1: airlift-sim 1.1.0 to tag:lab (active, created "),
+        "{text}"
+    );
+    let progress: Vec<&str> = text.lines().filter(|l| l.starts_with("  [")).collect();
+    assert!(
+        progress
+            .last()
+            .unwrap()
+            .ends_with("] 1 device: 1 confirmed"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("deployment 1 finished: 1 confirmed\n"),
+        "{text}"
+    );
+
+    // Lists have headers, and a deployment has one state everywhere.
+    let list = stdout_of(&server.cli(&["deployment", "list"]));
+    let lines: Vec<&str> = list.lines().collect();
+    assert!(
+        lines[0].starts_with("ID  VERSION  TARGET   STATE     DEVICES"),
+        "{list}"
+    );
+    assert!(
+        lines[1].contains("1.1.0    tag:lab  finished  1 device: 1 confirmed"),
+        "{list}"
+    );
+    let json = server.cli_json(&["deployment", "list"]);
+    assert_eq!(json[0]["state"], "finished", "{json:#}");
+    assert!(
+        json[0].get("status").is_none(),
+        "one state, not two: {json:#}"
+    );
+    assert_eq!(server.deployment(1)["state"], "finished");
+    let devices = stdout_of(&server.cli(&["device", "list"]));
+    assert!(devices.starts_with("NAME     RUNNING"), "{devices}");
+    assert!(
+        devices.contains("kitchen  airlift-sim 1.1.0 (slot 1)"),
+        "{devices}"
+    );
+    let releases = stdout_of(&server.cli(&["release", "list"]));
+    assert!(
+        releases.starts_with("ID  PROJECT      VERSION  CHIP "),
+        "{releases}"
+    );
+    // And their output into a closed pipe ends quietly.
+    let (status, stderr) = into_closed_pipe(
+        Command::new(AIRLIFT)
+            .args(["deployment", "list"])
+            .env("AIRLIFT_SERVER", &server.url)
+            .env("AIRLIFT_TOKEN", server.admin_token()),
+    );
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stderr, "");
+}
+
+#[test]
+fn issue_17_a_deployment_says_when_each_waiting_device_is_expected_and_a_tag_nobody_carries_is_refused()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = hourly_server(d);
+    let flash = two_releases_and_a_flash(&server, d, "kitchen.flash");
+    let token = server.add_device("kitchen", "lab");
+    server.add_device("porch", "lab");
+    // kitchen checks in once and is told to come back in an hour; porch never ran.
+    let agent = Agent::start(
+        &flash,
+        &["--server", &server.url, "--token", &token, "--no-long-poll"],
+    );
+    wait_for(
+        "kitchen to check in",
+        || server.cli_json(&["device", "show", "kitchen"])["status"]["last_seen"].is_i64(),
+        || agent.log_text(),
+    );
+
+    let output = server.cli(&["deploy", "2", "--to", "tag:labs"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(r#"no device has the tag "labs" (tags in use: lab (2))"#),
+        "{stderr}"
+    );
+
+    let output = server.cli(&["deploy", "2", "--to", "tag:lab"]);
+    let text = stdout_of(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("2 devices: 2 waiting for check-in"), "{text}");
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {text}"))
+            .to_owned()
+    };
+    let kitchen = row("kitchen");
+    assert!(
+        kitchen.contains("waiting for check-in  next check-in due in "),
+        "{kitchen}"
+    );
+    assert!(kitchen.contains("(last seen "), "{kitchen}");
+    assert!(
+        row("porch").contains("it has never checked in: is it running, with its token?"),
+        "{text}"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("airlift deployment show 1 --wait"),
+        "it says how to follow it"
+    );
+}

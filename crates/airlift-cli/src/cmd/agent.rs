@@ -52,9 +52,14 @@ pub struct RunArgs {
     /// rollback (the esp-rs default), or with it (it rewrites otadata).
     #[arg(long, value_enum, default_value_t = super::sim::Bootloader::Plain)]
     pub bootloader: super::sim::Bootloader,
-    /// Name in log lines [default: the flash file's name].
+    /// Name in log lines [default: the flash file's name, until the server says its own].
     #[arg(long)]
     pub name: Option<String>,
+    /// Check in at the poll interval only: without it a check-in waits up
+    /// to 25 s for an update (a long poll), so a deployment reaches the
+    /// device at once.
+    #[arg(long)]
+    pub no_long_poll: bool,
 }
 
 fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
@@ -89,6 +94,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         health_check: secs(args.health_check, "health-check")?,
         watchdog: secs(args.watchdog, "watchdog")?,
         bootloader: args.bootloader.into(),
+        long_poll: !args.no_long_poll,
         ..AgentConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -132,10 +138,26 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             });
         }
-        if args.server.is_none() {
-            eprintln!("airlift: no --server: running offline");
+        match &args.server {
+            Some(server) => eprintln!(
+                "airlift: device {name} runs from {}, checking in with {server} (Ctrl-C stops it)",
+                args.flash.display()
+            ),
+            None => eprintln!(
+                "airlift: device {name} runs from {} offline: no --server (Ctrl-C stops it)",
+                args.flash.display()
+            ),
         }
-        agent.run().await?;
+        // Handlers for SIGINT and SIGTERM, installed now: a shell starting
+        // the device in the background (`&`) has it ignore SIGINT otherwise.
+        let stop = airlift_server::shutdown_signal();
+        tokio::select! {
+            result = agent.run() => result?,
+            () = stop => eprintln!(
+                "airlift: device {name} stopped; {} keeps its state (as a power cut would)",
+                args.flash.display()
+            ),
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -160,16 +160,34 @@ pub fn field(value: &Value, key: &str) -> String {
     }
 }
 
+/// The time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `?a=1&b=2` from the pairs whose value is not empty ("" when none is).
+pub fn query(pairs: &[(&str, &str)]) -> String {
+    let given: Vec<String> = pairs
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if given.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", given.join("&"))
+    }
+}
+
 /// "3 min ago" style age of a Unix-millisecond timestamp.
 pub fn age(ms: &Value) -> String {
     let Some(ms) = ms.as_i64() else {
         return "never".to_owned();
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(ms);
-    let secs = (now - ms).max(0) / 1000;
+    let secs = (now_ms() - ms).max(0) / 1000;
     match secs {
         0..60 => format!("{secs}s ago"),
         60..3600 => format!("{}m ago", secs / 60),
