@@ -87,7 +87,7 @@ fn demo_updates_rolls_back_and_exits() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("All 2 devices confirmed 1.1.0"), "{stdout}");
-    assert!(stdout.contains("2 of 2 devices rolled_back"), "{stdout}");
+    assert!(stdout.contains("2 of 2 devices rolled back"), "{stdout}");
     assert!(stdout.contains("{\"1.1.0\": 2}"), "{stdout}");
     assert!(
         stdout.contains("5. See it all in the dashboard: http://127.0.0.1:"),

@@ -434,3 +434,116 @@ fn issue_17_a_deployment_says_when_each_waiting_device_is_expected_and_a_tag_nob
         "it says how to follow it"
     );
 }
+
+/// `airlift demo` with its temporary folder under `tmp` and no `airlift`
+/// on `PATH` (a `cargo run` user's situation); stdout read line by line.
+fn demo(
+    tmp: &Path,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    let mut child = Command::new(AIRLIFT)
+        .args(["demo", "--devices", "3"])
+        .env("TMPDIR", tmp)
+        .env("PATH", "/usr/bin:/bin")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    (child, lines)
+}
+
+fn demo_folders(tmp: &Path) -> Vec<String> {
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("airlift-demo-"))
+        .collect()
+}
+
+#[test]
+fn issue_17_the_demo_points_at_the_dashboard_and_a_command_that_runs_counts_each_step_apart_and_cleans_up()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut child, mut lines) = demo(tmp.path());
+    let mut told = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let end = line.contains("Ctrl-C stops the demo");
+        told.push(line);
+        if end {
+            break;
+        }
+    }
+    let text = told.join("\n");
+    assert_eq!(demo_folders(tmp.path()).len(), 1, "{text}");
+    // Step 4's progress counts step 4's events only: nothing confirms 1.2.0.
+    let step4: Vec<&String> = told
+        .iter()
+        .skip_while(|l| !l.starts_with("4. "))
+        .take_while(|l| !l.contains("Deployment "))
+        .filter(|l| l.starts_with("   ["))
+        .collect();
+    assert!(!step4.is_empty(), "{text}");
+    for line in &step4 {
+        assert!(
+            line.contains("| confirmed 0 rolled back "),
+            "{line}\n{text}"
+        );
+    }
+    assert!(text.contains("3 of 3 devices rolled back"), "{text}");
+    let five = told.iter().find(|l| l.starts_with("5. ")).unwrap();
+    assert!(
+        five.contains("See it all in the dashboard: http://127.0.0.1:"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("/api/v1/devices"),
+        "no link to an API that answers 401: {text}"
+    );
+    // The command it suggests runs as written: `airlift` is not on PATH here.
+    let command = told
+        .iter()
+        .find_map(|l| l.split("from the command line: ").nth(1))
+        .unwrap();
+    let program = command
+        .strip_suffix(" device list")
+        .and_then(|c| c.rsplit(' ').next())
+        .unwrap();
+    assert_eq!(
+        std::fs::canonicalize(program).ok(),
+        std::fs::canonicalize(AIRLIFT).ok(),
+        "{command}"
+    );
+
+    signal(child.id(), "INT");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        demo_folders(tmp.path()),
+        Vec::<String>::new(),
+        "the temporary folder is gone"
+    );
+}
+
+#[test]
+fn issue_17_a_demo_interrupted_midway_stops_cleanly_and_removes_its_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (child, mut lines) = demo(tmp.path());
+    let first = lines.next().unwrap().unwrap();
+    assert!(
+        first.starts_with("1. An Airlift server is running at "),
+        "{first}"
+    );
+    assert!(
+        first.ends_with(", removed when the demo stops)."),
+        "{first}"
+    );
+    signal(child.id(), "INT");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("airlift: demo interrupted"));
+    assert_eq!(demo_folders(tmp.path()), Vec::<String>::new());
+}
