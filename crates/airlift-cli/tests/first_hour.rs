@@ -547,3 +547,193 @@ fn issue_17_a_demo_interrupted_midway_stops_cleanly_and_removes_its_folder() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("airlift: demo interrupted"));
     assert_eq!(demo_folders(tmp.path()), Vec::<String>::new());
 }
+
+/// The fenced blocks of README.md's section `heading`, in order: the
+/// ```sh ones and the plain ones (sample output).
+fn readme_blocks(heading: &str) -> (Vec<String>, Vec<String>) {
+    let readme = readme();
+    let section = readme
+        .split_once(&format!("\n{heading}\n"))
+        .map(|(_, rest)| rest.split("\n## ").next().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("README.md has no section {heading:?}"));
+    let (mut shell, mut plain) = (Vec::new(), Vec::new());
+    let mut parts = section.split("```");
+    parts.next();
+    while let (Some(block), _) = (parts.next(), parts.next()) {
+        match block.split_once('\n') {
+            Some(("sh", body)) => shell.push(body.to_owned()),
+            Some(("", body)) => plain.push(body.to_owned()),
+            _ => {}
+        }
+    }
+    (shell, plain)
+}
+
+/// The commands of a block, without its comments.
+fn commands(block: &str) -> Vec<&str> {
+    block
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
+/// `**s` for what changes from run to run: durations and ages (`0.5s`, `3s`).
+fn shape(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        out.push_str(&rest[..start]);
+        let run = rest[start..]
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .map_or(rest.len(), |n| start + n);
+        if rest[run..].starts_with('s') {
+            out.push_str("**s");
+            rest = &rest[run + 1..];
+        } else {
+            out.push_str(&rest[start..run]);
+            rest = &rest[run..];
+        }
+    }
+    out.push_str(rest);
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn issue_17_the_readme_walk_through_followed_as_written_shows_two_versions_and_an_update_that_progresses()
+ {
+    let (blocks, samples) = readme_blocks("## A first update, on your PC");
+    assert_eq!(blocks.len(), 4, "four steps: {blocks:#?}");
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    // `cargo install` puts airlift on PATH.
+    std::os::unix::fs::symlink(AIRLIFT, bin.join("airlift")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let shell = |script: &str| {
+        let mut command = Command::new("bash");
+        command
+            .args(["-ec", script])
+            .current_dir(&work)
+            .env("PATH", &path)
+            .env_remove("AIRLIFT_SERVER")
+            .env_remove("AIRLIFT_TOKEN")
+            .env("AIRLIFT_LOG", "warn");
+        command
+    };
+
+    // 1. The server. The one change to the README: free ports instead of
+    // 8080 and 8081 (the test may not take fixed ones).
+    let serve = commands(&blocks[0]);
+    assert_eq!(serve, ["airlift serve"]);
+    let log = dir.path().join("serve.log");
+    let mut server = shell(&format!("exec {}", serve[0]))
+        .env("AIRLIFT_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let url = || {
+        read(&log)
+            .lines()
+            .find_map(|l| l.strip_prefix("airlift: serving "))
+            .and_then(|rest| rest.split_whitespace().next().map(str::to_owned))
+    };
+    wait_for("the server", || url().is_some(), || read(&log));
+    let url = url().unwrap();
+    let same_terminal = |script: &str| {
+        let mut command = shell(script);
+        command.env("AIRLIFT_SERVER", &url);
+        command
+    };
+
+    // 2. Two builds, uploaded; a device and its flash.
+    let output = same_terminal(&blocks[1]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "step 2: {}{}",
+        stdout_of(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = read(&work.join("airlift-data/admin.token"))
+        .trim()
+        .to_owned();
+
+    // 3. The device.
+    let device = commands(&blocks[2]);
+    assert_eq!(device.len(), 1);
+    let device = device[0]
+        .replace("http://127.0.0.1:8080", &url)
+        .replace("127.0.0.1:8081", "127.0.0.1:0");
+    let device_log = dir.path().join("device.log");
+    let mut device = shell(&format!("exec {device}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&device_log).unwrap())
+        .spawn()
+        .unwrap();
+    let list = || {
+        let output = same_terminal("airlift device list")
+            .env("AIRLIFT_TOKEN", &token)
+            .output()
+            .unwrap();
+        stdout_of(&output)
+    };
+    wait_for(
+        "kitchen to report 1.0.0, as `airlift device list` shows it",
+        || list().contains("kitchen  airlift-sim 1.0.0"),
+        || read(&device_log),
+    );
+
+    // 4. The update, in the terminal of step 2 (its AIRLIFT_TOKEN).
+    let output = same_terminal(&blocks[3])
+        .env("AIRLIFT_TOKEN", &token)
+        .output()
+        .unwrap();
+    let text = stdout_of(&output);
+    assert!(
+        output.status.success(),
+        "step 4: {text}{}{}",
+        String::from_utf8_lossy(&output.stderr),
+        read(&device_log)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let sample: Vec<&str> = samples[0].lines().collect();
+    // Two versions, told apart, before and after; the update's progress between.
+    for (shown, expected) in [
+        (lines[..4].to_vec(), sample[..4].to_vec()),
+        (
+            lines[lines.len() - 4..].to_vec(),
+            sample[sample.len() - 4..].to_vec(),
+        ),
+    ] {
+        let shown: Vec<String> = shown.iter().map(|l| shape(l)).collect();
+        let expected: Vec<String> = expected.iter().map(|l| shape(l)).collect();
+        assert_eq!(shown, expected, "step 4 printed:\n{text}");
+    }
+    let progress: Vec<&&str> = lines.iter().filter(|l| l.starts_with("  [")).collect();
+    assert!(
+        progress.len() >= 2 && progress.last().unwrap().ends_with("1 device: 1 confirmed"),
+        "the update visibly progresses:\n{text}"
+    );
+    let releases = same_terminal("airlift release list")
+        .env("AIRLIFT_TOKEN", &token)
+        .output()
+        .unwrap();
+    let releases = stdout_of(&releases);
+    assert!(
+        releases.contains("airlift-sim  1.1.0") && releases.contains("airlift-sim  1.0.0"),
+        "{releases}"
+    );
+
+    // Ctrl-C stops both.
+    signal(device.id(), "INT");
+    assert!(device.wait().unwrap().success(), "{}", read(&device_log));
+    signal(server.id(), "INT");
+    assert!(server.wait().unwrap().success(), "{}", read(&log));
+}

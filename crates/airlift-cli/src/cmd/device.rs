@@ -10,7 +10,7 @@ use super::client::{Api, ServerArgs, Table, age, field, print_json};
 /// `airlift device` subcommands that talk to the server.
 #[derive(Subcommand, Debug)]
 pub enum DeviceCommand {
-    /// Register a device; prints its token once.
+    /// Register a device; prints its token once, alone on stdout.
     Add {
         /// Unique device name.
         name: String,
@@ -86,7 +86,8 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&answer)?;
             } else {
-                outln!("device {name} added; its token (shown once):");
+                // The token alone on stdout: `airlift device add NAME > NAME.token`.
+                eprintln!("airlift: device {name} added; its token, shown only this once:");
                 outln!("{}", field(&answer, "token"));
             }
         }
