@@ -11,11 +11,15 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 #[tokio::test]
-async fn checkin_without_assignment_gets_only_the_poll_interval_and_records_the_device() {
+async fn checkin_without_assignment_gets_only_the_poll_interval_and_its_name_and_records_the_device()
+ {
     let server = TestServer::start_with(|c| c.poll_seconds = 17).await;
     let token = server.device("dev-1", &["lab"]).await;
     let answer = server.checkin(&token, &Running::factory()).await;
-    assert_eq!(answer, json!({"poll_seconds": 17, "update": null}));
+    assert_eq!(
+        answer,
+        json!({"poll_seconds": 17, "update": null, "device": "dev-1"})
+    );
     let device = server
         .admin_json(Method::GET, "/api/v1/devices/dev-1", None, StatusCode::OK)
         .await;
