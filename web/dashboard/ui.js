@@ -184,6 +184,17 @@ export function Progress({ progress, legend = false }) {
   </div>`;
 }
 
+/**
+ * What a form that starts from a release shows until it can: "Loading…",
+ * or, with no release uploaded yet, where to upload one. `null` once it can.
+ */
+export function releasesFirst(releases, id, title) {
+  if (!releases) return html`<section><p role="status">Loading…</p></section>`;
+  if (releases.length) return null;
+  return html`<section aria-labelledby=${id}><h2 id=${id}>${title}</h2>
+    <p class="empty">Upload a release first, in <a href="#/firmware">Firmware</a>.</p></section>`;
+}
+
 /** One name and value of a description list (`<dl>`). */
 export function Field({ name, children }) {
   return html`<div class="kv"><dt>${name}</dt><dd>${children}</dd></div>`;

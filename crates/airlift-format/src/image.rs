@@ -38,6 +38,8 @@ use core::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::partition::Hex;
+
 #[cfg(feature = "std")]
 mod builder;
 
@@ -649,14 +651,6 @@ pub enum ReleaseProblem {
     Digest(AppendedDigest),
     /// No `esp_app_desc_t`: a bootloader or another program, not an app.
     NoAppDescriptor,
-}
-
-struct Hex<'a>(&'a [u8]);
-
-impl fmt::Display for Hex<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
 }
 
 impl fmt::Display for ReleaseProblem {

@@ -11,7 +11,7 @@ import { useState } from "../vendor/preact-htm.js";
 import { get, post, query } from "../api.js";
 import {
   DeviceLink, LoadError, Notice, Progress, Status, Table, Title, ago, chipName, count, devices, html,
-  reasonText, stateText, useLive, when,
+  reasonText, releasesFirst, stateText, useLive, when,
 } from "../ui.js";
 
 const PAGE = 50;
@@ -44,11 +44,8 @@ function NewDeployment({ params }) {
       setBusy(false);
     }
   };
-  if (!releases) return html`<section><p role="status">Loading…</p></section>`;
-  if (!releases.length) {
-    return html`<section aria-labelledby="new-title"><h2 id="new-title">New deployment</h2>
-      <p class="empty">Upload a release first, in <a href="#/firmware">Firmware</a>.</p></section>`;
-  }
+  const waiting = releasesFirst(releases, "new-title", "New deployment");
+  if (waiting) return waiting;
   return html`<section aria-labelledby="new-title">
     <h2 id="new-title">New deployment</h2>
     <form class="deploy" onSubmit=${submit}>

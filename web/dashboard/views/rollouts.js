@@ -13,7 +13,8 @@
 import { useState } from "../vendor/preact-htm.js";
 import { get, post, query } from "../api.js";
 import {
-  DeviceLink, Field, LoadError, Notice, Table, Title, ago, chipName, count, devices, html, useLive, when,
+  DeviceLink, Field, LoadError, Notice, Table, Title, ago, chipName, count, devices, html, releasesFirst,
+  useLive, when,
 } from "../ui.js";
 import { DEPLOYMENT_SECTIONS, DeploymentDevices, Problems } from "./deployments.js";
 
@@ -133,11 +134,8 @@ function NewRollout() {
       setBusy(false);
     }
   };
-  if (!releases) return html`<section><p role="status">Loading…</p></section>`;
-  if (!releases.length) {
-    return html`<section aria-labelledby="new-rollout-title"><h2 id="new-rollout-title">New rollout</h2>
-      <p class="empty">Upload a release first, in <a href="#/firmware">Firmware</a>.</p></section>`;
-  }
+  const waiting = releasesFirst(releases, "new-rollout-title", "New rollout");
+  if (waiting) return waiting;
   const field = (id, label, key, hint, attrs = {}) => html`<div class="field">
     <label for=${id}>${label}</label>
     <input id=${id} value=${form[key]} onInput=${set(key)} aria-describedby=${`${id}-hint`} ...${attrs} />

@@ -168,6 +168,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Follows the fleet until `done`; each progress line counts this step's
+/// events only.
+async fn until(
+    stats: &Stats,
+    done: impl FnMut(&Stats) -> bool,
+    failure: &str,
+) -> Result<(), Stopped> {
+    let before = stats.summary();
+    let show = |s: &airlift_agent::fleet::Summary| outln!("   {}", s.since(&before).line());
+    let limit = Some(Duration::from_secs(120));
+    if watch(stats, Duration::from_millis(500), limit, done, show).await {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("{failure}").into())
+    }
+}
+
 /// The story: devices boot, a good release reaches them all, a crashing
 /// one rolls back everywhere; then where to look.
 async fn tell(
@@ -233,24 +250,12 @@ async fn tell(
     outln!(
         "2. {devices} simulated ESP32s (tag demo) boot firmware 1.0.0 from their own flash: the same engine,\n   protocol and bootloader rules as a real board; each trusts the server's signing key."
     );
-    let limit = Some(Duration::from_secs(120));
-    let tick = Duration::from_millis(500);
-    // Each step shows its own events, not those of the steps before.
-    let phase = |stats: &Stats| {
-        let before = stats.summary();
-        move |s: &airlift_agent::fleet::Summary| outln!("   {}", s.since(&before).line())
-    };
-    if !watch(
+    until(
         &stats,
-        tick,
-        limit,
         |s| s.confirmed_on("1.0.0") == devices,
-        phase(&stats),
+        "the devices did not boot",
     )
-    .await
-    {
-        return Err(anyhow::anyhow!("the devices did not boot").into());
-    }
+    .await?;
 
     let good = upload(&http, base, &admin, test_image("1.1.0", 0, 52_000)).await?;
     let (good_deployment, _) = deploy(&http, base, &admin, &good, "tag:demo")
@@ -259,17 +264,12 @@ async fn tell(
     outln!(
         "3. Release 1.1.0 uploaded (the server checked the image and signed its manifest) and deployed to tag:demo.\n   Each device downloads it into the inactive slot, verifies it, activates it, reboots, runs it on trial\n   and confirms it after a health check:"
     );
-    if !watch(
+    until(
         &stats,
-        tick,
-        limit,
         |s| s.confirmed_on("1.1.0") == devices,
-        phase(&stats),
+        "the good release did not reach every device",
     )
-    .await
-    {
-        return Err(anyhow::anyhow!("the good release did not reach every device").into());
-    }
+    .await?;
     outln!("   All {devices} devices confirmed 1.1.0 (deployment {good_deployment}).");
 
     let bad = upload(&http, base, &admin, test_image("1.2.0", 0, 52_000)).await?;
@@ -282,9 +282,12 @@ async fn tell(
     );
     let devices_u64 = devices as u64;
     let rolled_back = |s: &Stats| s.summary().since(&before).rollbacks >= devices_u64;
-    if !watch(&stats, tick, limit, rolled_back, phase(&stats)).await {
-        return Err(anyhow::anyhow!("the crashing release did not roll back everywhere").into());
-    }
+    until(
+        &stats,
+        rolled_back,
+        "the crashing release did not roll back everywhere",
+    )
+    .await?;
     let detail: Value = http
         .get(format!("{base}/api/v1/deployments/{bad_deployment}"))
         .bearer_auth(&admin)
