@@ -24,7 +24,7 @@ pub struct DeployArgs {
     pub to: String,
     /// Follow it until every device is done: exit 0 when all confirmed, 1
     /// when some failed, rolled back or were cancelled.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "json")]
     pub wait: bool,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -52,7 +52,7 @@ pub enum DeploymentCommand {
         #[arg(long)]
         devices: bool,
         /// Follow it until every device is done (see `airlift deploy --wait`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "json")]
         wait: bool,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -333,7 +333,7 @@ pub fn run(command: DeploymentCommand) -> anyhow::Result<ExitCode> {
             server,
         } => {
             let api = Api::new(&server)?;
-            if wait && !json {
+            if wait {
                 return follow(&api, id);
             }
             let limit = (!json && !devices).then(|| LISTED.to_string());
