@@ -411,6 +411,9 @@ const scenarios = {
     await page.getByLabel("Pause at failures").fill("1");
     await waitText(page, "#rollout-reach", /Reaches 20 devices now; waves of 10, 10 devices/, "the waves previewed for tag:canary");
     await shoot("rollout-new");
+    // The devices wait (their process stopped) until the page shows wave 1
+    // running: what follows it sees come live.
+    process.kill(config.fleet_pid, "SIGSTOP");
     await markDocument();
     await page.getByRole("button", { name: "Start the rollout" }).click();
     await heading(/^Rollout #1: 2\.0\.0 to tag:canary/);
@@ -423,6 +426,7 @@ const scenarios = {
 
     // The crashing release pauses it by itself, and the page says why, with the numbers.
     const seen = await recordTexts("#rollout-meta");
+    process.kill(config.fleet_pid, "SIGCONT");
     const paused = await waitText(page, "#pause-reason", /Paused by the failure threshold/, "the rollout paused by the failure threshold", FLEET_WAIT_MS);
     await assertSameDocument("the pause showed");
     assert.match(paused, /\d+ failures? \(rolled_back \d+\) in wave 1 reached the failure threshold of 1 \(1 of 10 devices\)/);

@@ -209,6 +209,7 @@ fn dashboard_creates_a_rollout_shows_its_waves_live_why_it_paused_with_the_numbe
         "api": server.url,
         "token": server.admin_token(),
         "screenshots": screenshots_dir(),
+        "fleet_pid": fleet.child.id(),
         "devices": 20,
     });
     run_script("dashboard.mjs", "rollout", &config, STORY_DEADLINE, || {
