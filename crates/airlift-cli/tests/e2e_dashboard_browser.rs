@@ -109,6 +109,23 @@ fn server_key_id(server: &Server) -> String {
     hex::encode(key_id(&parse_public_key_file(&text).unwrap()))
 }
 
+/// What a story of `dashboard.mjs` is told: the dashboard's and the API's
+/// addresses, the admin token, where screenshots go, the fleet's process,
+/// and `extra`.
+fn story_config(server: &Server, fleet: &Fleet, extra: serde_json::Value) -> serde_json::Value {
+    let mut config = json!({
+        "url": server.dashboard,
+        "api": server.url,
+        "token": server.admin_token(),
+        "screenshots": screenshots_dir(),
+        "fleet_pid": fleet.child.id(),
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        config[key] = value.clone();
+    }
+    config
+}
+
 fn sha256_file(path: &Path) -> String {
     sha256_hex(&std::fs::read(path).unwrap())
 }
@@ -134,12 +151,10 @@ fn dashboard_signs_in_uploads_deploys_to_a_tag_of_50_devices_shows_rollbacks_his
     let fleet = Fleet::start(&server, "lab", 50, "lab", &v1, "3.0.0=crash");
     let spares = Fleet::start(&server, "spare", 3, "lab", &v2, "3.0.0=crash");
     let real = testdata("hello_world_new.bin");
-    let config = json!({
-        "url": server.dashboard,
-        "api": server.url,
-        "token": server.admin_token(),
-        "screenshots": screenshots_dir(),
-        "fleet_pid": fleet.child.id(),
+    let config = story_config(
+        &server,
+        &fleet,
+        json!({
         "key_id": server_key_id(&server),
         "files": {
             "real": real,
@@ -154,7 +169,8 @@ fn dashboard_signs_in_uploads_deploys_to_a_tag_of_50_devices_shows_rollbacks_his
             "version": "v4.4-dev-3016-g8fd591390a",
         },
         "good_sha256": sha256_file(&v2),
-    });
+        }),
+    );
     run_script("dashboard.mjs", "story", &config, STORY_DEADLINE, || {
         format!(
             "--- fleet log (tail) ---\n{}\n--- spares log (tail) ---\n{}",
@@ -204,14 +220,7 @@ fn dashboard_creates_a_rollout_shows_its_waves_live_why_it_paused_with_the_numbe
         &firmware(d, "1.0.0"),
         "2.0.0=crash@0.3",
     );
-    let config = json!({
-        "url": server.dashboard,
-        "api": server.url,
-        "token": server.admin_token(),
-        "screenshots": screenshots_dir(),
-        "fleet_pid": fleet.child.id(),
-        "devices": 20,
-    });
+    let config = story_config(&server, &fleet, json!({"devices": 20}));
     run_script("dashboard.mjs", "rollout", &config, STORY_DEADLINE, || {
         format!("--- fleet log (tail) ---\n{}", tail(&fleet.log_text()))
     });

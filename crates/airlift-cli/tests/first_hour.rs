@@ -133,13 +133,12 @@ fn issue_17_an_upload_the_server_refuses_says_why_instead_of_a_body_error() {
     }
     let (code, stderr) = upload_to(&server, &good, None);
     assert_eq!(code, Some(0), "{stderr}");
+    let stored = server.cli_json(&["release", "list"]);
+    assert_eq!(stored[0]["version"], "1.0.0", "{stored:#}");
     assert_eq!(
-        server
-            .cli_json(&["release", "list"])
-            .as_array()
-            .unwrap()
-            .len(),
-        1
+        stored[1],
+        serde_json::Value::Null,
+        "only the good file: {stored:#}"
     );
 }
 
