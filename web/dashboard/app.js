@@ -9,6 +9,8 @@
 //   #/firmware           firmware library and upload
 //   #/deployments        new deployment and the list
 //   #/deployments/ID     one deployment's progress
+//   #/rollouts           new staged rollout and the list
+//   #/rollouts/ID        one rollout: waves, state, controls, history
 //   #/audit              audit log
 
 import { html, render, useEffect, useRef, useState } from "./vendor/preact-htm.js";
@@ -19,6 +21,7 @@ import { DeviceList } from "./views/devices.js";
 import { DevicePage } from "./views/device.js";
 import { Firmware } from "./views/firmware.js";
 import { Deployments, DeploymentPage } from "./views/deployments.js";
+import { Rollouts, RolloutPage } from "./views/rollouts.js";
 import { AuditLog } from "./views/audit.js";
 
 const NAV = [
@@ -26,6 +29,7 @@ const NAV = [
   ["devices", "Devices"],
   ["firmware", "Firmware"],
   ["deployments", "Deployments"],
+  ["rollouts", "Rollouts"],
   ["audit", "Audit log"],
 ];
 
@@ -67,6 +71,8 @@ function View({ route }) {
       return id === undefined
         ? html`<${Deployments} params=${route.params} />`
         : html`<${DeploymentPage} id=${id} />`;
+    case "rollouts":
+      return id === undefined ? html`<${Rollouts} />` : html`<${RolloutPage} id=${id} />`;
     case "audit":
       return html`<${AuditLog} />`;
     default:

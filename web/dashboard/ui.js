@@ -66,6 +66,7 @@ const STATES = {
   rolled_back: "rolled back",
   cancelled: "cancelled",
   skipped: "cannot take it",
+  waiting: "waiting for its wave",
 };
 
 /** An assignment state in words. */
@@ -150,6 +151,7 @@ export const PROGRESS_PARTS = [
   ["confirmed", "Confirmed", ["confirmed"]],
   ["updating", "Updating", ["offered", "downloading", "installed", "booted"]],
   ["waiting", "Waiting for check-in", ["pending"]],
+  ["queued", "Waiting for their wave", ["waiting"]],
   ["failed", "Failed", ["failed"]],
   ["rolled_back", "Rolled back", ["rolled_back"]],
   ["cancelled", "Cancelled", ["cancelled"]],
@@ -182,10 +184,26 @@ export function Progress({ progress, legend = false }) {
   </div>`;
 }
 
-/** A badge for a deployment's status. */
-export function Status({ status }) {
+/**
+ * What a form that starts from a release shows until it can: "Loading…",
+ * or, with no release uploaded yet, where to upload one. `null` once it can.
+ */
+export function releasesFirst(releases, id, title) {
+  if (!releases) return html`<section><p role="status">Loading…</p></section>`;
+  if (releases.length) return null;
+  return html`<section aria-labelledby=${id}><h2 id=${id}>${title}</h2>
+    <p class="empty">Upload a release first, in <a href="#/firmware">Firmware</a>.</p></section>`;
+}
+
+/** One name and value of a description list (`<dl>`). */
+export function Field({ name, children }) {
+  return html`<div class="kv"><dt>${name}</dt><dd>${children}</dd></div>`;
+}
+
+/** A badge for a deployment's state. */
+export function Status({ state }) {
   const words = { active: "in progress", finished: "finished", cancelled: "cancelled" };
-  return html`<span class=${`badge ${status}`}>${words[status] ?? status}</span>`;
+  return html`<span class=${`badge ${state}`}>${words[state] ?? state}</span>`;
 }
 
 /** A page heading that takes the focus when the page opens (for keyboard and screen reader users). */

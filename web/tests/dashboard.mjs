@@ -7,7 +7,8 @@
 // `airlift serve` and the simulated fleet and makes the files:
 //   node dashboard.mjs SCENARIO   with AIRLIFT_BROWSER_CONFIG='{"url": ..., ...}'
 // Scenarios: story (the dashboard served by the server), cross_origin (served
-// from another origin, pointed at the API).
+// from another origin, pointed at the API), rollout (a staged rollout of a
+// release that crashes on 30% of 20 devices, created and steered in the page).
 
 import assert from "node:assert/strict";
 import { basename, join } from "node:path";
@@ -391,6 +392,130 @@ const scenarios = {
     checkConsole();
     await signOutAndFindTheApiClosed(context, session);
     await shoot("signed-out");
+  },
+
+  async rollout(browser) {
+    const context = await open(browser);
+    await signInAndCheckSession(context);
+    const n = config.devices;
+    await waitRows("Version", (r) => r.some((c) => c[0] === "1.0.0" && c[1] === String(n)), `${n} devices on 1.0.0`, 60_000);
+
+    // The plan, in the page: two waves of half the fleet each, pause at the first failure.
+    await go("Rollouts");
+    const release = await page.getByLabel("Release").locator("option", { hasText: "2.0.0" }).getAttribute("value");
+    await page.getByLabel("Release").selectOption(release);
+    await page.getByLabel("the devices with a tag").check();
+    await page.getByLabel("Tag", { exact: true }).selectOption("canary");
+    await page.getByLabel("Waves", { exact: true }).fill("50%, 100%");
+    await page.getByLabel("Soak between waves").fill("1h");
+    await page.getByLabel("Pause at failures").fill("1");
+    await waitText(page, "#rollout-reach", /Reaches 20 devices now; waves of 10, 10 devices/, "the waves previewed for tag:canary");
+    await shoot("rollout-new");
+    // The devices wait (their process stopped) until the page shows wave 1
+    // running: what follows it sees come live.
+    process.kill(config.fleet_pid, "SIGSTOP");
+    await markDocument();
+    await page.getByRole("button", { name: "Start the rollout" }).click();
+    await heading(/^Rollout #1: 2\.0\.0 to tag:canary/);
+
+    // Wave 1 opens; wave 2 waits.
+    const opened = await waitRows("Waves", (r) => r.length === 2 && r[0][2] === "open" && r[1][2] === "not open", "wave 1 open, wave 2 not");
+    assert.deepEqual(opened.map((r) => r[1]), ["10 of 20 (50%)", "20 of 20 (100%)"], "each wave's reach");
+    assert.match(await textOf(page, "#rollout-plan"), /Pauses at\s+1 failure \(/);
+    await shoot("rollout-wave-1");
+
+    // The crashing release pauses it by itself, and the page says why, with the numbers.
+    const seen = await recordTexts("#rollout-meta");
+    process.kill(config.fleet_pid, "SIGCONT");
+    const paused = await waitText(page, "#pause-reason", /Paused by the failure threshold/, "the rollout paused by the failure threshold", FLEET_WAIT_MS);
+    await assertSameDocument("the pause showed");
+    assert.match(paused, /\d+ failures? \(rolled_back \d+\) in wave 1 reached the failure threshold of 1 \(1 of 10 devices\)/);
+    assert.match(paused, /Open waves\s+wave 1: 10 devices/);
+    assert.match(paused, /Failures\s+\d+ \(rolled back \d+\)/);
+    assert.match(paused, /Failure threshold\s+1: 1 device/);
+    assert.ok((await seen()).some((t) => /^running/.test(t)), "the page showed it running before it paused");
+    assert.match(await textOf(page, "#rollout-meta"), /^paused wave 1 of 2 open/);
+    const closed = (await rows("Waves"))[1];
+    assert.deepEqual(closed.slice(2, 7), ["not open", "0", "0", "0", "10"], "wave 2: not open, nobody offered the release");
+    const problems = await waitText(page, "#problems", /Failed and rolled back/, "the failed devices listed");
+    assert.match(problems, /rolled back: \d+ because the new firmware did not confirm within its allowed boots/);
+    await shoot("rollout-paused");
+
+    // Devices that were updating finish while it is paused; then resume.
+    await waitRows("Waves", (r) => r[0][5] === "0", "wave 1's devices all done", FLEET_WAIT_MS);
+    await page.getByRole("button", { name: "Resume" }).click();
+    await waitText(page, "#rollout-meta", /^running/, "the rollout resumed");
+    assert.match(await textOf(page, "#rollout-state"), /Wave 2 opens once 95% of the open waves' devices confirmed \(now \d of 10\)/);
+
+    // An operator's pause names the operator.
+    await page.getByRole("button", { name: "Pause" }).click();
+    const byAdmin = await waitText(page, "#pause-reason", /Paused by admin/, "the rollout paused by its operator");
+    assert.match(byAdmin, /admin paused it in wave 1/);
+    await page.getByRole("button", { name: "Resume" }).click();
+    await waitText(page, "#rollout-meta", /^running/, "the rollout resumed again");
+
+    // Wave 2 opened by hand: its crashing devices pause it again, counting only new failures.
+    await page.getByRole("button", { name: "Open wave 2 now" }).click();
+    await waitRows("Waves", (r) => r[1][2] === "open", "wave 2 open");
+    const again = await waitText(page, "#pause-reason", /Paused by the failure threshold/, "wave 2's failures pause it again", FLEET_WAIT_MS);
+    assert.match(again, /beyond the \d+ accepted at resume \(rolled_back \d+\) in waves 1-2 reached the failure threshold of 1 \(1 of 20 devices\)/);
+    assert.match(again, /Accepted at a resume\s+\d+/);
+    await shoot("rollout-paused-again");
+
+    // Cancelled from the page.
+    await page.getByRole("button", { name: "Cancel…" }).click();
+    await page.getByRole("button", { name: "Cancel the rollout" }).click();
+    await waitText(page, "#rollout-meta", /^cancelled/, "the rollout cancelled");
+    assert.equal(await page.getByRole("button", { name: "Resume" }).count(), 0, "nothing left to steer");
+    const history = (await rows("Rollout history")).map((r) => `${r[1]}: ${r[2]}`).reverse();
+    for (const [i, expected] of [
+      /^admin: Created: release #2 to tag:canary$/,
+      /^admin: Started: 20 devices \(0 cannot take it, 0 held back\), waves of 10, 20$/,
+      /^scheduler: Paused: \d+ failures? \(rolled_back \d+\) in wave 1 reached the failure threshold/,
+      /^admin: Resumed, accepting \d+ failures? so far$/,
+      /^admin: Paused by admin$/,
+      /^admin: Resumed, accepting \d+ failures? so far$/,
+      /^admin: Wave 2 opened by hand/,
+      /^scheduler: Paused: .* in waves 1-2 reached the failure threshold/,
+      /^admin: Cancelled$/,
+    ].entries()) {
+      assert.match(history[i] ?? "", expected, `history entry ${i + 1}: ${JSON.stringify(history)}`);
+    }
+    log(`ok: the history: ${history.length} entries`);
+    await shoot("rollout-cancelled");
+
+    // Its deployment's page says which rollout it belongs to.
+    await page.locator("#rollout-meta a", { hasText: "deployment #1" }).click();
+    await heading(/^Deployment #1: 2\.0\.0 to tag:canary/);
+    await waitText(page, "#staged-by", /Staged rollout #1\s+cancelled wave 2 of 2 open/, "the deployment names its rollout");
+
+    // A second rollout holds back the devices that failed this release once (the penalty box).
+    await go("Rollouts");
+    await waitRows("Rollouts", (r) => r.length === 1 && r[0][3] === "cancelled", "the first rollout in the list");
+    await page.getByLabel("Release").selectOption(release);
+    await page.getByLabel("Tag", { exact: true }).selectOption("canary");
+    await page.getByLabel("Waves", { exact: true }).fill("100%");
+    await page.getByLabel("Hold back after failures").fill("1");
+    await page.getByRole("button", { name: "Start the rollout" }).click();
+    await heading(/^Rollout #2: 2\.0\.0 to tag:canary/);
+    const held = await waitText(page, "#held-back", /Held back: \d+ devices?/, "the penalty box's devices");
+    assert.match(held, /they failed this release before/);
+    assert.match(await textOf(page, "#rollout-plan"), /Penalty box\s+holds back devices that failed this release 1 time$/m);
+    const heldRows = await rows("Held back devices");
+    assert.ok(heldRows.length > 0 && heldRows.every((r) => /^canary-\d{5}$/.test(r[0]) && r[1] === "1 time"), JSON.stringify(heldRows));
+    // The others confirmed 2.0.0 in the first rollout: nothing is left to do.
+    await waitText(page, "#rollout-state", /Finished at once: none of its 20 devices could take the release/, "the second rollout finished at once");
+    await shoot("rollout-held-back");
+
+    await page.setViewportSize({ width: 390, height: 844 });
+    for (const [where, file] of [["#/rollouts", "rollouts"], ["#/rollouts/1", "rollout"]]) {
+      await page.evaluate((hash) => { window.location.hash = hash; }, where);
+      await page.waitForFunction(() => !document.querySelector("main").innerText.includes("Loading…"));
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 0, `${where} is ${overflow} px wider than a 390 px screen`);
+      await shoot(`phone-${file}`);
+    }
+    checkConsole();
   },
 
   async cross_origin(browser) {

@@ -68,6 +68,10 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// Check-in interval; `None` uses the server's answer.
     pub poll: Option<Duration>,
+    /// Check-ins wait up to [`crate::transport::LONG_POLL`] for their
+    /// answer (a long poll: the server answers as soon as it offers an
+    /// update) instead of being answered at once.
+    pub long_poll: bool,
     /// Firmware behaviour per version.
     pub behaviours: Behaviours,
     /// Boots an unconfirmed image gets.
@@ -114,6 +118,7 @@ impl Default for AgentConfig {
             server: None,
             token: None,
             poll: None,
+            long_poll: false,
             behaviours: Behaviours::default(),
             max_attempts: airlift_engine::DEFAULT_MAX_ATTEMPTS,
             health_check: Duration::from_millis(200),
@@ -156,6 +161,11 @@ impl AgentConfig {
             poll_ms: self.poll.map(ms),
             retry_delay_ms: ms(self.retry_delay),
             jitter: self.jitter,
+            long_poll_seconds: if self.long_poll {
+                u32::try_from(crate::transport::LONG_POLL.as_secs()).unwrap_or(u32::MAX)
+            } else {
+                0
+            },
         }
     }
 }

@@ -348,6 +348,27 @@ impl Runtime {
         }
     }
 
+    /// The server knows the device by `name` (its answer says so): the
+    /// device page shows that name, not the flash file's.
+    fn known_as(&self, name: Option<&str>) {
+        let Some(name) = name.filter(|n| *n != self.config.name) else {
+            return;
+        };
+        let Some(snapshot) = &self.snapshot else {
+            return;
+        };
+        let renamed = match snapshot.lock() {
+            Ok(mut s) if s.name != name => {
+                name.clone_into(&mut s.name);
+                true
+            }
+            _ => false,
+        };
+        if renamed {
+            self.log(&format!("the server knows this device as {name}"));
+        }
+    }
+
     /// Sends the events the client queued, in one request (best effort:
     /// the last result is repeated at every check-in, so a lost event loses
     /// no result).
@@ -396,9 +417,30 @@ impl Runtime {
                     let Some(report) = client.check_in() else {
                         return Err(AgentError::Http("no running image to report".into()));
                     };
-                    match self.transport.check_in(&report).await {
+                    // A check-in that waits (long poll) gives way to the
+                    // device page: the page's command goes first, and the
+                    // next check-in repeats what this one said.
+                    let answer = match self.commands.as_mut() {
+                        Some(rx) if report.long_poll_seconds.is_some() => tokio::select! {
+                            answer = self.transport.check_in(&report) => Some(answer),
+                            command = rx.recv() => {
+                                match command {
+                                    Some(command) => self.deferred = Some(command),
+                                    None => self.commands = None,
+                                }
+                                None
+                            }
+                        },
+                        _ => Some(self.transport.check_in(&report).await),
+                    };
+                    let Some(answer) = answer else {
+                        wait = Duration::ZERO;
+                        continue;
+                    };
+                    match answer {
                         Ok(answer) => {
                             self.happen(&Happening::CheckedIn);
+                            self.known_as(answer.device.as_deref());
                             let answered = client.on_answer(dev, answer, &mut self.journal())?;
                             if let Some((kind, reason)) = answered.reported {
                                 self.happen(&Happening::Event(kind, reason));

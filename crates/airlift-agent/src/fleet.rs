@@ -386,6 +386,22 @@ impl Stats {
 }
 
 impl Summary {
+    /// The counters of what happened since `before` (events, retries, power
+    /// cuts, bytes, check-ins); what the devices run and do is now's. A
+    /// phase of a story then counts only its own events.
+    pub fn since(&self, before: &Summary) -> Summary {
+        let mut since = self.clone();
+        for (kind, n) in &mut since.events {
+            *n -= before.events.get(kind).copied().unwrap_or(0).min(*n);
+        }
+        since.rollbacks -= before.rollbacks.min(self.rollbacks);
+        since.retries -= before.retries.min(self.retries);
+        since.power_cuts -= before.power_cuts.min(self.power_cuts);
+        since.bytes -= before.bytes.min(self.bytes);
+        since.checkins -= before.checkins.min(self.checkins);
+        since
+    }
+
     /// One progress line.
     pub fn line(&self) -> String {
         let mut s = format!("[{:6.1}s] {} devices:", self.elapsed_seconds, self.devices);

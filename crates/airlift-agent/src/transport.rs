@@ -24,12 +24,19 @@ pub fn http_client_with(trust: &Trust) -> Result<reqwest::Client, AgentError> {
     let tls = crate::tls::client_config(trust).map_err(AgentError::Http)?;
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(READ_TIMEOUT_SECONDS))
         .tls_backend_preconfigured(tls)
         .https_only(trust.require_https)
         .build()
         .map_err(|e| AgentError::Http(e.to_string()))
 }
+
+/// A connection silent this long is given up ([`http_client`]).
+const READ_TIMEOUT_SECONDS: u64 = 30;
+
+/// How long a device's check-in may wait for its answer (a long poll):
+/// within the read timeout, with room for a slow answer.
+pub const LONG_POLL: Duration = Duration::from_secs(READ_TIMEOUT_SECONDS - 5);
 
 /// An error with its causes (reqwest's own message leaves out why a
 /// request failed: a refused certificate, a refused connection).
@@ -162,9 +169,11 @@ impl Transport {
             .ok_or_else(|| AgentError::Http("no server".into()))?;
         self.allowed(&url).map_err(AgentError::Http)?;
         let _permit = self.permit().await;
+        // A long poll may be held that long before the answer starts.
+        let wait = u64::from(report.long_poll_seconds.unwrap_or(0));
         let response = self
             .authed(self.http.post(url))
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(30 + wait))
             .json(report)
             .send()
             .await

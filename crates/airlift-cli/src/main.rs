@@ -4,6 +4,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `println!` that ends the program quietly when stdout's reader went away.
+macro_rules! outln {
+    () => { $crate::cmd::out::write(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cmd::out::write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` that ends the program quietly when stdout's reader went away.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cmd::out::write(format_args!($($arg)*)) };
+}
+
 mod cmd;
 
 /// Safe over-the-air firmware updates for ESP32 fleets.
@@ -77,6 +88,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(err) if cmd::out::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("airlift: {err:#}");
             ExitCode::from(2)

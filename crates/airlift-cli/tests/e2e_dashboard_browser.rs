@@ -7,7 +7,8 @@
 //! prepares the fleet and checks the server's side.
 //!
 //! One story shares one server, one fleet and one browser: starting them is
-//! most of the cost. Needs node, /usr/bin/chromium and web/tests/node_modules
+//! most of the cost. Staged rollouts have a story of their own (a fleet of
+//! 20 where the new release crashes on 30%). Needs node, /usr/bin/chromium and web/tests/node_modules
 //! (see `agent_common::browser`).
 #![allow(clippy::unwrap_used)]
 
@@ -48,9 +49,16 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// `count` devices named PREFIX-NNNNN with `tag`, starting on `firmware`;
-    /// 3.0.0 crashes at boot.
-    fn start(server: &Server, prefix: &str, count: usize, tag: &str, firmware: &Path) -> Fleet {
+    /// `count` devices named PREFIX-NNNNN with `tag`, starting on `firmware`,
+    /// behaving as `behave` says (`VERSION=crash[@SHARE]`).
+    fn start(
+        server: &Server,
+        prefix: &str,
+        count: usize,
+        tag: &str,
+        firmware: &Path,
+        behave: &str,
+    ) -> Fleet {
         let log = server.data.with_file_name(format!("{prefix}.log"));
         let child = Command::new(AIRLIFT)
             .args([
@@ -73,7 +81,7 @@ impl Fleet {
                 "--watchdog",
                 "0.3",
             ])
-            .args(["--behave", "3.0.0=crash"])
+            .args(["--behave", behave])
             .env("AIRLIFT_SERVER", &server.url)
             .env("AIRLIFT_TOKEN", server.admin_token())
             .stdout(Stdio::null())
@@ -101,6 +109,23 @@ fn server_key_id(server: &Server) -> String {
     hex::encode(key_id(&parse_public_key_file(&text).unwrap()))
 }
 
+/// What a story of `dashboard.mjs` is told: the dashboard's and the API's
+/// addresses, the admin token, where screenshots go, the fleet's process,
+/// and `extra`.
+fn story_config(server: &Server, fleet: &Fleet, extra: serde_json::Value) -> serde_json::Value {
+    let mut config = json!({
+        "url": server.dashboard,
+        "api": server.url,
+        "token": server.admin_token(),
+        "screenshots": screenshots_dir(),
+        "fleet_pid": fleet.child.id(),
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        config[key] = value.clone();
+    }
+    config
+}
+
 fn sha256_file(path: &Path) -> String {
     sha256_hex(&std::fs::read(path).unwrap())
 }
@@ -122,15 +147,14 @@ fn dashboard_signs_in_uploads_deploys_to_a_tag_of_50_devices_shows_rollbacks_his
     );
     // 50 devices on 1.0.0, and 3 with the same tag that run 2.0.0 already:
     // a deployment of 2.0.0 cannot go to those, and must not wait for them.
-    let fleet = Fleet::start(&server, "lab", 50, "lab", &v1);
-    let spares = Fleet::start(&server, "spare", 3, "lab", &v2);
+    // 3.0.0 crashes at boot.
+    let fleet = Fleet::start(&server, "lab", 50, "lab", &v1, "3.0.0=crash");
+    let spares = Fleet::start(&server, "spare", 3, "lab", &v2, "3.0.0=crash");
     let real = testdata("hello_world_new.bin");
-    let config = json!({
-        "url": server.dashboard,
-        "api": server.url,
-        "token": server.admin_token(),
-        "screenshots": screenshots_dir(),
-        "fleet_pid": fleet.child.id(),
+    let config = story_config(
+        &server,
+        &fleet,
+        json!({
         "key_id": server_key_id(&server),
         "files": {
             "real": real,
@@ -145,7 +169,8 @@ fn dashboard_signs_in_uploads_deploys_to_a_tag_of_50_devices_shows_rollbacks_his
             "version": "v4.4-dev-3016-g8fd591390a",
         },
         "good_sha256": sha256_file(&v2),
-    });
+        }),
+    );
     run_script("dashboard.mjs", "story", &config, STORY_DEADLINE, || {
         format!(
             "--- fleet log (tail) ---\n{}\n--- spares log (tail) ---\n{}",
@@ -158,7 +183,7 @@ fn dashboard_signs_in_uploads_deploys_to_a_tag_of_50_devices_shows_rollbacks_his
     let deployments = server.cli_json(&["deployment", "list"]);
     let by_id = |n: usize| server.deployment(deployments[n]["id"].as_i64().unwrap());
     let (cancelled, crash, good) = (by_id(0), by_id(1), by_id(2));
-    assert_eq!(cancelled["status"], "cancelled", "{cancelled:#}");
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled:#}");
     assert_eq!(cancelled["target"], "device:lab-00007", "{cancelled:#}");
     assert_eq!(crash["counts"]["rolled_back"], 53, "{crash:#}");
     assert_eq!(
@@ -175,6 +200,79 @@ fn dashboard_signs_in_uploads_deploys_to_a_tag_of_50_devices_shows_rollbacks_his
         3,
         "the foreign file was not stored: {releases:#}"
     );
+}
+
+#[test]
+fn dashboard_creates_a_rollout_shows_its_waves_live_why_it_paused_with_the_numbers_and_resumes_advances_and_cancels_it()
+ {
+    require_browser_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(&d.join("data"), &[("AIRLIFT_ROLLOUT_TICK_MS", "200")]);
+    server.upload(&firmware(d, "1.0.0"));
+    server.upload(&firmware(d, "2.0.0"));
+    // 20 devices on 1.0.0; 2.0.0 crashes at boot on 30% of them (6).
+    let fleet = Fleet::start(
+        &server,
+        "canary",
+        20,
+        "canary",
+        &firmware(d, "1.0.0"),
+        "2.0.0=crash@0.3",
+    );
+    let config = story_config(&server, &fleet, json!({"devices": 20}));
+    run_script("dashboard.mjs", "rollout", &config, STORY_DEADLINE, || {
+        format!("--- fleet log (tail) ---\n{}", tail(&fleet.log_text()))
+    });
+
+    // What the page did is what the server holds.
+    let first = server.cli_json(&["rollout", "show", "1"]);
+    assert_eq!(first["state"], "cancelled", "{first:#}");
+    let kinds: Vec<(&str, &str, u64)> = first["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["actor"].as_str().unwrap(),
+                e["wave"].as_u64().unwrap(),
+            )
+        })
+        .filter(|(kind, ..)| !matches!(*kind, "soak_started" | "deadline"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("created", "admin", 0),
+            ("started", "admin", 1),
+            ("paused", "scheduler", 1),
+            ("resumed", "admin", 1),
+            ("paused", "admin", 1),
+            ("resumed", "admin", 1),
+            ("advanced", "admin", 2),
+            ("paused", "scheduler", 2),
+            ("cancelled", "admin", 2),
+        ],
+        "{first:#}"
+    );
+    // The second rollout held back exactly the devices that failed the first.
+    let failed: std::collections::BTreeSet<&str> = first["assignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["state"] == "rolled_back" || a["state"] == "failed")
+        .map(|a| a["device_name"].as_str().unwrap())
+        .collect();
+    let second = server.cli_json(&["rollout", "show", "2"]);
+    let held: std::collections::BTreeSet<&str> = second["held_back"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["device"].as_str().unwrap())
+        .collect();
+    assert!(!held.is_empty(), "{second:#}");
+    assert_eq!(held, failed, "{second:#}");
 }
 
 fn tail(text: &str) -> String {

@@ -69,7 +69,7 @@ fn fleet_sim_brings_every_device_to_the_release_despite_power_cuts_and_drops() {
     let deployments = server.cli_json(&["deployment", "list"]);
     let id = deployments[0]["id"].as_i64().unwrap();
     let done = server.wait_for_state(id, "confirmed", 24);
-    assert_eq!(done["status"], "finished");
+    assert_eq!(done["state"], "finished");
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn demo_updates_rolls_back_and_exits() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("All 2 devices confirmed 1.1.0"), "{stdout}");
-    assert!(stdout.contains("2 of 2 devices rolled_back"), "{stdout}");
+    assert!(stdout.contains("2 of 2 devices rolled back"), "{stdout}");
     assert!(stdout.contains("{\"1.1.0\": 2}"), "{stdout}");
     assert!(
         stdout.contains("5. See it all in the dashboard: http://127.0.0.1:"),

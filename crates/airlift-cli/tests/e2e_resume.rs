@@ -124,7 +124,7 @@ fn sigkill_at_many_points_always_comes_back_on_a_complete_image_and_finishes() {
     }
     println!("kills landed in: {seen:?}");
     let done = server.wait_for_state(deployment, "confirmed", 1);
-    assert_eq!(done["status"], "finished");
+    assert_eq!(done["state"], "finished");
     wait_for(
         "the device to run 2.0.0 confirmed",
         || {

@@ -41,7 +41,7 @@ fn devices_on_a_tag_install_reboot_and_confirm_the_new_release() {
     let deployment = server.deploy(release, "tag:lab");
 
     let done = server.wait_for_state(deployment, "confirmed", 2);
-    assert_eq!(done["status"], "finished", "{done:#}");
+    assert_eq!(done["state"], "finished", "{done:#}");
     for (name, agent) in ["alpha", "beta"].iter().zip(&agents) {
         wait_for(
             &format!("{name} to check in on 2.0.0"),

@@ -41,7 +41,7 @@ fn operator_uploads_adds_a_device_deploys_and_follows_the_deployment() {
     let text = server.cli(&["deployment", "show", &deployment["id"].to_string()]);
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(
-        text.contains("-> tag:home") && text.contains("kitchen"),
+        text.contains("to tag:home") && text.contains("kitchen  waiting for check-in"),
         "{text}"
     );
 }
@@ -56,7 +56,7 @@ fn refused_requests_exit_non_zero_and_quote_the_server() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
-        stderr.contains("invalid_image") && stderr.contains("expected 0xe9"),
+        stderr.contains("cannot be a release") && stderr.contains("expected 0xe9"),
         "{stderr}"
     );
 

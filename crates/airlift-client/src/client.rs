@@ -41,6 +41,11 @@ pub struct Config {
     /// Delay the first check-in by a random part of the poll interval (a
     /// fleet does not start in lockstep).
     pub jitter: bool,
+    /// Longest the transport can wait for a check-in's answer, in seconds
+    /// (a long poll: the server answers as soon as it has an update); 0
+    /// for a transport that cannot wait, whose check-ins are answered at
+    /// once.
+    pub long_poll_seconds: u32,
 }
 
 /// The time, as the caller knows it.
@@ -175,6 +180,10 @@ pub struct Client {
     /// first time, with its detail (the result itself is in the notes and
     /// repeated at every check-in).
     unreported: Option<(EventKind, Option<Reason>, Text<DETAIL_MAX>)>,
+    /// A check-in of this power-on was answered: later ones may wait (the
+    /// first is answered at once, so the device soon knows its name and
+    /// the server its state; the next follows at once and waits).
+    answered: bool,
 }
 
 fn log_event(j: &mut impl Journal, kind: EventKind, reason: Option<Reason>, detail: &str) {
@@ -204,6 +213,7 @@ impl Client {
             running: None,
             outbox: Outbox::default(),
             unreported: None,
+            answered: false,
         }
     }
 
@@ -439,7 +449,9 @@ impl Client {
         poll * (random % 1000) / 1000
     }
 
-    /// What the next check-in reports.
+    /// What the next check-in reports. With a transport that can wait
+    /// ([`Config::long_poll_seconds`]), every check-in but the first of a
+    /// power-on says how long it may be held.
     pub fn check_in(&self) -> Option<CheckIn> {
         let running = self.running.as_ref()?;
         Some(CheckIn {
@@ -467,6 +479,8 @@ impl Client {
                     .filter(|u| u.0 == r.kind)
                     .map(|u| u.2.0.clone()),
             }),
+            long_poll_seconds: (self.answered && self.config.long_poll_seconds > 0)
+                .then_some(self.config.long_poll_seconds),
         })
     }
 
@@ -493,10 +507,15 @@ impl Client {
         j: &mut impl Journal,
     ) -> Result<Answered, Error> {
         let reported = self.unreported.take().map(|(k, r, _)| (k, r));
-        let wait_ms = self
-            .config
-            .poll_ms
-            .unwrap_or(u64::from(answer.poll_seconds) * 1000);
+        let first = !self.answered;
+        self.answered = true;
+        // After the first answer of a power-on, a device that can wait
+        // checks in again at once, to wait there.
+        let wait_ms = match self.config.poll_ms {
+            Some(ms) => ms,
+            None if first && self.config.long_poll_seconds > 0 => 0,
+            None => u64::from(answer.poll_seconds) * 1000,
+        };
         let running_sha = self.running.as_ref().map(|r| r.sha256);
         let offered = answer
             .update

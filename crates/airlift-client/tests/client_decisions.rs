@@ -141,6 +141,7 @@ fn a_trial_boot_reports_its_attempt_with_the_deployment_then_confirms_at_the_nex
             CheckInAnswer {
                 poll_seconds: 60,
                 update: None,
+                device: None,
             },
             &mut (),
         )
@@ -353,6 +354,7 @@ fn each_answer_sets_the_wait_withdraws_or_offers_an_update() {
                 CheckInAnswer {
                     poll_seconds: 60,
                     update: offered.map(|(d, img)| update(d, img)),
+                    device: None,
                 },
                 &mut lines,
             )
@@ -502,4 +504,40 @@ fn events_that_waited_say_how_long_ago_they_happened() {
         "bounded: the oldest go"
     );
     assert_eq!(batch[0].age_ms, Some(8));
+}
+
+#[test]
+fn issue_17_a_check_in_says_how_long_the_device_can_wait_for_its_answer() {
+    let mut rig = Rig::new();
+    let (client, _) = rig.power_on(&mut Lines::default());
+    assert_eq!(
+        client.check_in().unwrap().long_poll_seconds,
+        None,
+        "a transport that cannot wait asks for no long poll"
+    );
+    rig.config.long_poll_seconds = 60;
+    let (mut client, _) = rig.power_on(&mut Lines::default());
+    assert_eq!(
+        client.check_in().unwrap().long_poll_seconds,
+        None,
+        "the first check-in of a power-on is answered at once: the device learns its interval and name"
+    );
+    let answer = CheckInAnswer {
+        poll_seconds: 60,
+        update: None,
+        device: None,
+    };
+    let answered = client
+        .on_answer(&mut rig.dev(), answer.clone(), &mut ())
+        .unwrap();
+    assert_eq!(
+        answered.wait_ms, 0,
+        "then it checks in again at once, to wait"
+    );
+    assert_eq!(client.check_in().unwrap().long_poll_seconds, Some(60));
+    let answered = client.on_answer(&mut rig.dev(), answer, &mut ()).unwrap();
+    assert_eq!(
+        answered.wait_ms, 60_000,
+        "an answer at once (an older server) is followed by the interval it says"
+    );
 }

@@ -38,6 +38,8 @@ use core::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::partition::Hex;
+
 #[cfg(feature = "std")]
 mod builder;
 
@@ -613,6 +615,61 @@ impl ImageInfo {
     /// Whether checksum and digest are both valid.
     pub fn is_valid(&self) -> bool {
         self.checksum_valid() && self.digest_valid()
+    }
+
+    /// Why this image cannot be a release a device runs, if it cannot: the
+    /// one verdict the server applies to an upload and the CLI to a file
+    /// before uploading it.
+    pub fn release_problem(&self) -> Option<ReleaseProblem> {
+        if !self.checksum_valid() {
+            return Some(ReleaseProblem::Checksum {
+                stored: self.stored_checksum,
+                computed: self.computed_checksum,
+            });
+        }
+        if let Some(digest) = self.digest.filter(|d| !d.is_valid()) {
+            return Some(ReleaseProblem::Digest(digest));
+        }
+        if self.app_desc.is_none() {
+            return Some(ReleaseProblem::NoAppDescriptor);
+        }
+        None
+    }
+}
+
+/// Why a well-formed ESP image cannot be a release ([`ImageInfo::release_problem`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseProblem {
+    /// The stored checksum is not the segments' (a corrupt file).
+    Checksum {
+        /// The checksum byte stored in the image.
+        stored: u8,
+        /// What the segments sum to.
+        computed: u8,
+    },
+    /// The appended SHA-256 is not the image's (a corrupt file).
+    Digest(AppendedDigest),
+    /// No `esp_app_desc_t`: a bootloader or another program, not an app.
+    NoAppDescriptor,
+}
+
+impl fmt::Display for ReleaseProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReleaseProblem::Checksum { stored, computed } => write!(
+                f,
+                "image checksum is {stored:#04x} but the segments sum to {computed:#04x}: the file is corrupt"
+            ),
+            ReleaseProblem::Digest(d) => write!(
+                f,
+                "appended SHA-256 is {} but the image hashes to {}: the file is corrupt",
+                Hex(&d.stored),
+                Hex(&d.computed)
+            ),
+            ReleaseProblem::NoAppDescriptor => f.write_str(
+                "image has no application descriptor (esp_app_desc_t): expected an ESP-IDF app image",
+            ),
+        }
     }
 }
 

@@ -1165,7 +1165,8 @@ pub enum PartitionError {
     },
 }
 
-struct Hex<'a>(&'a [u8]);
+/// Bytes as lowercase hex, for messages.
+pub(crate) struct Hex<'a>(pub(crate) &'a [u8]);
 
 impl fmt::Display for Hex<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

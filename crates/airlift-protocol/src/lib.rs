@@ -51,6 +51,16 @@
 //! `last_result` (with a `detail` the first time), which the server records
 //! like the event. `last_result` is repeated at every check-in, so a report
 //! lost to a reset or a dropped connection loses no result.
+//!
+//! A device whose HTTP client can wait says so in its check-in
+//! (`long_poll_seconds`): with nothing to offer, the server holds the
+//! check-in up to that long (and at most its own poll interval) and
+//! answers the moment a deployment or a rollout wave offers the device an
+//! update; a held check-in answers `poll_seconds: 0`, and the device checks
+//! in again at once. A deployment reaches an online device within a
+//! second. New fields are
+//! optional both ways: an older device never asks, and an older device
+//! parsing a newer answer skips what it does not know.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -120,6 +130,14 @@ pub struct CheckIn {
     /// Outcome of the last update attempt, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_result: Option<LastResult>,
+    /// The longest the device waits for the answer, in seconds (a long
+    /// poll): while the server has nothing to offer it may hold the
+    /// check-in up to this long, or less, and answers as soon as it has an
+    /// update for the device. Absent (older devices, or a transport that
+    /// cannot wait): answered at once. A server that does not know the
+    /// field answers at once too, with its usual `poll_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_poll_seconds: Option<u32>,
 }
 
 /// The image in the active slot.
@@ -185,11 +203,17 @@ pub struct LastResult {
 /// The server's answer to a check-in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckInAnswer {
-    /// Seconds until the next check-in.
+    /// Seconds until the next check-in (0 after a long poll the server
+    /// held: the hold was the wait, check in again at once).
     pub poll_seconds: u32,
     /// The update assigned to this device, if any.
     #[serde(default)]
     pub update: Option<Update>,
+    /// The name the server knows the device by (for its page and logs;
+    /// a device given only a token learns it here). Absent from older
+    /// servers; older devices ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Name>,
 }
 
 /// An update assigned to a device.

@@ -33,6 +33,7 @@ fn check_in() -> CheckIn {
             reason: Some(Reason::BootFailed),
             detail: Some(s("2.0.0 did not confirm within 3 boots")),
         }),
+        long_poll_seconds: Some(60),
     }
 }
 
@@ -47,6 +48,7 @@ fn answer() -> CheckInAnswer {
             sha256: s(&"cd".repeat(32)),
             version: s("v2"),
         }),
+        device: Some(s("kitchen")),
     }
 }
 
@@ -93,12 +95,14 @@ fn every_message_round_trips_through_serde_json_and_serde_json_core() {
     round_trip(CheckIn {
         last_result: None,
         state: EngineState::Idle,
+        long_poll_seconds: None,
         ..check_in()
     });
     round_trip(answer());
     round_trip(CheckInAnswer {
         poll_seconds: 5,
         update: None,
+        device: None,
     });
     round_trip(event());
     round_trip(Event {
@@ -146,6 +150,7 @@ fn field_names_and_enum_spellings_match_the_documentation() {
         &CheckInAnswer {
             poll_seconds: 30,
             update: None,
+            device: None,
         },
         serde_json::json!({"poll_seconds": 30, "update": null}),
     );
@@ -154,8 +159,58 @@ fn field_names_and_enum_spellings_match_the_documentation() {
         serde_json::json!({"chip_id": 5, "running": {"project": "hello_world", "version": "v1",
             "sha256": "ab".repeat(32), "security_version": 2, "slot": 1}, "state": "trial",
             "boot_count": 1, "last_result": {"deployment": 7, "kind": "rolled_back",
-            "reason": "boot_failed", "detail": "2.0.0 did not confirm within 3 boots"}}),
+            "reason": "boot_failed", "detail": "2.0.0 did not confirm within 3 boots"},
+            "long_poll_seconds": 60}),
     );
+}
+
+/// A check-in and its answer as the first devices and servers wrote them,
+/// before long polls and device names (issue 17).
+mod first_release {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct CheckIn {
+        pub chip_id: u16,
+        pub running: super::RunningImage,
+        pub state: super::EngineState,
+        pub boot_count: u32,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub struct CheckInAnswer {
+        pub poll_seconds: u32,
+        pub update: Option<super::Update>,
+    }
+}
+
+#[test]
+fn issue_17_older_devices_and_newer_servers_still_understand_each_other() {
+    // An older device's check-in: no long poll asked for.
+    let old = first_release::CheckIn {
+        chip_id: 5,
+        running: check_in().running,
+        state: EngineState::Idle,
+        boot_count: 0,
+    };
+    let parsed: CheckIn = serde_json::from_str(&serde_json::to_string(&old).unwrap()).unwrap();
+    assert_eq!(parsed.long_poll_seconds, None);
+    // A newer answer, read by an older device's parser: the name is skipped.
+    let newer = serde_json::to_string(&answer()).unwrap();
+    assert!(newer.contains(r#""device":"kitchen""#), "{newer}");
+    let (read, _) =
+        serde_json_core::from_slice::<first_release::CheckInAnswer>(newer.as_bytes()).unwrap();
+    assert_eq!(
+        read,
+        first_release::CheckInAnswer {
+            poll_seconds: 60,
+            update: answer().update,
+        }
+    );
+    // A newer check-in, read by an older server's types: the long poll is skipped.
+    let newer = serde_json::to_string(&check_in()).unwrap();
+    let read: first_release::CheckIn = serde_json::from_str(&newer).unwrap();
+    assert_eq!(read.chip_id, 5);
 }
 
 #[test]

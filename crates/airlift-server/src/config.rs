@@ -120,6 +120,11 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// Seconds a device waits between check-ins (`AIRLIFT_POLL_SECONDS`).
     pub poll_seconds: u32,
+    /// Longest a check-in of a device that can wait is held while there is
+    /// nothing to offer it, in seconds, and never longer than
+    /// `poll_seconds` (`AIRLIFT_LONG_POLL_SECONDS`); 0 answers every
+    /// check-in at once. See [`crate::longpoll`].
+    pub long_poll_seconds: u32,
     /// Base URL put in front of download paths given to devices, e.g. a CDN
     /// (`AIRLIFT_PUBLIC_URL`); by default devices get a path on this server.
     pub public_url: Option<String>,
@@ -191,6 +196,7 @@ impl Default for Config {
             signing_key_file: None,
             max_upload_bytes: 16 * 1024 * 1024,
             poll_seconds: 60,
+            long_poll_seconds: 50,
             public_url: None,
             enrollment_secret: None,
             artifact_cache_bytes: 256 * 1024 * 1024,
@@ -305,6 +311,10 @@ impl Config {
             }
             "AIRLIFT_POLL_SECONDS" => {
                 self.poll_seconds = parse("AIRLIFT_POLL_SECONDS", value, "a number of seconds")?
+            }
+            "AIRLIFT_LONG_POLL_SECONDS" => {
+                self.long_poll_seconds =
+                    parse("AIRLIFT_LONG_POLL_SECONDS", value, "a number of seconds")?
             }
             "AIRLIFT_PUBLIC_URL" => self.public_url = Some(value),
             "AIRLIFT_ENROLLMENT_SECRET" => self.enrollment_secret = Some(Secret(value)),

@@ -46,6 +46,7 @@ pub const FILES: &[File] = embed![
     "views/device.js",
     "views/firmware.js",
     "views/deployments.js",
+    "views/rollouts.js",
     "views/audit.js",
     "vendor/preact-htm.js",
     "vendor/LICENSE-htm",

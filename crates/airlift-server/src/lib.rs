@@ -43,6 +43,7 @@ pub mod deploy;
 pub mod error;
 pub mod events;
 pub mod keys;
+pub mod longpoll;
 pub mod metrics;
 pub mod peers;
 pub mod rollout;
@@ -124,6 +125,8 @@ pub struct ServerState {
     pub events: EventWriter,
     /// What dashboards watch to update without reloading.
     pub changes: Arc<Changes>,
+    /// Check-ins waiting for an offer (long polls).
+    pub long_polls: longpoll::LongPolls,
     /// This instance's name in leases and notices (random, new at every start).
     pub instance: String,
     /// Whether other instances may share the database (PostgreSQL): what
@@ -240,6 +243,7 @@ impl Server {
         let database_url = config.database_url.clone();
         let throttle =
             throttle::Throttle::new(config.auth_failures_burst, config.auth_failure_interval_ms);
+        let long_polls = longpoll::LongPolls::for_connections(config.max_connections);
         let state = AppState(Arc::new(ServerState {
             config,
             store,
@@ -251,6 +255,7 @@ impl Server {
             statuses: StatusBuffer::default(),
             events,
             changes,
+            long_polls,
             instance,
             shared,
             throttle,

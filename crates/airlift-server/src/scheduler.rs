@@ -1,6 +1,7 @@
 //! The rollout scheduler: steps every running (or paused) rollout through
-//! [`crate::rollout::decide`] and keeps this instance's offer cache in step
-//! with what each step moved.
+//! [`crate::rollout::decide`], keeps this instance's offer cache in step
+//! with what each step moved, and tells open dashboards (the change
+//! notices of [`crate::changes`]) when a step changed anything.
 //!
 //! Its state is the database's: a step reads the rollout and its devices and
 //! writes what it decided in one transaction, so a step is safe to repeat,
@@ -54,6 +55,12 @@ pub async fn step(state: &AppState, id: i64, now: i64) -> Result<Option<StepOutc
     for note in outcome.notes.iter().filter(|n| n.transition) {
         tracing::info!(rollout = id, event = note.kind, detail = %note.detail, "rollout");
     }
+    let moved = [&outcome.promoted, &outcome.unoffered, &outcome.failed];
+    if !outcome.notes.is_empty() || moved.iter().any(|devices| !devices.is_empty()) {
+        // Open dashboards read the rollout again: a wave opened, a pause,
+        // devices given the release or taken back.
+        state.changes.bump();
+    }
     follow(
         state,
         &outcome.rollout,
@@ -97,6 +104,7 @@ pub async fn follow(
     });
     for &device in promoted {
         state.offers.set(device, Some(offer.clone()));
+        state.long_polls.wake(device);
     }
     Ok(())
 }

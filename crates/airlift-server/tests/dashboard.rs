@@ -431,7 +431,7 @@ async fn deployment_progress_counts_devices_that_cannot_take_it_apart_with_their
             StatusCode::OK,
         )
         .await;
-    assert_eq!(detail["status"], "active");
+    assert_eq!(detail["state"], "active");
     assert_eq!(detail["assignments_total"], 1);
     assert_eq!(detail["assignments"][0]["device_name"], "b-ok");
     assert_eq!(detail["assignments"][0]["reason"], "boot_failed");

@@ -11,11 +11,15 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 #[tokio::test]
-async fn checkin_without_assignment_gets_only_the_poll_interval_and_records_the_device() {
+async fn checkin_without_assignment_gets_only_the_poll_interval_and_its_name_and_records_the_device()
+ {
     let server = TestServer::start_with(|c| c.poll_seconds = 17).await;
     let token = server.device("dev-1", &["lab"]).await;
     let answer = server.checkin(&token, &Running::factory()).await;
-    assert_eq!(answer, json!({"poll_seconds": 17, "update": null}));
+    assert_eq!(
+        answer,
+        json!({"poll_seconds": 17, "update": null, "device": "dev-1"})
+    );
     let device = server
         .admin_json(Method::GET, "/api/v1/devices/dev-1", None, StatusCode::OK)
         .await;
@@ -172,7 +176,7 @@ async fn state_of(server: &TestServer, deployment: &Value) -> (String, Value) {
         )
         .await;
     (
-        detail["status"].as_str().unwrap().to_owned(),
+        detail["state"].as_str().unwrap().to_owned(),
         detail["counts"].clone(),
     )
 }
@@ -396,7 +400,7 @@ async fn a_new_deployment_supersedes_the_devices_unfinished_one_and_cancel_stops
             StatusCode::OK,
         )
         .await;
-    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["state"], "cancelled");
     assert_eq!(cancelled["counts"]["cancelled"], 1);
     assert!(server.checkin(&token, &Running::factory()).await["update"].is_null());
     server
@@ -978,4 +982,43 @@ async fn a_download_marks_the_offer_downloading_and_a_result_first_reported_at_c
         events[0]["detail"],
         "manifest signed by an unknown key (reported at check-in)"
     );
+}
+
+#[tokio::test]
+async fn issue_17_a_deployment_or_rollout_to_a_target_that_reaches_no_device_is_refused_naming_the_tags_in_use()
+ {
+    let server = TestServer::start().await;
+    let release = server.release(&image("v2", 0, 1)).await;
+    let body = |target: &str| json!({"release": release["id"], "target": target});
+    let refused = server
+        .admin_json(
+            Method::POST,
+            "/api/v1/deployments",
+            Some(body("all")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    assert_eq!(error_code(&refused), "no_devices");
+    server.device("kitchen", &["lab"]).await;
+    server.device("porch", &["lab", "outdoor"]).await;
+    for path in ["/api/v1/deployments", "/api/v1/rollouts"] {
+        let refused = server
+            .admin_json(
+                Method::POST,
+                path,
+                Some(body("tag:labs")),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await;
+        assert_eq!(error_code(&refused), "no_devices");
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(r#"no device has the tag "labs" (tags in use: lab (2), outdoor (1))"#),
+            "{message}"
+        );
+    }
+    let deployments = server
+        .admin_json(Method::GET, "/api/v1/deployments", None, StatusCode::OK)
+        .await;
+    assert_eq!(deployments, json!([]), "nothing was created");
 }

@@ -307,7 +307,7 @@ async fn the_next_wave_opens_after_the_success_threshold_and_the_soak_and_the_la
             StatusCode::OK,
         )
         .await;
-    assert_eq!(deployment_view["status"], "finished");
+    assert_eq!(deployment_view["state"], "finished");
     assert_eq!(deployment_view["counts"]["confirmed"], 10);
 }
 
@@ -871,5 +871,61 @@ async fn rollout_requests_are_checked_and_refused_with_the_json_error_shape() {
     assert_eq!(
         list[0]["plan"]["waves"],
         json!(["1%", "10%", "50%", "100%"])
+    );
+}
+
+#[tokio::test]
+async fn a_page_reads_a_rollout_without_its_device_set_and_scheduler_steps_that_change_it_notify_open_dashboards()
+ {
+    let server = server().await;
+    let tokens = fleet(&server, 10).await;
+    let release = server.release(&image("v2", 0, 1)).await;
+    let rollout = create(
+        &server,
+        &release,
+        json!({"waves": ["50%"], "failure_threshold": "1"}),
+    )
+    .await;
+    let deployment = rollout["deployment_id"].as_i64().unwrap();
+    // A page reads the rollout without its device set, or a page of it.
+    let id = &rollout["id"];
+    for (query, listed, total) in [("limit=0", 0, 10), ("state=pending&limit=2", 2, 5)] {
+        let page = server
+            .admin_json(
+                Method::GET,
+                &format!("/api/v1/rollouts/{id}?{query}"),
+                None,
+                StatusCode::OK,
+            )
+            .await;
+        assert_eq!(
+            page["assignments"].as_array().unwrap().len(),
+            listed,
+            "{query}"
+        );
+        assert_eq!(page["assignments_total"], total, "{query}");
+        assert_eq!(
+            page["total"]["devices"], 10,
+            "{query}: the counts are the whole rollout's"
+        );
+    }
+    let first = &tokens[&devices_in(&rollout, 1, Some("pending"))[0]];
+    assert_eq!(offered(&server, first).await, Some(deployment));
+    let mut watcher = server.state.changes.watch();
+    server.state.flush_statuses().await.unwrap();
+    watcher.borrow_and_update();
+    tick(&server, airlift_server::now_ms()).await;
+    assert!(
+        !watcher.has_changed().unwrap(),
+        "a step that moved nothing announces nothing"
+    );
+
+    update(&server, first, deployment, "rolled_back").await;
+    watcher.borrow_and_update();
+    tick(&server, airlift_server::now_ms()).await;
+    assert_eq!(show(&server, &rollout["id"]).await["state"], "paused");
+    assert!(
+        watcher.has_changed().unwrap(),
+        "the scheduler's pause reaches open dashboards"
     );
 }

@@ -11,7 +11,7 @@ import { useState } from "../vendor/preact-htm.js";
 import { get, post, query } from "../api.js";
 import {
   DeviceLink, LoadError, Notice, Progress, Status, Table, Title, ago, chipName, count, devices, html,
-  reasonText, stateText, useLive, when,
+  reasonText, releasesFirst, stateText, useLive, when,
 } from "../ui.js";
 
 const PAGE = 50;
@@ -44,11 +44,8 @@ function NewDeployment({ params }) {
       setBusy(false);
     }
   };
-  if (!releases) return html`<section><p role="status">Loading…</p></section>`;
-  if (!releases.length) {
-    return html`<section aria-labelledby="new-title"><h2 id="new-title">New deployment</h2>
-      <p class="empty">Upload a release first, in <a href="#/firmware">Firmware</a>.</p></section>`;
-  }
+  const waiting = releasesFirst(releases, "new-title", "New deployment");
+  if (waiting) return waiting;
   return html`<section aria-labelledby="new-title">
     <h2 id="new-title">New deployment</h2>
     <form class="deploy" onSubmit=${submit}>
@@ -95,7 +92,7 @@ export function Deployments({ params }) {
           <td>${d.version}</td>
           <td>${d.target}</td>
           <td>${ago(d.created_at)}</td>
-          <td><${Status} status=${d.status} /></td>
+          <td><${Status} state=${d.state} /></td>
           <td class="progress-cell"><${Progress} progress=${d} /></td>
         </tr>`)} />`}
     </section>`;
@@ -118,8 +115,8 @@ function Unable({ detail }) {
   </section>`;
 }
 
-/** Failed and rolled-back devices, each with why. */
-function Problems({ id, revision }) {
+/** Failed and rolled-back devices, each with why (also on a rollout's page). */
+export function Problems({ id, revision }) {
   const { data } = useLive(() => get(`/api/v1/deployments/${id}${query({ state: "failed,rolled_back", limit: 100 })}`), [id, revision]);
   if (!data || data.assignments_total === 0) return null;
   return html`<section aria-labelledby="problems-title" id="problems">
@@ -146,7 +143,8 @@ function Versions({ detail }) {
   </section>`;
 }
 
-function Devices({ id, revision }) {
+/** The deployment's devices, a page at a time, filtered by state (also on a rollout's page, with each device's wave). */
+export function DeploymentDevices({ id, revision, label = "Devices of this deployment" }) {
   const [state, setState] = useState("");
   const [page, setPage] = useState(1);
   const { data } = useLive(
@@ -154,6 +152,7 @@ function Devices({ id, revision }) {
     [id, state, page, revision],
   );
   const pages = data ? Math.max(1, Math.ceil(data.assignments_total / PAGE)) : 1;
+  const waves = data?.assignments.some((a) => a.wave > 0);
   return html`<section aria-labelledby="devices-title">
     <h2 id="devices-title">Devices</h2>
     <div class="field">
@@ -163,10 +162,11 @@ function Devices({ id, revision }) {
         ${data && Object.entries(data.counts).filter(([, n]) => n > 0).map(([s, n]) => html`<option value=${s}>${stateText(s)} (${count(n)})</option>`)}
       </select>
     </div>
-    ${data && html`<${Table} label="Devices of this deployment" empty="None."
-      head=${["Device", "State", "Why", "Since"]}
+    ${data && html`<${Table} label=${label} empty="None."
+      head=${waves ? ["Device", "Wave", "State", "Why", "Since"] : ["Device", "State", "Why", "Since"]}
       rows=${data.assignments.map((a) => html`<tr>
         <td><${DeviceLink} name=${a.device_name} /></td>
+        ${waves && html`<td>${a.wave || "-"}</td>`}
         <td>${stateText(a.state)}</td>
         <td>${reasonText(a.reason)}</td>
         <td>${ago(a.updated_at)}</td>
@@ -182,16 +182,16 @@ function Devices({ id, revision }) {
 /**
  * The sections of a deployment's page, in order, each given the deployment
  * (`detail`, as GET /api/v1/deployments/ID answers without assignments),
- * its `id`, and a `revision` that changes whenever its counts or status do
+ * its `id`, and a `revision` that changes whenever its counts or state do
  * (a section that loads more reloads then, so it never lags the header).
- * Staged rollouts add their section here.
+ * Staged rollouts put theirs first (views/rollouts.js).
  */
-export const DEPLOYMENT_SECTIONS = [Unable, Problems, Versions, Devices];
+export const DEPLOYMENT_SECTIONS = [Unable, Problems, Versions, DeploymentDevices];
 
 function Cancel({ detail, onCancelled }) {
   const [asking, setAsking] = useState(false);
   const [error, setError] = useState(null);
-  if (detail.status !== "active") return null;
+  if (detail.state !== "active") return null;
   const cancel = async () => {
     setAsking(false);
     try {
@@ -218,9 +218,9 @@ export function DeploymentPage({ id }) {
     return html`<${Title}>Deployment #${id}</${Title}>
       <${LoadError} error=${error} />${!error && html`<p role="status">Loading…</p>`}`;
   }
-  const revision = `${detail.status} ${JSON.stringify(detail.counts)}`;
+  const revision = `${detail.state} ${JSON.stringify(detail.counts)}`;
   return html`<${Title}>Deployment #${detail.id}: ${detail.release.version} to ${detail.target}</${Title}>
-    <p class="meta"><${Status} status=${detail.status} />${` created ${when(detail.created_at)}, release #${detail.release.id} (${detail.release.project}, ${chipName(detail.release.chip_id)}), ${devices(detail.devices)} targeted`}</p>
+    <p class="meta"><${Status} state=${detail.state} />${` created ${when(detail.created_at)}, release #${detail.release.id} (${detail.release.project}, ${chipName(detail.release.chip_id)}), ${devices(detail.devices)} targeted`}</p>
     <${LoadError} error=${error} />
     <${Cancel} detail=${detail} onCancelled=${() => setCancelled((n) => n + 1)} />
     <section aria-labelledby="progress-title" id="deployment-progress">

@@ -5,15 +5,11 @@
 
 import { get, query } from "../api.js";
 import {
-  DeploymentLink, LoadError, Title, ago, chipName, engineText, eventText, html, reasonText,
+  DeploymentLink, Field, LoadError, Title, ago, chipName, engineText, eventText, html, reasonText,
   stateText, useLive, when,
 } from "../ui.js";
 
 const EVENTS_SHOWN = 500;
-
-function Field({ name, children }) {
-  return html`<div class="kv"><dt>${name}</dt><dd>${children}</dd></div>`;
-}
 
 function Timeline({ history, events }) {
   // Events by deployment; events of no deployment came from the device's own page.

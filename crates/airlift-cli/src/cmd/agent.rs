@@ -14,23 +14,25 @@ use airlift_agent::web;
 use anyhow::Context;
 use clap::Args;
 
+use super::client::or_env;
+
 /// `airlift device run` options.
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// The flash file (`airlift flash create`).
     #[arg(long)]
     pub flash: PathBuf,
-    /// Server base URL; without it the device runs offline (local page only).
-    #[arg(long, env = "AIRLIFT_SERVER")]
+    /// Server base URL; without it the device runs offline (local page only) [env: AIRLIFT_SERVER]
+    #[arg(long)]
     pub server: Option<String>,
-    /// The device's token (`airlift device add`).
-    #[arg(long, env = "AIRLIFT_DEVICE_TOKEN", hide_env_values = true)]
+    /// The device's token (`airlift device add`) [env: AIRLIFT_DEVICE_TOKEN]
+    #[arg(long)]
     pub token: Option<String>,
     /// Serve the device page and API on this address (e.g. 127.0.0.1:8081).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Password of the device page [default: generated and printed].
-    #[arg(long, env = "AIRLIFT_DEVICE_PASSWORD", hide_env_values = true)]
+    /// Password of the device page [env: AIRLIFT_DEVICE_PASSWORD] [default: generated and printed]
+    #[arg(long)]
     pub password: Option<String>,
     /// Simulated firmware behaviour: VERSION=healthy|crash|hang (repeat).
     #[arg(long = "behave", value_parser = Behaviours::parse_rule)]
@@ -51,7 +53,7 @@ pub struct RunArgs {
     /// rollback (the esp-rs default), or with it (it rewrites otadata).
     #[arg(long, value_enum, default_value_t = super::sim::Bootloader::Plain)]
     pub bootloader: super::sim::Bootloader,
-    /// Name in log lines [default: the flash file's name].
+    /// Name in log lines [default: the flash file's name, until the server says its own].
     #[arg(long)]
     pub name: Option<String>,
     #[command(flatten)]
@@ -60,6 +62,11 @@ pub struct RunArgs {
     /// settings: `airlift flash create --require-https`).
     #[arg(long)]
     pub require_https: bool,
+    /// Check in at the poll interval only: without it a check-in waits up
+    /// to 25 s for an update (a long poll), so a deployment reaches the
+    /// device at once.
+    #[arg(long)]
+    pub no_long_poll: bool,
 }
 
 fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
@@ -67,7 +74,11 @@ fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
 }
 
 /// Runs `airlift device run` until killed.
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Read here, not by clap: see `client::ServerArgs`.
+    args.server = or_env(args.server.as_ref(), "AIRLIFT_SERVER");
+    args.token = or_env(args.token.as_ref(), "AIRLIFT_DEVICE_TOKEN");
+    args.password = or_env(args.password.as_ref(), "AIRLIFT_DEVICE_PASSWORD");
     if args.server.is_some() && args.token.is_none() {
         anyhow::bail!(
             "--server needs the device's --token (airlift device add NAME prints it; or AIRLIFT_DEVICE_TOKEN)"
@@ -108,6 +119,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         watchdog: secs(args.watchdog, "watchdog")?,
         bootloader: args.bootloader.into(),
         require_https: trust.require_https,
+        long_poll: !args.no_long_poll,
         ..AgentConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -158,10 +170,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             });
         }
-        if args.server.is_none() {
-            eprintln!("airlift: no --server: running offline");
+        match &args.server {
+            Some(server) => eprintln!(
+                "airlift: device {name} runs from {}, checking in with {server} (Ctrl-C stops it)",
+                args.flash.display()
+            ),
+            None => eprintln!(
+                "airlift: device {name} runs from {} offline: no --server (Ctrl-C stops it)",
+                args.flash.display()
+            ),
         }
-        agent.run().await?;
+        // Handlers for SIGINT and SIGTERM, installed now: a shell starting
+        // the device in the background (`&`) has it ignore SIGINT otherwise.
+        let stop = airlift_server::shutdown_signal();
+        tokio::select! {
+            result = agent.run() => result?,
+            () = stop => eprintln!(
+                "airlift: device {name} stopped; {} keeps its state (as a power cut would)",
+                args.flash.display()
+            ),
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

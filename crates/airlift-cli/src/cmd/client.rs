@@ -7,23 +7,24 @@ use std::path::PathBuf;
 use airlift_agent::tls::{Trust, parse_pin, read_pem_certs};
 use anyhow::{Context, bail};
 use clap::Args;
+use reqwest::StatusCode;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// Where the server is and how to authenticate.
+///
+/// The environment variables are read here rather than by clap: clap
+/// writes every argument an environment variable set into the usage line
+/// of an unrelated error (`airlift deploy 2` without `--to` then shows
+/// `--token <TOKEN>`, as if it were missing too).
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
-    /// Base URL of the Airlift server.
-    #[arg(
-        long,
-        env = "AIRLIFT_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
-    pub server: String,
-    /// Admin token (printed by the first `airlift serve`, also in DIR/admin.token).
-    #[arg(long, env = "AIRLIFT_TOKEN", hide_env_values = true, global = true)]
+    /// Base URL of the Airlift server [env: AIRLIFT_SERVER] [default: http://127.0.0.1:8080]
+    #[arg(long, global = true)]
+    pub server: Option<String>,
+    /// Admin token (printed by the first `airlift serve`, also in DIR/admin.token) [env: AIRLIFT_TOKEN]
+    #[arg(long, global = true)]
     pub token: Option<String>,
     #[command(flatten)]
     pub trust: TrustArgs,
@@ -67,6 +68,26 @@ impl TrustArgs {
     }
 }
 
+/// The default server address of the client commands.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// `given`, else the environment variable `name` when set and not empty.
+pub fn or_env(given: Option<&String>, name: &str) -> Option<String> {
+    given
+        .cloned()
+        .or_else(|| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
+
+impl ServerArgs {
+    /// The server's base URL: `--server`, `AIRLIFT_SERVER` or the default.
+    pub fn base(&self) -> String {
+        or_env(self.server.as_ref(), "AIRLIFT_SERVER")
+            .unwrap_or_else(|| DEFAULT_SERVER.to_owned())
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
 /// An authenticated connection to the admin API.
 pub struct Api {
     base: String,
@@ -77,8 +98,11 @@ pub struct Api {
 impl Api {
     /// Builds the client; fails when no token is given.
     pub fn new(args: &ServerArgs) -> anyhow::Result<Api> {
-        let Some(token) = args.token.clone() else {
-            bail!("no admin token: pass --token or set AIRLIFT_TOKEN (see DIR/admin.token)")
+        let Some(token) = or_env(args.token.as_ref(), "AIRLIFT_TOKEN") else {
+            bail!(
+                "no admin token: pass --token or set AIRLIFT_TOKEN (the first `airlift serve` \
+                 printed it; it is also in its data directory's admin.token)"
+            )
         };
         let tls = airlift_agent::tls::client_config(&args.trust.trust()?)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -88,10 +112,20 @@ impl Api {
             .build()
             .context("cannot build the HTTP client")?;
         Ok(Api {
-            base: args.server.trim_end_matches('/').to_owned(),
+            base: args.base(),
             token,
             http,
         })
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The admin token.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// A request to `path` (starting with `/api/v1`).
@@ -103,10 +137,17 @@ impl Api {
 
     /// Sends a request and decodes a successful JSON answer.
     pub fn send<T: DeserializeOwned>(&self, request: RequestBuilder) -> anyhow::Result<T> {
-        let response = request
-            .send()
-            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        let response = request.send().map_err(|e| self.unreachable(e))?;
         decode(response)
+    }
+
+    /// The error of a request that got no answer, with what to check.
+    pub fn unreachable(&self, err: reqwest::Error) -> anyhow::Error {
+        anyhow::Error::new(err).context(format!(
+            "cannot reach the server at {} (is `airlift serve` running there? \
+             --server or AIRLIFT_SERVER says where it is)",
+            self.base
+        ))
     }
 
     /// GET `path` as JSON.
@@ -124,21 +165,35 @@ impl Api {
 pub fn decode<T: DeserializeOwned>(response: Response) -> anyhow::Result<T> {
     let status = response.status();
     let text = response.text().context("cannot read the server's answer")?;
+    decode_text(status, &text)
+}
+
+/// The body `text` of an answer with `status` as `T`, or the server's
+/// error message with what to do about it.
+pub fn decode_text<T: DeserializeOwned>(status: StatusCode, text: &str) -> anyhow::Result<T> {
     if !status.is_success() {
-        let parsed: Option<Value> = serde_json::from_str(&text).ok();
+        let parsed: Option<Value> = serde_json::from_str(text).ok();
         let error = parsed.as_ref().map(|v| &v["error"]);
+        let remedy = match status {
+            StatusCode::UNAUTHORIZED => {
+                " (check --token or AIRLIFT_TOKEN: the server's admin.token holds the first one)"
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                " (the server's max_upload_bytes, AIRLIFT_MAX_UPLOAD_BYTES, sets the limit)"
+            }
+            _ => "",
+        };
         match error.and_then(|e| Some((e["code"].as_str()?, e["message"].as_str()?))) {
-            Some((code, message)) => bail!("server refused ({status}, {code}): {message}"),
-            None => bail!("server answered {status}: {}", text.trim()),
+            Some((code, message)) => bail!("server refused ({status}, {code}): {message}{remedy}"),
+            None => bail!("server answered {status}: {}{remedy}", text.trim()),
         }
     }
-    serde_json::from_str(&text)
-        .with_context(|| format!("unexpected answer from the server: {text}"))
+    serde_json::from_str(text).with_context(|| format!("unexpected answer from the server: {text}"))
 }
 
 /// Prints a value as pretty JSON.
 pub fn print_json(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -151,20 +206,110 @@ pub fn field(value: &Value, key: &str) -> String {
     }
 }
 
+/// The time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `?a=1&b=2` from the pairs whose value is not empty ("" when none is).
+pub fn query(pairs: &[(&str, &str)]) -> String {
+    let given: Vec<String> = pairs
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if given.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", given.join("&"))
+    }
+}
+
 /// "3 min ago" style age of a Unix-millisecond timestamp.
 pub fn age(ms: &Value) -> String {
     let Some(ms) = ms.as_i64() else {
         return "never".to_owned();
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(ms);
-    let secs = (now - ms).max(0) / 1000;
+    let secs = (now_ms() - ms).max(0) / 1000;
     match secs {
         0..60 => format!("{secs}s ago"),
         60..3600 => format!("{}m ago", secs / 60),
         3600..86400 => format!("{}h ago", secs / 3600),
         _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+/// Rows under a header, each column as wide as its widest cell, two
+/// spaces apart (the last column unpadded): what `airlift device list`
+/// and the other lists print. Plain text: no colour, no box drawing, so
+/// it reads the same in a terminal, a file or `grep`.
+pub struct Table {
+    rows: Vec<Vec<String>>,
+    right: Vec<bool>,
+}
+
+impl Table {
+    /// A table with these column headings.
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
+            right: vec![false; header.len()],
+        }
+    }
+
+    /// Aligns column `column` (from 0) to the right (numbers).
+    pub fn right(mut self, column: usize) -> Table {
+        if let Some(r) = self.right.get_mut(column) {
+            *r = true;
+        }
+        self
+    }
+
+    /// Adds a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// Prints the header and the rows.
+    pub fn print(&self) {
+        let columns = self.right.len();
+        let mut widths = vec![0; columns];
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        for row in &self.rows {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate().take(columns) {
+                let width = widths[i];
+                let last = i + 1 == columns;
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                if self.right[i] {
+                    line.push_str(&format!("{cell:>width$}"));
+                } else if last {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<width$}"));
+                }
+            }
+            outln!("{}", line.trim_end());
+        }
+    }
+}
+
+/// An ESP chip id as its name (`ESP32-C3`).
+pub fn chip(value: &Value) -> String {
+    let Some(id) = value.as_u64().and_then(|id| u16::try_from(id).ok()) else {
+        return "-".to_owned();
+    };
+    match airlift_format::image::Chip::from_id(id) {
+        chip if chip.is_known() => chip.name().to_owned(),
+        _ => format!("chip id {id}"),
     }
 }

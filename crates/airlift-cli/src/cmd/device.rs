@@ -5,12 +5,12 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::client::{Api, ServerArgs, age, field, print_json};
+use super::client::{Api, ServerArgs, Table, age, field, print_json};
 
 /// `airlift device` subcommands that talk to the server.
 #[derive(Subcommand, Debug)]
 pub enum DeviceCommand {
-    /// Register a device; prints its token once.
+    /// Register a device; prints its token once, alone on stdout.
     Add {
         /// Unique device name.
         name: String,
@@ -86,8 +86,9 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&answer)?;
             } else {
-                println!("device {name} added; its token (shown once):");
-                println!("{}", field(&answer, "token"));
+                // The token alone on stdout: `airlift device add NAME > NAME.token`.
+                eprintln!("airlift: device {name} added; its token, shown only this once:");
+                outln!("{}", field(&answer, "token"));
             }
         }
         DeviceCommand::List { json, server } => {
@@ -97,22 +98,24 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
             } else {
                 let list = devices.as_array().map(Vec::as_slice).unwrap_or_default();
                 if list.is_empty() {
-                    println!("no devices");
+                    eprintln!("no devices yet: airlift device add NAME registers one");
+                    return Ok(ExitCode::SUCCESS);
                 }
+                let mut table = Table::new(&["NAME", "RUNNING", "STATE", "LAST SEEN", "TAGS"]);
                 for d in list {
                     let tags: Vec<&str> = d["tags"]
                         .as_array()
                         .map(|t| t.iter().filter_map(Value::as_str).collect())
                         .unwrap_or_default();
-                    println!(
-                        "{:<24} {:<36} {:<10} {:<12} {}",
+                    table.row(vec![
                         field(d, "name"),
                         running(d),
                         field(&d["status"], "state"),
                         age(&d["status"]["last_seen"]),
                         tags.join(","),
-                    );
+                    ]);
                 }
+                table.print();
             }
         }
         DeviceCommand::Show { name, json, server } => {
@@ -121,26 +124,26 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
                 print_json(&device)?;
             } else {
                 let s = &device["status"];
-                println!("name          {}", field(&device, "name"));
-                println!("tags          {}", device["tags"]);
-                println!("running       {}", running(&device));
-                println!("sha256        {}", field(s, "sha256"));
-                println!("security ver  {}", field(s, "security_version"));
-                println!("chip id       {}", field(s, "chip_id"));
-                println!(
+                outln!("name          {}", field(&device, "name"));
+                outln!("tags          {}", device["tags"]);
+                outln!("running       {}", running(&device));
+                outln!("sha256        {}", field(s, "sha256"));
+                outln!("security ver  {}", field(s, "security_version"));
+                outln!("chip id       {}", field(s, "chip_id"));
+                outln!(
                     "engine state  {} (boot count {})",
                     field(s, "state"),
                     field(s, "boot_count")
                 );
-                println!("last seen     {}", age(&s["last_seen"]));
+                outln!("last seen     {}", age(&s["last_seen"]));
                 match device["assignment"].as_object() {
-                    Some(a) => println!(
+                    Some(a) => outln!(
                         "assignment    deployment {} ({}): {}",
                         a.get("deployment_id").unwrap_or(&Value::Null),
                         a.get("version").and_then(Value::as_str).unwrap_or("-"),
                         a.get("state").and_then(Value::as_str).unwrap_or("-"),
                     ),
-                    None => println!("assignment    none"),
+                    None => outln!("assignment    none"),
                 }
             }
         }
@@ -155,16 +158,22 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&events)?;
             } else {
-                for e in events.as_array().map(Vec::as_slice).unwrap_or_default() {
-                    println!(
-                        "{:<10} deployment {:<5} {:<12} {:<16} {}",
+                let list = events.as_array().map(Vec::as_slice).unwrap_or_default();
+                if list.is_empty() {
+                    eprintln!("no events from {name} yet");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let mut table = Table::new(&["WHEN", "DEPLOYMENT", "EVENT", "REASON", "DETAIL"]);
+                for e in list {
+                    table.row(vec![
                         age(&e["at"]),
                         field(e, "deployment_id"),
                         field(e, "kind"),
                         field(e, "reason"),
                         field(e, "detail"),
-                    );
+                    ]);
                 }
+                table.print();
             }
         }
     }

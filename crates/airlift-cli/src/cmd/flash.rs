@@ -147,7 +147,7 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot provision {}", firmware.display()))?;
             write_flash(&file, &bytes, force)?;
             tls.provision(&file)?;
-            println!(
+            outln!(
                 "created {} ({} bytes): {} in ota_0, {} trusted key(s)",
                 file.display(),
                 bytes.len(),
@@ -178,7 +178,7 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
                 .iter()
                 .find(|e| e.label_str() == "ota_0")
                 .map_or(0, |e| e.size);
-            println!(
+            outln!(
                 "provisioned {} ({} MiB): {chip} bootloader at {:#x}, partition table at 0x8000, \
                  {} in ota_0 ({} of {} bytes), {} trusted key(s)",
                 file.display(),
@@ -189,7 +189,7 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
                 slot,
                 keys.len()
             );
-            println!(
+            outln!(
                 "write it at offset 0: espflash write-bin 0x0 {0}  (or: esptool --chip {chip} write-flash 0x0 {0})",
                 file.display()
             );
@@ -200,9 +200,9 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
             let r = report::report(&mut flash, airlift_engine::DEFAULT_MAX_ATTEMPTS)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                print!("{}", report::render_text(&r));
+                out!("{}", report::render_text(&r));
             }
         }
     }

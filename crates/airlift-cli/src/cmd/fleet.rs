@@ -207,7 +207,7 @@ pub fn run(command: FleetCommand) -> anyhow::Result<ExitCode> {
             let image = airlift_engine::sim::test_image(&version, security_version, size);
             std::fs::write(&output, &image)
                 .with_context(|| format!("cannot write {}", output.display()))?;
-            println!(
+            outln!(
                 "wrote {} ({} bytes, version {version})",
                 output.display(),
                 image.len()
@@ -392,12 +392,12 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
             baseline = plain.zip(verified);
         }
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            outln!("{}", serde_json::to_string_pretty(&summary)?);
         } else {
-            println!("{}", summary.line());
-            println!("devices per version: {:?}", summary.versions);
-            println!("events: {:?}", summary.events);
-            println!(
+            outln!("{}", summary.line());
+            outln!("devices per version: {:?}", summary.versions);
+            outln!("events: {:?}", summary.events);
+            outln!(
                 "{} check-ins, {} rollbacks, {} download retries, {} power cuts, {} bytes received, {} devices stopped with an error",
                 summary.checkins, summary.rollbacks, summary.retries, summary.power_cuts, summary.bytes, summary.crashed
             );
@@ -408,7 +408,7 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
             if json {
                 eprintln!("{line}");
             } else {
-                println!("{line}");
+                outln!("{line}");
             }
         };
         if let Some(((took, bytes, server_cpu, _), (hashed, _, _, _))) = baseline {

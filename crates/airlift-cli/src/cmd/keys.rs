@@ -212,7 +212,7 @@ fn generate(name: &Path, force: bool) -> anyhow::Result<ExitCode> {
     }
     write_new(&key_path, &format_secret_key_file(&seed), 0o600, force)?;
     write_new(&pub_path, &format_public_key_file(&public), 0o644, force)?;
-    println!(
+    outln!(
         "key id {}: secret key {} (keep it offline), public key {}",
         hex(&key_id(&public)),
         key_path.display(),
@@ -298,9 +298,9 @@ fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
             image_size,
             image_sha256: hex(&info.file_sha256),
         };
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        outln!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        println!(
+        outln!(
             "signed {} ({} {}, security version {security_version}, {image_size} bytes, sha256 {}) with key {id}: {}",
             args.file.display(),
             if product.is_empty() { "-" } else { &product },

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod image;
 pub mod keys;
 pub mod otadata;
+pub mod out;
 pub mod partitions;
 pub mod rehearse;
 pub mod release;

@@ -112,9 +112,9 @@ fn inspect(path: &Path, json: bool, slots: Option<u8>) -> anyhow::Result<ExitCod
         load(&bytes, slots).with_context(|| format!("cannot inspect {}", path.display()))?;
     let report = Report::new(&loaded);
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render_text(path, &report));
+        out!("{}", render_text(path, &report));
     }
     Ok(ExitCode::SUCCESS)
 }

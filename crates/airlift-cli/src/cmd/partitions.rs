@@ -219,9 +219,9 @@ fn inspect(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let inspection = load(path).with_context(|| format!("cannot inspect {}", path.display()))?;
     if json {
         let report = JsonReport::new(&inspection);
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render_text(path, &inspection));
+        out!("{}", render_text(path, &inspection));
     }
     Ok(if inspection.problem.is_none() {
         ExitCode::SUCCESS
@@ -239,7 +239,7 @@ fn build(csv: &Path, output: &Path) -> anyhow::Result<ExitCode> {
     let used = partition::build(&entries, &mut out)
         .with_context(|| format!("cannot build a table from {}", csv.display()))?;
     std::fs::write(output, out).with_context(|| format!("cannot write {}", output.display()))?;
-    println!(
+    outln!(
         "wrote {}: {} partitions, md5 {}",
         output.display(),
         entries.len(),

@@ -92,7 +92,7 @@ pub fn run(args: RehearseArgs) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_dir_all(&data);
     let report = result?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
     }
@@ -313,15 +313,17 @@ fn report(
 }
 
 fn print_report(r: &Value) {
-    println!(
+    outln!(
         "rehearsal: {} simulated devices; {NEW} crashes on {} of them and {} go silent after installing it",
-        r["devices"], r["crashing"], r["silent"]
+        r["devices"],
+        r["crashing"],
+        r["silent"]
     );
     let mut plan = r["plan"].clone();
     plan["soak_ms"] = r["plan_soak_ms"].clone();
     plan["deadline_ms"] = r["plan_deadline_ms"].clone();
-    println!("plan: {}", plan_line(&plan));
-    println!(
+    outln!("plan: {}", plan_line(&plan));
+    outln!(
         "  (rehearsed with a soak of {} and a deadline of {}; waves of {} devices)",
         show_duration(&r["rehearsal_soak_ms"]),
         show_duration(&r["rehearsal_deadline_ms"]),
@@ -340,16 +342,17 @@ fn print_report(r: &Value) {
             "not_reached" => "never opens: its devices are not offered the release".to_owned(),
             _ => "still running when the rehearsal stopped".to_owned(),
         };
-        println!("wave {}: {}; {what}", w["wave"], wave_numbers(w));
+        outln!("wave {}: {}; {what}", w["wave"], wave_numbers(w));
     }
     let o = &r["outcome"];
     match o["state"].as_str() {
-        Some("paused") => println!("prediction: the rollout pauses in wave {}", o["wave"]),
-        Some("finished") => println!(
+        Some("paused") => outln!("prediction: the rollout pauses in wave {}", o["wave"]),
+        Some("finished") => outln!(
             "prediction: the rollout finishes: {} confirmed, {} failed",
-            o["confirmed"], o["failures"]
+            o["confirmed"],
+            o["failures"]
         ),
-        _ => println!(
+        _ => outln!(
             "prediction: none ({})",
             o["reason"].as_str().unwrap_or("the rehearsal stopped")
         ),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::client::{Api, ServerArgs, age, field, print_json};
+use super::client::{Api, ServerArgs, Table, age, field, print_json};
 
 /// `airlift rollout` subcommands.
 #[derive(Subcommand, Debug)]
@@ -232,7 +232,7 @@ fn print_detail(d: &Value, devices: bool) {
         Some(s) => s.to_owned(),
         None => "-".to_owned(),
     };
-    println!(
+    outln!(
         "rollout {}: {} {} -> {} ({state}, created {} by {})",
         field(d, "id"),
         field(r, "project"),
@@ -241,17 +241,17 @@ fn print_detail(d: &Value, devices: bool) {
         age(&d["created_at"]),
         field(d, "created_by"),
     );
-    println!("  plan: {}", plan_line(&d["plan"]));
+    outln!("  plan: {}", plan_line(&d["plan"]));
     if let Some(message) = d["pause_reason"]["message"].as_str() {
-        println!("  paused: {message}");
+        outln!("  paused: {message}");
     }
     if d["state"] == "draft" {
-        println!(
+        outln!(
             "  draft: the device set is fixed when it starts (airlift rollout start {})",
             field(d, "id")
         );
     } else {
-        println!("  all   {}", wave_numbers(&d["total"]));
+        outln!("  all   {}", wave_numbers(&d["total"]));
     }
     for p in d["progress"]
         .as_array()
@@ -263,14 +263,14 @@ fn print_detail(d: &Value, devices: bool) {
         } else {
             "not open"
         };
-        println!("  wave {} ({open}): {}", field(p, "wave"), wave_numbers(p));
+        outln!("  wave {} ({open}): {}", field(p, "wave"), wave_numbers(p));
     }
     for h in d["held_back"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
     {
-        println!(
+        outln!(
             "  held back (penalty box): {} failed this release {} times",
             field(h, "device"),
             field(h, "failures")
@@ -281,14 +281,14 @@ fn print_detail(d: &Value, devices: bool) {
         .map(Vec::as_slice)
         .unwrap_or_default();
     let start = events.first().and_then(|e| e["at"].as_i64()).unwrap_or(0);
-    println!("  history:");
+    outln!("  history:");
     for e in events {
         let at = (e["at"].as_i64().unwrap_or(start) - start) as f64 / 1000.0;
         let wave = match e["wave"].as_u64() {
             Some(0) | None => String::new(),
             Some(n) => format!(" (wave {n})"),
         };
-        println!(
+        outln!(
             "    +{at:.1}s {} by {}{wave}: {}",
             field(e, "kind"),
             field(e, "actor"),
@@ -305,7 +305,7 @@ fn print_detail(d: &Value, devices: bool) {
                 .as_str()
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "  {:<24} wave {:<3} {}{}",
                 field(a, "device_name"),
                 field(a, "wave"),
@@ -366,18 +366,32 @@ pub fn run(command: RolloutCommand) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&list)?;
             } else {
-                for r in list.as_array().map(Vec::as_slice).unwrap_or_default() {
-                    println!(
-                        "{:>4}  release {:<4} {:<28} {:<10} wave {}/{}  {}",
+                let list = list.as_array().map(Vec::as_slice).unwrap_or_default();
+                if list.is_empty() {
+                    eprintln!(
+                        "no rollouts yet: airlift rollout create RELEASE --to TARGET starts one"
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let mut table =
+                    Table::new(&["ID", "RELEASE", "TARGET", "STATE", "WAVES OPEN", "CREATED"])
+                        .right(0)
+                        .right(1);
+                for r in list {
+                    table.row(vec![
                         field(r, "id"),
                         field(r, "release_id"),
                         field(r, "target"),
                         field(r, "state"),
-                        field(r, "opened"),
-                        r["waves"].as_array().map_or(0, Vec::len),
+                        format!(
+                            "{} of {}",
+                            field(r, "opened"),
+                            r["waves"].as_array().map_or(0, Vec::len)
+                        ),
                         age(&r["created_at"]),
-                    );
+                    ]);
                 }
+                table.print();
             }
             return Ok(ExitCode::SUCCESS);
         }

@@ -1,5 +1,6 @@
 //! `airlift serve`: the update server.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,7 +85,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     config.validate()?;
     if args.print_config {
-        print!("{}", config.to_toml());
+        out!("{}", config.to_toml());
         return Ok(ExitCode::SUCCESS);
     }
     tracing_subscriber::fmt()
@@ -93,6 +94,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: a log file, a pipe or
+        // journald gets plain text (and NO_COLOR is honoured).
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -107,7 +111,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let server = Server::open(config).await?;
         let shutdown = airlift_server::shutdown_signal();
         if let Some(token) = &server.initial_admin_token {
-            println!(
+            outln!(
                 "admin token (shown once; also in {}): {token}",
                 data_dir.join("admin.token").display()
             );

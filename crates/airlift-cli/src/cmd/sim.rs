@@ -237,10 +237,10 @@ fn power_cut(args: PowerCutArgs) -> anyhow::Result<ExitCode> {
                 .collect(),
             failures,
         };
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        outln!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         let points: u64 = reports.iter().map(|r| r.cut_points + r.torn_points).sum();
-        println!(
+        outln!(
             "{} paths, {points} power cuts, {failures} failures ({table_name})",
             reports.len()
         );
@@ -276,12 +276,15 @@ impl<P: std::fmt::Display> From<PathReport<P>> for Row {
 }
 
 fn print_line(r: &Row) {
-    println!(
+    outln!(
         "{:<22} cut points {:>5}  torn points {:>5}  failures {}",
-        r.path, r.cut_points, r.torn_points, r.failures
+        r.path,
+        r.cut_points,
+        r.torn_points,
+        r.failures
     );
     for e in &r.examples {
-        println!("    {e}");
+        outln!("    {e}");
     }
 }
 
@@ -299,14 +302,16 @@ fn chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     if let Some(seed) = args.replay {
         return Ok(match chaos::run_sequence(&cfg, seed) {
             Ok(stats) => {
-                println!(
+                outln!(
                     "sequence {seed:#018x}: {} operations, {} power cuts, {} refusals, no failure",
-                    stats.operations, stats.power_cuts, stats.refusals
+                    stats.operations,
+                    stats.power_cuts,
+                    stats.refusals
                 );
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                println!("sequence {seed:#018x} failed: {e}");
+                outln!("sequence {seed:#018x} failed: {e}");
                 ExitCode::from(1)
             }
         });
@@ -325,7 +330,7 @@ fn chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         eprintln!();
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&ChaosJson::new(&cfg, &report))?
         );
@@ -365,29 +370,33 @@ impl<'a> ChaosJson<'a> {
 
 fn print_chaos(cfg: &ChaosConfig, r: &ChaosReport) {
     let t = &r.totals;
-    println!(
+    outln!(
         "chaos: {} sequences of {} operations (seed {:#018x})",
-        r.sequences, cfg.steps, cfg.seed
+        r.sequences,
+        cfg.steps,
+        cfg.seed
     );
-    println!("  operations      {:>9}", t.operations);
-    println!(
+    outln!("  operations      {:>9}", t.operations);
+    outln!(
         "  power cuts      {:>9}  ({} torn writes)",
-        t.power_cuts, t.torn_writes
+        t.power_cuts,
+        t.torn_writes
     );
-    println!("  refusals        {:>9}", t.refusals);
-    println!("  activations     {:>9}", t.activations);
-    println!(
+    outln!("  refusals        {:>9}", t.refusals);
+    outln!("  activations     {:>9}", t.activations);
+    outln!(
         "  resumes         {:>9}  ({} stale, retried from byte 0)",
-        t.resumes, t.stale_resumes
+        t.resumes,
+        t.stale_resumes
     );
-    println!("  confirms        {:>9}", t.confirms);
-    println!("  rollbacks       {:>9}", t.rollbacks);
-    println!(
+    outln!("  confirms        {:>9}", t.confirms);
+    outln!("  rollbacks       {:>9}", t.rollbacks);
+    outln!(
         "  good updates offered after a step: {} (each installed, booted and confirmed)",
         t.liveness_checks
     );
-    println!("  failures        {:>9}", r.failures);
+    outln!("  failures        {:>9}", r.failures);
     for e in &r.examples {
-        println!("    {e}");
+        outln!("    {e}");
     }
 }

@@ -39,6 +39,7 @@ pub fn config() -> Config {
         poll_ms: None,
         retry_delay_ms: 500,
         jitter: false,
+        long_poll_seconds: 0,
     }
 }
 

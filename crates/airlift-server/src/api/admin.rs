@@ -77,25 +77,10 @@ async fn receive(
     let info = verifier
         .finish()
         .map_err(|e| invalid_image(format!("{e}")))?;
-    if !info.checksum_valid() {
-        return Err(invalid_image(format!(
-            "image checksum is 0x{:02x} but the segments sum to 0x{:02x}: the file is corrupt",
-            info.stored_checksum, info.computed_checksum
-        )));
+    match info.release_problem() {
+        Some(problem) => Err(invalid_image(problem.to_string())),
+        None => Ok(info),
     }
-    if let Some(digest) = info.digest.filter(|d| !d.is_valid()) {
-        return Err(invalid_image(format!(
-            "appended SHA-256 is {} but the image hashes to {}: the file is corrupt",
-            hex::encode(digest.stored),
-            hex::encode(digest.computed)
-        )));
-    }
-    if info.app_desc.is_none() {
-        return Err(invalid_image(
-            "image has no application descriptor (esp_app_desc_t): expected an ESP-IDF app image",
-        ));
-    }
-    Ok(info)
 }
 
 /// An offline-signed manifest must describe exactly the uploaded image.
@@ -454,6 +439,19 @@ pub struct DeviceDetail {
     /// Its latest assignments (at most 50), newest first, each with its
     /// release and how it ended.
     pub history: Vec<DeviceAssignment>,
+    /// When the server expects to hear from it next.
+    pub check_in: NextCheckIn,
+}
+
+/// When the server expects a device's next check-in.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NextCheckIn {
+    /// A check-in of the device waits on this server instance now (a long
+    /// poll): an update offered to it goes out at once.
+    pub waiting: bool,
+    /// When its next check-in is due if it polls as the server tells it:
+    /// its last check-in plus the poll interval (none before the first).
+    pub due_at: Option<i64>,
 }
 
 /// Most assignments a device's history shows.
@@ -482,10 +480,18 @@ pub async fn get_device(
         .store
         .device_assignments(device.id, HISTORY_SHOWN)
         .await?;
+    let check_in = NextCheckIn {
+        waiting: state.long_polls.is_waiting(device.id),
+        due_at: device
+            .status
+            .last_seen
+            .map(|seen| seen + i64::from(state.config.poll_seconds) * 1000),
+    };
     Ok(ApiJson(DeviceDetail {
         device,
         assignment,
         history,
+        check_in,
     }))
 }
 
@@ -561,13 +567,14 @@ pub struct Progress {
     /// Why devices were skipped, failed, rolled back or cancelled: state ->
     /// reason -> devices.
     pub reasons: BTreeMap<String, BTreeMap<String, i64>>,
-    /// `active` while some device has not finished, `finished` when all
-    /// have, or `cancelled`.
-    pub status: String,
 }
 
 impl Progress {
-    fn of(deployment: &Deployment, tallies: &[AssignmentTally]) -> Progress {
+    /// The deployment's progress; also sets its `state` to the one people
+    /// see (there is no other): `active` while some device has not
+    /// finished (a rollout's devices waiting for their wave have not),
+    /// `finished` when all have, or `cancelled`.
+    fn of(deployment: &mut Deployment, tallies: &[AssignmentTally]) -> Progress {
         let mut progress = Progress {
             counts: AssignmentState::ALL
                 .iter()
@@ -593,10 +600,9 @@ impl Progress {
                     .or_default() += t.devices;
             }
         }
-        progress.status = match deployment.state.as_str() {
-            "active" if !unfinished => "finished".to_owned(),
-            other => other.to_owned(),
-        };
+        if deployment.state == "active" && !unfinished {
+            "finished".clone_into(&mut deployment.state);
+        }
         progress
     }
 }
@@ -607,7 +613,7 @@ pub struct DeploymentDetail {
     /// The deployment.
     #[serde(flatten)]
     pub deployment: Deployment,
-    /// Counts per state, devices that can take it, reasons, status.
+    /// Counts per assignment state, devices that can take it, reasons.
     #[serde(flatten)]
     pub progress: Progress,
     /// The release.
@@ -633,38 +639,56 @@ pub struct AssignmentQuery {
     pub offset: Option<i64>,
 }
 
+impl AssignmentQuery {
+    /// The states asked for (all when none), or the 400 naming the valid ones.
+    fn states(&self) -> Result<Vec<String>, ApiError> {
+        let mut states = Vec::new();
+        for name in self.state.iter().flat_map(|s| s.split(',')) {
+            let name = name.trim();
+            if name.is_empty() {
+                continue;
+            }
+            let parsed = AssignmentState::parse(name).ok_or_else(|| {
+                ApiError::bad_request(
+                    "bad_query",
+                    format!(
+                        "state {name:?} is invalid: expected one of {}",
+                        AssignmentState::ALL.map(AssignmentState::as_str).join(", ")
+                    ),
+                )
+            })?;
+            states.push(parsed.as_str().to_owned());
+        }
+        Ok(states)
+    }
+
+    /// How many of the deployment's assignments are in the states asked
+    /// for, and the page of them asked for.
+    pub(crate) async fn page(
+        &self,
+        state: &AppState,
+        deployment_id: i64,
+    ) -> Result<(i64, Vec<Assignment>), ApiError> {
+        let states = self.states()?;
+        let limit = self.limit.unwrap_or(i64::MAX).max(0);
+        let offset = self.offset.unwrap_or(0).max(0);
+        Ok(state
+            .store
+            .assignments_page(deployment_id, &states, limit, offset)
+            .await?)
+    }
+}
+
 async fn deployment_detail(
     state: &AppState,
     id: i64,
     query: &AssignmentQuery,
 ) -> Result<DeploymentDetail, ApiError> {
-    let deployment = state.store.deployment(id).await?;
+    let mut deployment = state.store.deployment(id).await?;
     let release = state.store.release(deployment.release_id).await?;
     let tallies = state.store.assignment_tallies(&[id]).await?;
-    let progress = Progress::of(&deployment, &tallies);
-    let mut states = Vec::new();
-    for name in query.state.iter().flat_map(|s| s.split(',')) {
-        let name = name.trim();
-        if name.is_empty() {
-            continue;
-        }
-        let parsed = AssignmentState::parse(name).ok_or_else(|| {
-            ApiError::bad_request(
-                "bad_query",
-                format!(
-                    "state {name:?} is invalid: expected one of {}",
-                    AssignmentState::ALL.map(AssignmentState::as_str).join(", ")
-                ),
-            )
-        })?;
-        states.push(parsed.as_str().to_owned());
-    }
-    let limit = query.limit.unwrap_or(i64::MAX).max(0);
-    let offset = query.offset.unwrap_or(0).max(0);
-    let (assignments_total, assignments) = state
-        .store
-        .assignments_page(id, &states, limit, offset)
-        .await?;
+    let progress = Progress::of(&mut deployment, &tallies);
+    let (assignments_total, assignments) = query.page(state, id).await?;
     state.flush_statuses().await?;
     let versions = state.store.running_versions(id).await?;
     Ok(DeploymentDetail {
@@ -685,7 +709,7 @@ pub struct DeploymentSummary {
     pub deployment: Deployment,
     /// The release's version.
     pub version: String,
-    /// Counts per state, devices that can take it, reasons, status.
+    /// Counts per assignment state, devices that can take it, reasons.
     #[serde(flatten)]
     pub progress: Progress,
 }
@@ -699,7 +723,7 @@ pub(crate) async fn deployment_summaries(
     let tallies = state.store.assignment_tallies(&ids).await?;
     let mut versions = std::collections::HashMap::new();
     let mut summaries = Vec::with_capacity(deployments.len());
-    for deployment in deployments {
+    for mut deployment in deployments {
         let version = match versions.get(&deployment.release_id) {
             Some(version) => String::clone(version),
             None => {
@@ -708,7 +732,7 @@ pub(crate) async fn deployment_summaries(
                 version
             }
         };
-        let progress = Progress::of(&deployment, &tallies);
+        let progress = Progress::of(&mut deployment, &tallies);
         summaries.push(DeploymentSummary {
             deployment,
             version,
@@ -730,6 +754,43 @@ pub(crate) fn parse_target(text: &str) -> Result<Target, ApiError> {
     })
 }
 
+/// The devices `target` reaches now, or the refusal that says the target
+/// reaches none (a typo in a tag would otherwise make a deployment that
+/// finishes at once, having done nothing) and which tags devices carry.
+pub(crate) async fn reached(state: &AppState, target: &Target) -> Result<Vec<Device>, ApiError> {
+    let devices = state.store.devices_for_target(target).await?;
+    if !devices.is_empty() {
+        return Ok(devices);
+    }
+    let message = match target {
+        Target::Tag(tag) => {
+            let tags: Vec<String> = state
+                .store
+                .fleet_counts(0)
+                .await?
+                .by_tag
+                .into_iter()
+                .filter_map(|t| Some(format!("{} ({})", t.value?, t.devices)))
+                .collect();
+            let known = if tags.is_empty() {
+                "no device has a tag yet".to_owned()
+            } else {
+                format!("tags in use: {}", tags.join(", "))
+            };
+            format!(
+                "no device has the tag {tag:?} ({known}); tag devices when adding them (--tag) or pick another target"
+            )
+        }
+        _ => format!(
+            "{target} reaches no device: add devices first (POST /api/v1/devices, airlift device add)"
+        ),
+    };
+    Err(ApiError::Unprocessable {
+        code: "no_devices",
+        message,
+    })
+}
+
 pub(crate) async fn find_release(state: &AppState, reference: &str) -> Result<Release, ApiError> {
     if let Ok(id) = reference.parse::<i64>() {
         return Ok(state.store.release(id).await?);
@@ -743,11 +804,12 @@ pub(crate) async fn find_release(state: &AppState, reference: &str) -> Result<Re
 
 /// Deploys a release to one device, a tag or all devices. Devices already
 /// running it, with another chip, or whose security version is above the
-/// release's are skipped. An unfinished assignment of an earlier deployment
+/// release's are skipped; a target that reaches no device is refused. An unfinished assignment of an earlier deployment
 /// is superseded (cancelled).
 #[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments", security(("admin_token" = [])),
     request_body = NewDeployment,
-    responses((status = 201, body = DeploymentDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = DeploymentDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, description = "the target reaches no device", body = ErrorBody)))]
 pub async fn create_deployment(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<NewDeployment>,
@@ -755,7 +817,7 @@ pub async fn create_deployment(
     let target = parse_target(&request.target)?;
     let release = find_release(&state, &request.release).await?;
     state.flush_statuses().await?;
-    let devices = state.store.devices_for_target(&target).await?;
+    let devices = reached(&state, &target).await?;
     let assignments: Vec<NewAssignment> = devices
         .iter()
         .map(|device| match skip_reason(&device.status, &release) {
@@ -788,6 +850,7 @@ pub async fn create_deployment(
             release: release.clone(),
         };
         state.offers.set(a.device_id, Some(Arc::new(offer)));
+        state.long_polls.wake(a.device_id);
     }
     let detail = deployment_detail(&state, deployment.id, &AssignmentQuery::default()).await?;
     let audit = serde_json::json!({"release": release.id, "target": target.to_string(),

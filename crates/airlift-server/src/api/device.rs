@@ -20,6 +20,7 @@ use crate::AppState;
 use crate::auth::{bearer, hash_token, new_token};
 use crate::deploy::{AssignmentState, skip_reason};
 use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
+use crate::longpoll::Waiting;
 use crate::metrics::Metrics;
 use crate::store::{DeviceStatus, EventOutcome, NewEvent, Offer};
 use crate::throttle::{ClientAddr, Credential, Peer};
@@ -195,7 +196,9 @@ fn moved(state: &AppState, device_id: i64, deployment_id: Option<i64>, to: &str)
 }
 
 /// A device reports its state; the answer says when to poll next and carries
-/// the assigned update, if any.
+/// the assigned update, if any. A device that can wait (`long_poll_seconds`)
+/// and has nothing to take is held until an update is offered to it or the
+/// hold ends ([`crate::longpoll`]).
 #[utoipa::path(post, path = "/api/v1/device/checkin", tag = "device", security(("device_token" = [])),
     request_body(content = Object, description = "airlift_protocol::CheckIn"),
     responses((status = 200, description = "airlift_protocol::CheckInAnswer", body = Object),
@@ -218,7 +221,17 @@ pub async fn checkin(
         state: Some(report.state.as_str().to_owned()),
         boot_count: Some(i64::from(report.boot_count)),
     };
+    // A check-in that may wait takes its place before its offer is read:
+    // an offer made in between wakes it.
+    let hold = hold_for(&state, &report);
+    let waiting = hold.and_then(|_| state.long_polls.wait(device.id));
+    let woken = waiting.as_ref().map(Waiting::woken);
+    let mut woken = std::pin::pin!(woken);
+    if let Some(woken) = woken.as_mut().as_pin_mut() {
+        woken.enable();
+    }
     let mut update = None;
+    let mut reported = false;
     let offer = open_offer(&state, device.id).await?;
     state.statuses.record(device.id, status.clone());
     if let Some(offer) = offer {
@@ -244,7 +257,23 @@ pub async fn checkin(
                 },
             )
             .await?;
+            reported = true;
         } else {
+            update = offer_update(&state, device.id, &status, &offer).await?;
+        }
+    }
+    let mut poll_seconds = state.config.poll_seconds;
+    if let (Some(woken), Some(hold), None, false) =
+        (woken.as_mut().as_pin_mut(), hold, &update, reported)
+    {
+        // The hold was the wait: the device checks in again at once and
+        // waits there, unless the server is stopping.
+        tokio::select! {
+            () = woken => poll_seconds = 0,
+            () = tokio::time::sleep(hold) => poll_seconds = 0,
+            () = stopping(&state) => {}
+        }
+        if let Some(offer) = open_offer(&state, device.id).await? {
             update = offer_update(&state, device.id, &status, &offer).await?;
         }
     }
@@ -252,9 +281,31 @@ pub async fn checkin(
         Metrics::inc(&state.metrics.offers);
     }
     Ok(ApiJson(CheckInAnswer {
-        poll_seconds: state.config.poll_seconds,
+        poll_seconds,
         update,
+        device: heapless::String::try_from(device.name.as_str()).ok(),
     }))
+}
+
+/// How long a check-in may be held: what the device allows, at most the
+/// server's `long_poll_seconds` and its poll interval; `None` for none.
+fn hold_for(state: &AppState, report: &CheckIn) -> Option<std::time::Duration> {
+    let seconds = report
+        .long_poll_seconds?
+        .min(state.config.long_poll_seconds)
+        .min(state.config.poll_seconds);
+    (seconds > 0).then(|| std::time::Duration::from_secs(u64::from(seconds)))
+}
+
+/// Completes when the server starts its graceful shutdown, which waits for
+/// the answers in flight: a held check-in must not hold it up.
+async fn stopping(state: &AppState) {
+    let mut watcher = state.changes.watch();
+    while !watcher.borrow_and_update().closed {
+        if watcher.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn offer_update(

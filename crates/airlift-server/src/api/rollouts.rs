@@ -9,11 +9,11 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::admin::parse_target;
+use super::admin::{AssignmentQuery, parse_target};
 use super::{Admin, AuditNote};
 use crate::AppState;
 use crate::deploy::{AssignmentState, skip_reason};
-use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::rollout::{
     Amount, Command, PENALTY_BOX, Plan, RolloutState, WaveTally, assign_waves, tally_all,
 };
@@ -157,19 +157,26 @@ pub struct RolloutDetail {
     /// Devices held back by the penalty box.
     pub held_back: Vec<HeldBack>,
     /// The device set (fixed when the rollout started; empty for a draft):
-    /// each device's wave and state.
+    /// each device's wave and state (those asked for: see the `state`,
+    /// `limit` and `offset` parameters).
     pub assignments: Vec<Assignment>,
+    /// Devices of the rollout in the states asked for, on every page.
+    pub assignments_total: i64,
     /// What happened, oldest first.
     pub events: Vec<RolloutEvent>,
 }
 
-async fn detail(state: &AppState, id: i64) -> Result<RolloutDetail, ApiError> {
+async fn detail(
+    state: &AppState,
+    id: i64,
+    query: &AssignmentQuery,
+) -> Result<RolloutDetail, ApiError> {
     let rollout = state.store.rollout(id).await?;
     let release = state.store.release(rollout.release_id).await?;
     let tallies = state.store.rollout_tallies(id).await?;
-    let assignments = match rollout.deployment_id {
-        Some(deployment) => state.store.assignments(deployment).await?,
-        None => Vec::new(),
+    let (assignments_total, assignments) = match rollout.deployment_id {
+        Some(deployment) => query.page(state, deployment).await?,
+        None => (0, Vec::new()),
     };
     let progress = tallies
         .iter()
@@ -181,21 +188,7 @@ async fn detail(state: &AppState, id: i64) -> Result<RolloutDetail, ApiError> {
         })
         .collect();
     let all = tally_all(&tallies);
-    let held: Vec<&Assignment> = assignments
-        .iter()
-        .filter(|a| a.reason.as_deref() == Some(PENALTY_BOX))
-        .collect();
-    let held_back = if held.is_empty() {
-        Vec::new()
-    } else {
-        let failures = state.store.release_failures(rollout.release_id).await?;
-        held.iter()
-            .map(|a| HeldBack {
-                device: a.device_name.clone(),
-                failures: failures.get(&a.device_id).copied().unwrap_or(0),
-            })
-            .collect()
-    };
+    let held_back = held_back(state, &rollout, &all).await?;
     Ok(RolloutDetail {
         total: WaveProgress::of(0, rollout.opened > 0, &all),
         events: state.store.rollout_events(id).await?,
@@ -204,7 +197,33 @@ async fn detail(state: &AppState, id: i64) -> Result<RolloutDetail, ApiError> {
         progress,
         held_back,
         assignments,
+        assignments_total,
     })
+}
+
+/// The devices the penalty box held back (read only when there are some).
+async fn held_back(
+    state: &AppState,
+    rollout: &Rollout,
+    all: &WaveTally,
+) -> Result<Vec<HeldBack>, ApiError> {
+    let Some(deployment) = rollout.deployment_id.filter(|_| all.held_back > 0) else {
+        return Ok(Vec::new());
+    };
+    let skipped = [AssignmentState::Skipped.as_str().to_owned()];
+    let (_, skipped) = state
+        .store
+        .assignments_page(deployment, &skipped, i64::MAX, 0)
+        .await?;
+    let failures = state.store.release_failures(rollout.release_id).await?;
+    Ok(skipped
+        .iter()
+        .filter(|a| a.reason.as_deref() == Some(PENALTY_BOX))
+        .map(|a| HeldBack {
+            device: a.device_name.clone(),
+            failures: failures.get(&a.device_id).copied().unwrap_or(0),
+        })
+        .collect())
 }
 
 fn note(id: i64, detail: serde_json::Value) -> Extension<AuditNote> {
@@ -222,7 +241,7 @@ async fn start(state: &AppState, rollout: &Rollout, actor: &str) -> Result<(), A
     let release = state.store.release(rollout.release_id).await?;
     let target = parse_target(&rollout.target)?;
     state.flush_statuses().await?;
-    let devices = state.store.devices_for_target(&target).await?;
+    let devices = super::admin::reached(state, &target).await?;
     let failures = if rollout.plan.penalty_failures > 0 {
         state.store.release_failures(release.id).await?
     } else {
@@ -290,8 +309,13 @@ pub async fn create_rollout(
     plan.check()
         .map_err(|e| ApiError::bad_request("bad_plan", e))?;
     let release = super::admin::find_release(&state, &request.release).await?;
-    // Unknown device names are refused now rather than at the start.
-    state.store.devices_for_target(&target).await?;
+    // Unknown device names are refused now rather than at the start; a
+    // rollout that starts now must reach some device.
+    if request.start {
+        super::admin::reached(&state, &target).await?;
+    } else {
+        state.store.devices_for_target(&target).await?;
+    }
     let rollout = state
         .store
         .create_rollout(NewRollout {
@@ -309,7 +333,7 @@ pub async fn create_rollout(
     Ok((
         StatusCode::CREATED,
         note(rollout.id, audit),
-        ApiJson(detail(&state, rollout.id).await?),
+        ApiJson(detail(&state, rollout.id, &AssignmentQuery::default()).await?),
     ))
 }
 
@@ -323,15 +347,17 @@ pub async fn list_rollouts(
 }
 
 /// Shows a rollout: its plan and state, progress per wave, the devices held
-/// back, its device set and its history.
+/// back, its device set (all, or those the parameters select) and its history.
 #[utoipa::path(get, path = "/api/v1/rollouts/{id}", tag = "rollouts", security(("admin_token" = [])),
-    params(("id" = i64, Path, description = "rollout id")),
-    responses((status = 200, body = RolloutDetail), (status = 404, body = ErrorBody)))]
+    params(("id" = i64, Path, description = "rollout id"), AssignmentQuery),
+    responses((status = 200, body = RolloutDetail), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub async fn get_rollout(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<AssignmentQuery>,
 ) -> Result<ApiJson<RolloutDetail>, ApiError> {
-    Ok(ApiJson(detail(&state, id).await?))
+    Ok(ApiJson(detail(&state, id, &query).await?))
 }
 
 async fn command(
@@ -357,7 +383,7 @@ async fn command(
             scheduler::step(state, id, now).await?;
         }
     }
-    let detail = detail(state, id).await?;
+    let detail = detail(state, id, &AssignmentQuery::default()).await?;
     let audit = serde_json::json!({"from": before.state, "to": detail.rollout.state,
         "wave": detail.rollout.opened});
     Ok((note(id, audit), ApiJson(detail)))

@@ -174,7 +174,8 @@ pub struct Deployment {
     pub release_id: i64,
     /// `device:NAME`, `devices:A,B,...`, `tag:T` or `all`.
     pub target: String,
-    /// `active` or `cancelled`.
+    /// `active` or `cancelled` as stored; the API answers `finished` for
+    /// an active one whose every device is done.
     pub state: String,
     /// Creation time.
     pub created_at: i64,
