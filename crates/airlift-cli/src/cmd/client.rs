@@ -72,6 +72,18 @@ impl Api {
     pub fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
         self.send(self.request(reqwest::Method::POST, path).json(body))
     }
+
+    /// DELETE `path`; its JSON answer (`null` when it has none).
+    pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .request(reqwest::Method::DELETE, path)
+            .send()
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        if response.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        decode(response)
+    }
 }
 
 /// A successful answer as `T`, or the server's error message.

@@ -1,4 +1,5 @@
-//! `airlift device add|list|show|events`: devices known to the server.
+//! `airlift device add|list|show|events|rotate-token|revoke|delete`:
+//! devices known to the server, and taking a device's identity back.
 
 use std::process::ExitCode;
 
@@ -41,6 +42,41 @@ pub enum DeviceCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Give a device a new token (printed once): the old one stops working
+    /// at once; a revoked device is taken back.
+    RotateToken {
+        /// Device name.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke a device: its token stops working at once and its unfinished
+    /// updates are cancelled; it stays listed with its history
+    /// (`rotate-token` takes it back).
+    Revoke {
+        /// Device name.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a device: its token stops working at once, its unfinished
+    /// updates are cancelled and its name is free; its history stays
+    /// readable as NAME~deleted-ID.
+    Delete {
+        /// Device name.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Run a simulated device over a flash file (`airlift flash create`).
     Run(Box<super::agent::RunArgs>),
     /// Show a device's events, newest first.
@@ -56,6 +92,36 @@ pub enum DeviceCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+}
+
+/// "3 unfinished updates cancelled (deployments 4, 7)", or nothing.
+fn cancelled(answer: &Value) -> String {
+    let ids: Vec<String> = answer["cancelled"]
+        .as_array()
+        .map(|ids| ids.iter().map(Value::to_string).collect())
+        .unwrap_or_default();
+    match ids.len() {
+        0 => String::new(),
+        1 => format!(
+            "; its unfinished update of deployment {} is cancelled",
+            ids[0]
+        ),
+        n => format!(
+            "; its {n} unfinished updates are cancelled (deployments {})",
+            ids.join(", ")
+        ),
+    }
+}
+
+/// The engine state, or why the device has none to report any more.
+fn standing(device: &Value) -> String {
+    if !device["deleted_at"].is_null() {
+        "deleted".to_owned()
+    } else if !device["revoked_at"].is_null() {
+        "revoked".to_owned()
+    } else {
+        field(&device["status"], "state")
+    }
 }
 
 fn running(device: &Value) -> String {
@@ -108,7 +174,7 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
                         "{:<24} {:<36} {:<10} {:<12} {}",
                         field(d, "name"),
                         running(d),
-                        field(&d["status"], "state"),
+                        standing(d),
                         age(&d["status"]["last_seen"]),
                         tags.join(","),
                     );
@@ -133,6 +199,15 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
                     field(s, "boot_count")
                 );
                 println!("last seen     {}", age(&s["last_seen"]));
+                if !device["revoked_at"].is_null() {
+                    println!(
+                        "revoked       {} (its token is refused; rotate-token takes it back)",
+                        age(&device["revoked_at"])
+                    );
+                }
+                if !device["deleted_at"].is_null() {
+                    println!("deleted       {}", age(&device["deleted_at"]));
+                }
                 match device["assignment"].as_object() {
                     Some(a) => println!(
                         "assignment    deployment {} ({}): {}",
@@ -142,6 +217,43 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
                     ),
                     None => println!("assignment    none"),
                 }
+            }
+        }
+        DeviceCommand::RotateToken { name, json, server } => {
+            let answer: Value = Api::new(&server)?
+                .post(&format!("/api/v1/devices/{name}/rotate-token"), &json!({}))?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                println!(
+                    "device {name} has a new token (shown once); the old one no longer works:"
+                );
+                println!("{}", field(&answer, "token"));
+            }
+        }
+        DeviceCommand::Revoke { name, json, server } => {
+            let answer: Value =
+                Api::new(&server)?.post(&format!("/api/v1/devices/{name}/revoke"), &json!({}))?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                println!(
+                    "device {name} revoked: its token no longer works{}",
+                    cancelled(&answer)
+                );
+            }
+        }
+        DeviceCommand::Delete { name, json, server } => {
+            let answer = Api::new(&server)?.delete(&format!("/api/v1/devices/{name}"))?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                let kept = field(&answer["device"], "name");
+                println!(
+                    "device {name} deleted: its token no longer works and its name is free{}",
+                    cancelled(&answer)
+                );
+                println!("its history stays readable: airlift device events {kept}");
             }
         }
         DeviceCommand::Events {
