@@ -471,7 +471,11 @@ async fn a_deleted_device_leaves_its_rollout_frees_its_name_and_keeps_its_histor
         .await
         .into_iter()
         .filter(|(action, ..)| action == "DELETE /api/v1/devices/{name}")
-        .map(|(_, target, detail)| json!([target, detail["tags"], detail["status"]]))
+        .map(|(_, target, detail)| {
+            let kept = detail["history_as"].as_str().unwrap();
+            assert!(kept.contains("~deleted-"), "{detail}");
+            json!([target, detail["tags"], detail["status"]])
+        })
         .collect();
     assert_eq!(
         deleted,

@@ -508,8 +508,10 @@ fn taken_back(
     tags: Vec<String>,
 ) -> (Extension<AuditNote>, ApiJson<TakenBack>) {
     crate::identity::forget(state, &[device.id]);
-    let detail = serde_json::json!({"id": device.id, "tags": tags, "cancelled": cancelled,
-        "history_as": device.name});
+    let mut detail = serde_json::json!({"id": device.id, "tags": tags, "cancelled": cancelled});
+    if device.deleted_at.is_some() {
+        detail["history_as"] = device.name.clone().into();
+    }
     (
         note(format!("device:{name}"), detail),
         ApiJson(TakenBack { device, cancelled }),
