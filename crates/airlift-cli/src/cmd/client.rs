@@ -108,6 +108,33 @@ pub fn print_json(value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a list answer: as JSON with `json`, else `none` when it is
+/// empty, and one `row` per item.
+pub fn print_list(
+    list: &Value,
+    json: bool,
+    none: &str,
+    mut row: impl FnMut(&Value),
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(list);
+    }
+    let items = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    if items.is_empty() {
+        println!("{none}");
+    }
+    items.iter().for_each(&mut row);
+    Ok(())
+}
+
+/// The strings of an array (`tags`), none when it is not one.
+pub fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .map(|items| items.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
 /// A string field or `-`.
 pub fn field(value: &Value, key: &str) -> String {
     match &value[key] {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::client::{Api, ServerArgs, age, field, print_json};
+use super::client::{Api, ServerArgs, age, field, print_json, print_list, strings};
 
 /// `airlift device` subcommands that talk to the server.
 #[derive(Subcommand, Debug)]
@@ -158,28 +158,16 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
         }
         DeviceCommand::List { json, server } => {
             let devices: Value = Api::new(&server)?.get("/api/v1/devices")?;
-            if json {
-                print_json(&devices)?;
-            } else {
-                let list = devices.as_array().map(Vec::as_slice).unwrap_or_default();
-                if list.is_empty() {
-                    println!("no devices");
-                }
-                for d in list {
-                    let tags: Vec<&str> = d["tags"]
-                        .as_array()
-                        .map(|t| t.iter().filter_map(Value::as_str).collect())
-                        .unwrap_or_default();
-                    println!(
-                        "{:<24} {:<36} {:<10} {:<12} {}",
-                        field(d, "name"),
-                        running(d),
-                        standing(d),
-                        age(&d["status"]["last_seen"]),
-                        tags.join(","),
-                    );
-                }
-            }
+            print_list(&devices, json, "no devices", |d| {
+                println!(
+                    "{:<24} {:<36} {:<10} {:<12} {}",
+                    field(d, "name"),
+                    running(d),
+                    standing(d),
+                    age(&d["status"]["last_seen"]),
+                    strings(&d["tags"]).join(","),
+                );
+            })?;
         }
         DeviceCommand::Show { name, json, server } => {
             let device: Value = Api::new(&server)?.get(&format!("/api/v1/devices/{name}"))?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::client::{Api, ServerArgs, field, print_json};
+use super::client::{Api, ServerArgs, field, print_json, print_list, strings};
 
 /// `airlift enrollment-secret` subcommands.
 #[derive(Subcommand, Debug)]
@@ -49,10 +49,7 @@ pub enum EnrollmentCommand {
 
 /// "tags roof, eu; names roof-*".
 fn grants(secret: &Value) -> String {
-    let tags: Vec<&str> = secret["tags"]
-        .as_array()
-        .map(|t| t.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let tags = strings(&secret["tags"]);
     let tags = if tags.is_empty() {
         "no tag".to_owned()
     } else {
@@ -88,17 +85,9 @@ pub fn run(command: EnrollmentCommand) -> anyhow::Result<ExitCode> {
         }
         EnrollmentCommand::List { json, server } => {
             let secrets: Value = Api::new(&server)?.get("/api/v1/enrollment-secrets")?;
-            if json {
-                print_json(&secrets)?;
-            } else {
-                let list = secrets.as_array().map(Vec::as_slice).unwrap_or_default();
-                if list.is_empty() {
-                    println!("no enrolment secrets");
-                }
-                for secret in list {
-                    println!("{:<24} {}", field(secret, "name"), grants(secret));
-                }
-            }
+            print_list(&secrets, json, "no enrolment secrets", |secret| {
+                println!("{:<24} {}", field(secret, "name"), grants(secret));
+            })?;
         }
         EnrollmentCommand::Delete { name, server } => {
             Api::new(&server)?.delete(&format!("/api/v1/enrollment-secrets/{name}"))?;
