@@ -462,6 +462,16 @@ impl Runtime {
                                     Duration::from_millis(client.retry_wait_ms(answered.wait_ms));
                             }
                         }
+                        Err(AgentError::Refused { code, message, .. })
+                            if code == airlift_protocol::TOKEN_REVOKED =>
+                        {
+                            let why = format!(
+                                "the server revoked this device's token; it needs a new one: {message}"
+                            );
+                            self.log(&why);
+                            self.refresh(dev, client, "revoked", Some(why));
+                            wait = Duration::from_millis(client.check_in_refused_wait_ms(&code));
+                        }
                         Err(e) => {
                             self.log(&format!("check-in failed: {e}"));
                             self.refresh(dev, client, "idle", Some(e.to_string()));

@@ -72,6 +72,17 @@ pub enum AgentError {
     /// Talking to the server failed.
     #[error("server: {0}")]
     Http(String),
+    /// The server refused a call with an error code (`token_revoked`: the
+    /// device's token will never work again).
+    #[error("server refused ({status}, {code}): {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The error code of its answer.
+        code: String,
+        /// The answer.
+        message: String,
+    },
 }
 
 impl From<airlift_client::RecordError> for AgentError {

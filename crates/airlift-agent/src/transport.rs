@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlift_client::download::Fetch;
-use airlift_protocol::{CheckIn, CheckInAnswer, EnrollAnswer, EnrollRequest, Event};
+use airlift_protocol::{CheckIn, CheckInAnswer, EnrollAnswer, EnrollRequest, ErrorAnswer, Event};
 
 use crate::AgentError;
 use crate::tls::{Trust, plain_http_refused};
@@ -181,10 +181,15 @@ impl Transport {
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            return Err(AgentError::Http(format!(
-                "check-in refused ({status}): {}",
-                body.trim()
-            )));
+            // The code, read as the firmware reads it, tells a revoked token apart.
+            return Err(match serde_json::from_str::<ErrorAnswer>(&body) {
+                Ok(answer) => AgentError::Refused {
+                    status: status.as_u16(),
+                    code: answer.error.code.to_string(),
+                    message: format!("check-in refused: {}", body.trim()),
+                },
+                Err(_) => AgentError::Http(format!("check-in refused ({status}): {}", body.trim())),
+            });
         }
         response
             .json()

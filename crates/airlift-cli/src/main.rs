@@ -44,6 +44,9 @@ enum Command {
     /// Manage the devices known to the server.
     #[command(subcommand)]
     Device(cmd::device::DeviceCommand),
+    /// The secrets devices enrol with, and the tags and names they grant.
+    #[command(subcommand)]
+    EnrollmentSecret(cmd::enrollment::EnrollmentCommand),
     /// Deploy a release to a device, a tag or all devices.
     Deploy(cmd::deploy::DeployArgs),
     /// Follow and cancel deployments.
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Keys(c) => cmd::keys::run(c),
         Command::Sim(c) => cmd::sim::run(c),
         Command::Device(c) => cmd::device::run(c),
+        Command::EnrollmentSecret(c) => cmd::enrollment::run(c),
         Command::Deploy(args) => cmd::deploy::run_deploy(args),
         Command::Deployment(c) => cmd::deploy::run(c),
         Command::Rollout(c) => cmd::rollout::run(c),

@@ -99,9 +99,15 @@ fn demo_updates_rolls_back_and_exits() {
 fn fleet_sim_enrols_with_the_fleet_secret_and_tags_every_device() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    // The secret grants the tag the devices ask for (issue 16: a device no
+    // longer chooses its own).
     let server = Server::start(
         &d.join("data"),
-        &[("AIRLIFT_ENROLLMENT_SECRET", "open-sesame")],
+        &[
+            ("AIRLIFT_ENROLLMENT_SECRET", "open-sesame"),
+            ("AIRLIFT_ENROLLMENT_TAGS", "field"),
+            ("AIRLIFT_ENROLLMENT_NAME_PATTERN", "site-*"),
+        ],
     );
     let v1 = d.join("v1.bin");
     fleet_firmware(&v1, "1.0.0", None);

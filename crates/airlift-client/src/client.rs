@@ -9,7 +9,7 @@ use airlift_format::image::ImageInfo;
 use airlift_format::manifest::{MAX_SIGNED_LEN, SignedManifest, base64_decode};
 use airlift_protocol::{
     CheckIn, CheckInAnswer, DETAIL_MAX, EngineState, Event, EventBatch, EventKind, Label,
-    LastResult, Reason, RunningImage, Update,
+    LastResult, Reason, RunningImage, TOKEN_REVOKED, Update,
 };
 use embedded_storage::nor_flash::NorFlash;
 
@@ -490,6 +490,19 @@ impl Client {
             .poll_ms
             .unwrap_or(self.config.retry_delay_ms)
             .max(self.config.retry_delay_ms)
+    }
+
+    /// The server refused the check-in with the error `code` of its answer
+    /// ([`airlift_protocol::ErrorAnswer`]): how long to wait before the
+    /// next. A token the server says was revoked ([`TOKEN_REVOKED`]) will be
+    /// refused as often as it is sent: the device needs a new token, not
+    /// another try, so it asks again only after [`OFFLINE_WAIT_MS`].
+    pub fn check_in_refused_wait_ms(&self, code: &str) -> u64 {
+        if code == TOKEN_REVOKED {
+            OFFLINE_WAIT_MS
+        } else {
+            self.check_in_failed_wait_ms()
+        }
     }
 
     /// After an update attempt that did not reset the device: try again

@@ -400,6 +400,22 @@ fn the_first_check_in_waits_a_random_part_of_the_poll_unless_a_result_waits() {
 }
 
 #[test]
+fn a_revoked_token_is_not_sent_again_at_every_poll_issue_16() {
+    let mut rig = Rig::new();
+    rig.config.poll_ms = Some(10_000);
+    let (client, _) = rig.power_on(&mut Lines::default());
+    assert_eq!(
+        client.check_in_refused_wait_ms(airlift_protocol::TOKEN_REVOKED),
+        airlift_client::OFFLINE_WAIT_MS
+    );
+    assert_eq!(client.check_in_refused_wait_ms("unauthorized"), 10_000);
+    assert_eq!(
+        client.check_in_refused_wait_ms("internal"),
+        client.check_in_failed_wait_ms()
+    );
+}
+
+#[test]
 fn a_manifest_that_is_not_base64_fails_the_attempt_without_touching_the_slot() {
     let mut rig = Rig::new();
     let (mut client, _) = rig.power_on(&mut Lines::default());

@@ -80,6 +80,7 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
             (2, br#"[{"deployment":1,"kind":"downloading","age_ms":30},{"kind":"failed","reason":"flash","detail":"caf\u00e9 \"q\""}]"#),
             (3, br#"{"accepted":[true,false]}"#),
             (4, br#"{"secret":"s","name":"dev-1","tags":["lab","roof"]}"#),
+            (5, br#"{"error":{"code":"token_revoked","message":"this device was revoked: \"kitchen\" needs a new token"}}"#),
         ]
         .into_iter()
         .map(|(c, json)| with_control(c, json))

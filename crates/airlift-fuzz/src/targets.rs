@@ -16,7 +16,9 @@ use airlift_format::partition::{
     self, ENTRY_LEN as ROW_LEN, PartitionEntry, PartitionType, TABLE_MAX_LEN, TABLE_OFFSET, Table,
     TableReader, check_md5,
 };
-use airlift_protocol::{CheckIn, CheckInAnswer, EnrollRequest, EventBatch, EventBatchAck};
+use airlift_protocol::{
+    CheckIn, CheckInAnswer, EnrollRequest, ErrorAnswer, EventBatch, EventBatchAck,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -353,12 +355,13 @@ where
 
 fn protocol(data: &[u8]) {
     let (control, json) = split_control(data);
-    match control % 5 {
+    match control % 6 {
         0 => both_parsers::<CheckIn>(json),
         1 => both_parsers::<CheckInAnswer>(json),
         2 => both_parsers::<EventBatch>(json),
         3 => both_parsers::<EventBatchAck>(json),
-        _ => both_parsers::<EnrollRequest>(json),
+        4 => both_parsers::<EnrollRequest>(json),
+        _ => both_parsers::<ErrorAnswer>(json),
     }
 }
 

@@ -408,15 +408,53 @@ pub struct EventBatchAck {
 }
 
 /// Enrolment: a device without a token asks for one with the fleet's enrolment secret.
+///
+/// The secret decides what the device gets: it is enrolled with the tags
+/// the operator gave the secret, and only under a name the secret allows
+/// (refused with 403 `name_not_granted` otherwise). `tags` may name some of
+/// the secret's tags (older devices send theirs); a tag the secret does not
+/// grant is refused with 403 `tag_not_granted`, never added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollRequest {
     /// The fleet enrolment secret configured on the server.
     pub secret: Token,
     /// The name the device wants (unique in the fleet; typically derived from its MAC address).
     pub name: Name,
-    /// Tags to give the device (deployments can target a tag).
+    /// Tags the device expects (each must be one the secret grants).
     #[serde(default)]
     pub tags: heapless::Vec<Tag, TAGS_MAX>,
+}
+
+/// The error code of a device call refused because its token will never
+/// work again: the device was revoked or deleted, or a new token replaced
+/// this one (HTTP 401). A device tells it from other refusals by this code
+/// and stops retrying at its poll interval: it needs a new token.
+pub const TOKEN_REVOKED: &str = "token_revoked";
+
+/// Longest error code a device reads.
+pub const ERROR_CODE_MAX: usize = 32;
+
+/// How the server answers a refused call (any 4xx):
+/// `{"error": {"code": "token_revoked", "message": "..."}}`. A device reads
+/// only the code; the message, meant for people, is skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorAnswer {
+    /// The error.
+    pub error: ErrorCode,
+}
+
+/// The machine-readable part of an [`ErrorAnswer`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorCode {
+    /// E.g. [`TOKEN_REVOKED`], `unauthorized`, `bad_json`.
+    pub code: heapless::String<ERROR_CODE_MAX>,
+}
+
+impl ErrorAnswer {
+    /// Whether the server said the device's token will never work again.
+    pub fn is_token_revoked(&self) -> bool {
+        self.error.code == TOKEN_REVOKED
+    }
 }
 
 /// The answer to an enrolment: the device's token, shown only this once.

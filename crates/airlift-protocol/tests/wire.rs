@@ -5,8 +5,9 @@
 use core::fmt::Debug;
 
 use airlift_protocol::{
-    CheckIn, CheckInAnswer, EngineState, EnrollAnswer, EnrollRequest, Event, EventAck, EventBatch,
-    EventBatchAck, EventKind, LastResult, Reason, RunningImage, Update,
+    CheckIn, CheckInAnswer, EngineState, EnrollAnswer, EnrollRequest, ErrorAnswer, ErrorCode,
+    Event, EventAck, EventBatch, EventBatchAck, EventKind, LastResult, Reason, RunningImage,
+    TOKEN_REVOKED, Update,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -133,6 +134,27 @@ fn every_message_round_trips_through_serde_json_and_serde_json_core() {
         name: s("esp-0a1b2c"),
         token: s(&"f0".repeat(32)),
     });
+}
+
+#[test]
+fn a_device_reads_the_code_of_a_refusal_and_skips_its_message_issue_16() {
+    round_trip(ErrorAnswer {
+        error: ErrorCode {
+            code: s(TOKEN_REVOKED),
+        },
+    });
+    let body = br#"{"error":{"code":"token_revoked","message":"this device was revoked: it needs a new token (a long message no device has room for, \"quoted\" and all)"}}"#;
+    let server: ErrorAnswer = serde_json::from_slice(body).unwrap();
+    let mut scratch = [0u8; airlift_protocol::UNESCAPE_BUFFER_LEN];
+    let (device, _) =
+        serde_json_core::from_slice_escaped::<ErrorAnswer>(body, &mut scratch).unwrap();
+    assert_eq!(device, server);
+    assert!(device.is_token_revoked());
+    let other: ErrorAnswer = serde_json::from_str(
+        r#"{"error":{"code":"unauthorized","message":"unknown device token"}}"#,
+    )
+    .unwrap();
+    assert!(!other.is_token_revoked());
 }
 
 fn check_json<T: Serialize>(value: &T, expected: serde_json::Value) {

@@ -3,8 +3,8 @@
 //!
 //! A check-in is the hottest request (a million devices polling once a minute
 //! is 17,000 per second): with both caches warm it touches no database at all.
-//! The caches are per server instance; several instances sharing one database
-//! would need a time-to-live or a notification channel (not built yet).
+//! The caches are per server instance; with several instances on one
+//! database, [`crate::peers`] tells each what the others changed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

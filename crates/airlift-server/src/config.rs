@@ -131,6 +131,13 @@ pub struct Config {
     /// A fleet enrolment secret accepted in addition to those created through the API
     /// (`AIRLIFT_ENROLLMENT_SECRET`).
     pub enrollment_secret: Option<Secret>,
+    /// The tags `enrollment_secret` grants: every device enrolling with it
+    /// gets them, and may ask for no other (`AIRLIFT_ENROLLMENT_TAGS`,
+    /// comma-separated).
+    pub enrollment_tags: Vec<String>,
+    /// The names `enrollment_secret` enrols, `*` matching any run of
+    /// characters (`roof-*`); unset: any name (`AIRLIFT_ENROLLMENT_NAME_PATTERN`).
+    pub enrollment_name_pattern: Option<String>,
     /// Bytes of artifacts kept in memory for downloads (`AIRLIFT_ARTIFACT_CACHE_BYTES`).
     pub artifact_cache_bytes: u64,
     /// Origins (`https://fleet.example.com`) whose pages may call the API
@@ -199,6 +206,8 @@ impl Default for Config {
             long_poll_seconds: 50,
             public_url: None,
             enrollment_secret: None,
+            enrollment_tags: Vec::new(),
+            enrollment_name_pattern: None,
             artifact_cache_bytes: 256 * 1024 * 1024,
             cors_origins: Vec::new(),
             secure_cookie: false,
@@ -282,6 +291,14 @@ impl Config {
     }
 
     fn apply_env(&mut self, name: &str, value: String) -> Result<(), ConfigError> {
+        fn list(value: &str) -> Vec<String> {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }
         fn parse<T: std::str::FromStr>(
             name: &'static str,
             value: String,
@@ -318,18 +335,13 @@ impl Config {
             }
             "AIRLIFT_PUBLIC_URL" => self.public_url = Some(value),
             "AIRLIFT_ENROLLMENT_SECRET" => self.enrollment_secret = Some(Secret(value)),
+            "AIRLIFT_ENROLLMENT_TAGS" => self.enrollment_tags = list(&value),
+            "AIRLIFT_ENROLLMENT_NAME_PATTERN" => self.enrollment_name_pattern = Some(value),
             "AIRLIFT_ARTIFACT_CACHE_BYTES" => {
                 self.artifact_cache_bytes =
                     parse("AIRLIFT_ARTIFACT_CACHE_BYTES", value, "a byte count")?
             }
-            "AIRLIFT_CORS_ORIGINS" => {
-                self.cors_origins = value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|o| !o.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            }
+            "AIRLIFT_CORS_ORIGINS" => self.cors_origins = list(&value),
             "AIRLIFT_SECURE_COOKIE" => {
                 self.secure_cookie = parse("AIRLIFT_SECURE_COOKIE", value, "true or false")?
             }
@@ -455,6 +467,20 @@ impl Config {
                 });
             }
         }
+        crate::api::admin::check_name_and_tags("configuration", &self.enrollment_tags).map_err(
+            |err| ConfigError::Invalid {
+                name: "enrollment_tags",
+                message: err.to_string(),
+            },
+        )?;
+        if let Some(pattern) = &self.enrollment_name_pattern {
+            crate::identity::check_name_pattern(pattern).map_err(|message| {
+                ConfigError::Invalid {
+                    name: "enrollment_name_pattern",
+                    message,
+                }
+            })?;
+        }
         if self.session_hours == 0 {
             return Err(ConfigError::Invalid {
                 name: "session_hours",
@@ -517,6 +543,35 @@ mod tests {
         assert!(!format!("{config:?}").contains("hunter2"));
         assert!(!config.to_toml().contains("hunter2"));
         assert!(config.to_toml().contains("<redacted>"));
+    }
+
+    #[test]
+    fn the_configured_enrolment_secret_grants_configured_tags_and_names_issue_16() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("AIRLIFT_ENROLLMENT_TAGS", "roof, eu"),
+                ("AIRLIFT_ENROLLMENT_NAME_PATTERN", "roof-*"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.enrollment_tags, ["roof", "eu"]);
+        assert_eq!(config.enrollment_name_pattern.as_deref(), Some("roof-*"));
+        assert!(
+            config
+                .to_toml()
+                .contains("enrollment_name_pattern = \"roof-*\"")
+        );
+        for (name, value) in [
+            ("AIRLIFT_ENROLLMENT_TAGS", "has space"),
+            ("AIRLIFT_ENROLLMENT_NAME_PATTERN", "roof?"),
+        ] {
+            let err = Config::load(None, env(&[(name, value)])).unwrap_err();
+            assert!(
+                err.to_string().contains("invalid enrollment_"),
+                "{name}={value}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -24,10 +24,26 @@ pub enum ApiError {
     /// 401: missing or wrong token.
     #[error("{0}")]
     Unauthorized(String),
+    /// 401 with its own code ([`airlift_protocol::TOKEN_REVOKED`]): the
+    /// device token was good once and never will be again (its device was
+    /// revoked or deleted, or a new token replaced it), so a device can
+    /// tell it from a mistyped token and stop retrying.
+    #[error("{0}")]
+    TokenRevoked(String),
     /// 403: authenticated, but the request may not be made this way (a
     /// dashboard request without its cross-site request forgery guard).
     #[error("{0}")]
     Forbidden(String),
+    /// 403 with its own code: the credential is good but does not grant
+    /// what was asked (an enrolment secret asked for a tag or a name it
+    /// does not grant).
+    #[error("{message}")]
+    NotGranted {
+        /// Machine-readable code.
+        code: &'static str,
+        /// What was asked and what the credential grants.
+        message: String,
+    },
     /// 404: no such thing (or not visible to this caller).
     #[error("{0}")]
     NotFound(String),
@@ -93,7 +109,9 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::TokenRevoked(_) => (StatusCode::UNAUTHORIZED, airlift_protocol::TOKEN_REVOKED),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotGranted { code, .. } => (StatusCode::FORBIDDEN, code),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),

@@ -42,6 +42,7 @@ pub mod dashboard;
 pub mod deploy;
 pub mod error;
 pub mod events;
+pub mod identity;
 pub mod keys;
 pub mod longpoll;
 pub mod metrics;

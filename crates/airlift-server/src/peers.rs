@@ -2,21 +2,28 @@
 //! so that several behave as one server.
 //!
 //! Each instance caches, for the check-in path, each device's open offer
-//! ([`crate::cache::OfferCache`]); dashboards follow a change counter
-//! ([`crate::changes::Changes`]). Both are per process. Every transaction
+//! ([`crate::cache::OfferCache`]) and the device tokens it authenticated
+//! ([`crate::auth::DeviceTokenCache`]); dashboards follow a change counter
+//! ([`crate::changes::Changes`]). All are per process. Every transaction
 //! that changes which offer a device has also sends, on the [`CHANNEL`]
-//! (`pg_notify`, delivered when it commits), the devices it changed; each
-//! instance listens and forgets what it cached of them, and bumps its
-//! change counter when another instance's counter moved. An instance
-//! skips its own notices: it already updated its caches itself.
+//! (`pg_notify`, delivered when it commits), the devices it changed; one
+//! that revokes a device, gives it a new token or deletes it sends the
+//! device ([`Notice::Devices`]). Each instance listens and forgets what it
+//! cached of them, and bumps its change counter when another instance's
+//! counter moved. An instance skips its own notices: it already updated
+//! its caches itself.
 //!
 //! A notice arrives a moment after its commit, so until then an instance
 //! may still hold what was true before. That is safe because of what the
 //! check-in does with a cached offer (see [`still_offered`]): an offer is
 //! handed out only after the database agreed (the compare-and-set from
 //! `pending`, or with several instances a read of the assignment); a cached
-//! "no offer" only delays an update by a poll. A listener that lost its
-//! connection may have missed notices: it forgets every cached offer.
+//! "no offer" only delays an update by a poll. A device token is different:
+//! it is checked against the database only when not cached, so until the
+//! notice of its revocation arrives (a moment after the commit) another
+//! instance still accepts it; from then on every instance refuses it. A
+//! listener that lost its connection may have missed notices: it forgets
+//! every cached offer and token.
 //!
 //! [`CHANNEL`]: crate::store::sql::CHANNEL
 
@@ -37,19 +44,24 @@ const CHANGES_EVERY: Duration = Duration::from_millis(250);
 pub enum Notice {
     /// The open offers of these devices changed (`None`: maybe any device's).
     Offers(Option<Vec<i64>>),
+    /// These devices were revoked, given a new token or deleted: nothing
+    /// cached of them holds any more (their tokens, their offers).
+    Devices(Vec<i64>),
     /// Something a dashboard shows changed.
     Changed,
 }
 
 impl Notice {
     /// The notice's text, from the instance `from`: `FROM|o|1,2,3`,
-    /// `FROM|o|*` or `FROM|c|`.
+    /// `FROM|o|*`, `FROM|d|1,2` or `FROM|c|`.
     pub fn encode(&self, from: &str) -> String {
+        let list = |ids: &[i64]| {
+            let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+            ids.join(",")
+        };
         match self {
-            Notice::Offers(Some(ids)) => {
-                let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
-                format!("{from}|o|{}", ids.join(","))
-            }
+            Notice::Offers(Some(ids)) => format!("{from}|o|{}", list(ids)),
+            Notice::Devices(ids) => format!("{from}|d|{}", list(ids)),
             Notice::Offers(None) => format!("{from}|o|*"),
             Notice::Changed => format!("{from}|c|"),
         }
@@ -59,15 +71,17 @@ impl Notice {
     pub fn decode(text: &str) -> Option<(&str, Notice)> {
         let mut parts = text.splitn(3, '|');
         let (from, kind, rest) = (parts.next()?, parts.next()?, parts.next()?);
+        let ids = |ids: &str| {
+            ids.split(',')
+                .filter(|id| !id.is_empty())
+                .map(str::parse)
+                .collect::<Result<Vec<i64>, _>>()
+                .ok()
+        };
         let notice = match (kind, rest) {
             ("o", "*") => Notice::Offers(None),
-            ("o", ids) => Notice::Offers(Some(
-                ids.split(',')
-                    .filter(|id| !id.is_empty())
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()
-                    .ok()?,
-            )),
+            ("o", list) => Notice::Offers(Some(ids(list)?)),
+            ("d", list) => Notice::Devices(ids(list)?),
             ("c", _) => Notice::Changed,
             _ => return None,
         };
@@ -84,6 +98,10 @@ fn apply(state: &AppState, notice: Notice) {
             }
         }
         Notice::Offers(None) => state.offers.clear(),
+        Notice::Devices(devices) => {
+            crate::identity::forget(state, &devices);
+            state.changes.bump_from_peer();
+        }
         Notice::Changed => state.changes.bump_from_peer(),
     }
 }
@@ -134,13 +152,17 @@ async fn listen(state: AppState, mut listener: PgListener) {
             // The connection was lost (the next call reconnects): notices
             // may have been missed, so nothing cached can be trusted.
             Ok(None) => {
-                tracing::warn!("lost the database's notices; forgetting every cached offer");
+                tracing::warn!(
+                    "lost the database's notices; forgetting every cached offer and token"
+                );
                 state.offers.clear();
+                state.device_tokens.clear();
                 state.changes.bump_from_peer();
             }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot listen for the other instances' notices");
                 state.offers.clear();
+                state.device_tokens.clear();
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -189,12 +211,15 @@ mod tests {
             Notice::Offers(Some(vec![1, 22, 333])),
             Notice::Offers(Some(vec![])),
             Notice::Offers(None),
+            Notice::Devices(vec![7]),
+            Notice::Devices(vec![7, 8]),
             Notice::Changed,
         ] {
             let text = notice.encode("instance-ab12");
             assert_eq!(Notice::decode(&text), Some(("instance-ab12", notice)));
         }
         assert_eq!(Notice::decode("x|o|1,y"), None);
+        assert_eq!(Notice::decode("x|d|*"), None);
         assert_eq!(Notice::decode("x|z|"), None);
         assert_eq!(Notice::decode("no separators"), None);
     }

@@ -128,6 +128,9 @@ async fn every_admin_and_device_route_refuses_a_missing_or_wrong_token() {
         ("POST", "/api/v1/rollouts/1/resume"),
         ("POST", "/api/v1/rollouts/1/advance"),
         ("POST", "/api/v1/rollouts/1/cancel"),
+        ("DELETE", "/api/v1/devices/dev-1"),
+        ("POST", "/api/v1/devices/dev-1/revoke"),
+        ("POST", "/api/v1/devices/dev-1/rotate-token"),
     ] {
         assert!(
             operations.iter().any(|(m, p, s)| m.as_str() == method
@@ -218,12 +221,20 @@ async fn every_admin_and_device_route_refuses_a_missing_or_wrong_token() {
         }
     }
 
-    // Nothing was changed by those attempts: no release, still one device, no
-    // audit record but the device's creation and the session's sign-in and sign-out.
+    // Nothing was changed by those attempts: no release, still one device
+    // whose token works (not deleted, revoked or replaced), no audit record
+    // but the device's creation and the session's sign-in and sign-out.
     let releases = server
         .admin_json(Method::GET, "/api/v1/releases", None, StatusCode::OK)
         .await;
     assert_eq!(releases, serde_json::json!([]));
+    let device = server
+        .admin_json(Method::GET, "/api/v1/devices/dev-1", None, StatusCode::OK)
+        .await;
+    assert_eq!(device["revoked_at"], Value::Null, "{device}");
+    server
+        .checkin(&device_token, &common::Running::factory())
+        .await;
     let audit = server
         .admin_json(Method::GET, "/api/v1/audit", None, StatusCode::OK)
         .await;

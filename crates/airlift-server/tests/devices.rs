@@ -425,14 +425,15 @@ async fn a_new_deployment_supersedes_the_devices_unfinished_one_and_cancel_stops
 #[tokio::test]
 async fn devices_enrol_with_a_fleet_secret_and_get_its_tags() {
     let server = TestServer::start_with(|c| {
-        c.enrollment_secret = Some(airlift_server::Secret::new("from-config"))
+        c.enrollment_secret = Some(airlift_server::Secret::new("from-config"));
+        c.enrollment_tags = vec!["lab".into()];
     })
     .await;
     let created = server
         .admin_json(
             Method::POST,
             "/api/v1/enrollment-secrets",
-            Some(json!({"name": "batch-7", "tags": ["batch-7"]})),
+            Some(json!({"name": "batch-7", "tags": ["batch-7", "lab"]})),
             StatusCode::CREATED,
         )
         .await;

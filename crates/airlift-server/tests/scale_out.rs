@@ -141,3 +141,98 @@ async fn an_update_handed_out_by_one_instance_and_finished_on_the_other_is_not_h
         .await;
     assert_eq!(device["status"]["version"], "v0", "{device}");
 }
+
+/// Waits until `instance` forgot the device token with `hash`, which a
+/// notice from another instance makes it do. Every notice it applies
+/// moves its change counter: that is what is awaited between two looks
+/// (`watcher` was taken before the change, so none is missed).
+async fn forgot(
+    instance: &TestServer,
+    mut watcher: tokio::sync::watch::Receiver<airlift_server::changes::Counter>,
+    hash: &[u8; 32],
+) {
+    while instance.state.device_tokens.get(hash).is_some() {
+        tokio::time::timeout(Duration::from_secs(30), watcher.changed())
+            .await
+            .expect("the other instance's notice did not arrive within 30 s")
+            .unwrap();
+    }
+}
+
+/// The status and error code of a device's check-in.
+async fn checkin_refusal(instance: &TestServer, token: &str) -> (StatusCode, String) {
+    let response = instance
+        .as_device(
+            token,
+            Method::POST,
+            "/api/v1/device/checkin",
+            Some(Running::factory().checkin()),
+        )
+        .await;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    (status, common::error_code(&body).to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_revoked_on_one_instance_is_refused_by_the_other_once_its_notice_arrives_issue_16()
+{
+    let (a, b) = two_instances().await;
+    let token = a.device("d1", &[]).await;
+    let hash = airlift_server::auth::hash_token(&token);
+    // B authenticated the device once: it holds the token in its cache.
+    b.checkin(&token, &Running::factory()).await;
+    assert!(b.state.device_tokens.get(&hash).is_some());
+    let watcher = b.state.changes.watch();
+    a.admin_json(
+        Method::POST,
+        "/api/v1/devices/d1/revoke",
+        None,
+        StatusCode::OK,
+    )
+    .await;
+    forgot(&b, watcher, &hash).await;
+    for instance in [&b, &a] {
+        assert_eq!(
+            checkin_refusal(instance, &token).await,
+            (StatusCode::UNAUTHORIZED, "token_revoked".into())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotated_or_a_device_deleted_on_one_instance_is_refused_by_the_other_issue_16() {
+    let (a, b) = two_instances().await;
+    let old = a.device("d1", &["lab"]).await;
+    a.checkin(&old, &Running::factory()).await;
+    // Rotated on B: A, which cached the old token, refuses it.
+    let watcher = a.state.changes.watch();
+    let rotated = b
+        .admin_json(
+            Method::POST,
+            "/api/v1/devices/d1/rotate-token",
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    let new = rotated["token"].as_str().unwrap().to_owned();
+    forgot(&a, watcher, &airlift_server::auth::hash_token(&old)).await;
+    assert_eq!(
+        checkin_refusal(&a, &old).await,
+        (StatusCode::UNAUTHORIZED, "token_revoked".into())
+    );
+    a.checkin(&new, &Running::factory()).await;
+    // Deleted on B: A, which cached the new token, refuses it too.
+    let watcher = a.state.changes.watch();
+    b.admin_json(Method::DELETE, "/api/v1/devices/d1", None, StatusCode::OK)
+        .await;
+    forgot(&a, watcher, &airlift_server::auth::hash_token(&new)).await;
+    assert_eq!(
+        checkin_refusal(&a, &new).await,
+        (StatusCode::UNAUTHORIZED, "token_revoked".into())
+    );
+    let devices = a
+        .admin_json(Method::GET, "/api/v1/devices", None, StatusCode::OK)
+        .await;
+    assert_eq!(devices, json!([]));
+}

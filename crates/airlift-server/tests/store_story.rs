@@ -11,8 +11,8 @@ use std::sync::Arc;
 use airlift_server::deploy::AssignmentState;
 use airlift_server::store::sql::SqlStore;
 use airlift_server::store::{
-    DeviceStatus, EventOutcome, NewAssignment, NewEvent, NewRelease, Store, StoreError, Target,
-    Write,
+    DeviceFilter, DeviceOrder, DeviceStatus, EventOutcome, NewAssignment, NewEvent, NewRelease,
+    Standing, Store, StoreError, Target, Write,
 };
 
 fn release(sha_byte: &str, chip_id: i64) -> NewRelease {
@@ -71,9 +71,10 @@ async fn story(store: Arc<dyn Store>) {
         store.create_device("a", &[], &[4; 32]).await,
         Err(StoreError::Conflict(_))
     ));
+    let owner = store.device_by_token(&[2; 32]).await.unwrap().unwrap();
     assert_eq!(
-        store.device_by_token(&[2; 32]).await.unwrap(),
-        Some((b.id, "b".into()))
+        (owner.device_id, owner.name.as_str(), owner.standing),
+        (b.id, "b", Standing::Active)
     );
     assert_eq!(store.device_by_token(&[9; 32]).await.unwrap(), None);
     let names = |devices: Vec<airlift_server::store::Device>| {
@@ -264,21 +265,19 @@ async fn story(store: Arc<dyn Store>) {
     );
     assert_eq!(store.admin_token(&[8; 32]).await.unwrap(), None);
     store
-        .add_enrollment_secret("batch", &["b1".into()], &[5; 32])
+        .add_enrollment_secret("batch", &["b1".into()], Some("roof-*"), &[5; 32])
         .await
         .unwrap();
     assert!(matches!(
-        store.add_enrollment_secret("batch", &[], &[6; 32]).await,
+        store
+            .add_enrollment_secret("batch", &[], None, &[6; 32])
+            .await,
         Err(StoreError::Conflict(_))
     ));
+    let secret = store.enrollment_secret(&[5; 32]).await.unwrap().unwrap();
     assert_eq!(
-        store
-            .enrollment_secret(&[5; 32])
-            .await
-            .unwrap()
-            .unwrap()
-            .tags,
-        ["b1"]
+        (secret.tags, secret.name_pattern.as_deref()),
+        (vec!["b1".to_owned()], Some("roof-*"))
     );
     store.delete_enrollment_secret("batch").await.unwrap();
     assert!(store.enrollment_secrets().await.unwrap().is_empty());
@@ -298,6 +297,187 @@ async fn story(store: Arc<dyn Store>) {
             .unwrap()
             .is_none()
     );
+}
+
+/// Device identity taken back (issue 16): a revoked device's token names it
+/// but no longer works, a rotated token is replaced, a deleted device's row
+/// stays readable under a name no live device can take; none of them keeps
+/// an unfinished assignment, and none is in a new deployment.
+async fn identity_story(store: Arc<dyn Store>) {
+    let (release, _) = store.insert_release(release("ee", 5)).await.unwrap();
+    let lab = |name: &str, token: u8| {
+        let store = store.clone();
+        let name = name.to_owned();
+        async move {
+            store
+                .create_device(&name, &["lab".into()], &[token; 32])
+                .await
+                .unwrap()
+        }
+    };
+    let (kept, gone, lost) = (
+        lab("kept", 21).await,
+        lab("gone", 22).await,
+        lab("lost", 23).await,
+    );
+    let pending = |device_id| NewAssignment {
+        device_id,
+        state: "pending".into(),
+        reason: None,
+    };
+    let d1 = store
+        .create_deployment(
+            release.id,
+            "tag:lab",
+            &[pending(kept.id), pending(gone.id), pending(lost.id)],
+        )
+        .await
+        .unwrap();
+    let state_of = |deployment, device| {
+        let store = store.clone();
+        async move {
+            let a = store.assignment(deployment, device).await.unwrap().unwrap();
+            (a.state, a.reason, a.device_name)
+        }
+    };
+    let standing = |token: u8| {
+        let store = store.clone();
+        async move {
+            let owner = store.device_by_token(&[token; 32]).await.unwrap().unwrap();
+            (owner.name, owner.standing)
+        }
+    };
+    let names = |devices: Vec<airlift_server::store::Device>| {
+        devices.into_iter().map(|d| d.name).collect::<Vec<_>>()
+    };
+
+    // Revoked: listed, its token refused, its assignment over, in no target.
+    let (revoked, cancelled) = store.revoke_device("lost", 1_000).await.unwrap();
+    assert_eq!((revoked.revoked_at, cancelled), (Some(1_000), vec![d1.id]));
+    assert_eq!(standing(23).await, ("lost".into(), Standing::Revoked));
+    assert_eq!(
+        state_of(d1.id, lost.id).await,
+        (
+            "cancelled".into(),
+            Some("device_revoked".into()),
+            "lost".into()
+        )
+    );
+    assert!(store.open_offer(lost.id).await.unwrap().is_none());
+    assert!(matches!(
+        store.revoke_device("lost", 1_001).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        names(
+            store
+                .devices_for_target(&Target::Tag("lab".into()))
+                .await
+                .unwrap()
+        ),
+        ["gone", "kept"]
+    );
+    assert!(matches!(
+        store
+            .devices_for_target(&Target::Device("lost".into()))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        names(store.list_devices().await.unwrap()),
+        ["gone", "kept", "lost"]
+    );
+
+    // A new token replaces the old one and takes the device back.
+    let back = store
+        .rotate_device_token("lost", &[24; 32], 2_000)
+        .await
+        .unwrap();
+    assert_eq!(back.revoked_at, None);
+    assert_eq!(standing(23).await, ("lost".into(), Standing::Replaced));
+    assert_eq!(standing(24).await, ("lost".into(), Standing::Active));
+    assert_eq!(
+        names(store.devices_for_target(&Target::All).await.unwrap()),
+        ["gone", "kept", "lost"]
+    );
+
+    // Deleted: out of every list and count, its name free, its history kept.
+    let event = NewEvent {
+        device_id: gone.id,
+        deployment_id: Some(d1.id),
+        kind: "downloading".into(),
+        reason: None,
+        detail: None,
+        age_ms: 0,
+    };
+    store.add_event(&event).await.unwrap();
+    let (deleted, cancelled) = store.delete_device("gone", 3_000).await.unwrap();
+    let tombstone = format!("gone~deleted-{}", gone.id);
+    assert_eq!(
+        (&deleted.name, deleted.deleted_at, &deleted.tags, cancelled),
+        (&tombstone, Some(3_000), &Vec::<String>::new(), vec![d1.id])
+    );
+    assert_eq!(standing(22).await, (tombstone.clone(), Standing::Deleted));
+    assert_eq!(names(store.list_devices().await.unwrap()), ["kept", "lost"]);
+    let page = store
+        .search_devices(&DeviceFilter::default(), DeviceOrder::Name, 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(page.total, 2);
+    assert_eq!(store.fleet_counts(0).await.unwrap().devices, 2);
+    assert_eq!(
+        state_of(d1.id, gone.id).await,
+        (
+            "cancelled".into(),
+            Some("device_deleted".into()),
+            tombstone.clone()
+        )
+    );
+    let history = store.events(Some(gone.id), 10).await.unwrap();
+    assert_eq!(
+        (history[0].device.as_str(), history[0].kind.as_str()),
+        (tombstone.as_str(), "downloading")
+    );
+    assert!(matches!(
+        store.device_by_name("gone").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.device_by_name(&tombstone).await.unwrap().id, gone.id);
+    for taken in [
+        store.delete_device(&tombstone, 3_001).await.map(|_| ()),
+        store.revoke_device(&tombstone, 3_001).await.map(|_| ()),
+        store
+            .rotate_device_token(&tombstone, &[25; 32], 3_001)
+            .await
+            .map(|_| ()),
+        store
+            .devices_for_target(&Target::Device(tombstone.clone()))
+            .await
+            .map(|_| ()),
+    ] {
+        assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    }
+    let again = store.create_device("gone", &[], &[26; 32]).await.unwrap();
+    assert_ne!(again.id, gone.id, "the name is free for a new device");
+
+    // A deployment whose devices were read before one was revoked leaves
+    // it no assignment it could never take.
+    store.revoke_device("kept", 4_000).await.unwrap();
+    let late = store
+        .create_deployment(release.id, "device:kept", &[pending(kept.id)])
+        .await
+        .unwrap();
+    assert_eq!(
+        state_of(late.id, kept.id).await,
+        (
+            "cancelled".into(),
+            Some("device_revoked".into()),
+            "kept".into()
+        )
+    );
+    // A replaced token of a device deleted since says so.
+    store.delete_device("lost", 5_000).await.unwrap();
+    assert_eq!(standing(23).await.1, Standing::Deleted);
 }
 
 /// Rollouts: a draft, its start with a fixed device set, scheduler steps,
@@ -541,6 +721,17 @@ async fn sqlite_store_tells_the_rollout_story() {
 #[tokio::test]
 async fn postgres_store_tells_the_rollout_story() {
     rollout_story(Arc::new(postgres().await)).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_takes_device_identities_back_issue_16() {
+    let (_dir, store) = sqlite().await;
+    identity_story(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn postgres_store_takes_device_identities_back_issue_16() {
+    identity_story(Arc::new(postgres().await)).await;
 }
 
 #[tokio::test]

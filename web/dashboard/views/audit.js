@@ -25,6 +25,9 @@ const ACTIONS = {
   "POST /api/v1/enrollment-secrets": "created an enrolment secret",
   "DELETE /api/v1/enrollment-secrets/{name}": "revoked an enrolment secret",
   "POST /api/v1/device/enroll": "enrolled a device",
+  "POST /api/v1/devices/{name}/rotate-token": "gave a device a new token",
+  "POST /api/v1/devices/{name}/revoke": "revoked a device",
+  "DELETE /api/v1/devices/{name}": "deleted a device",
   "POST /api/v1/session": "signed in to the dashboard",
   "DELETE /api/v1/session": "signed out of the dashboard",
 };

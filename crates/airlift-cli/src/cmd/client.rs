@@ -159,6 +159,18 @@ impl Api {
     pub fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
         self.send(self.request(reqwest::Method::POST, path).json(body))
     }
+
+    /// DELETE `path`; its JSON answer (`null` when it has none).
+    pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .request(reqwest::Method::DELETE, path)
+            .send()
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        if response.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        decode(response)
+    }
 }
 
 /// A successful answer as `T`, or the server's error message.
@@ -195,6 +207,40 @@ pub fn decode_text<T: DeserializeOwned>(status: StatusCode, text: &str) -> anyho
 pub fn print_json(value: &Value) -> anyhow::Result<()> {
     outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// Prints a list answer: as JSON with `json`, else a table headed
+/// `header` with one `row` per item, or the hint `none` (on stderr) when
+/// the list is empty.
+pub fn print_list(
+    list: &Value,
+    json: bool,
+    none: &str,
+    header: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(list);
+    }
+    let items = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    if items.is_empty() {
+        eprintln!("{none}");
+        return Ok(());
+    }
+    let mut table = Table::new(header);
+    for item in items {
+        table.row(row(item));
+    }
+    table.print();
+    Ok(())
+}
+
+/// The strings of an array (`tags`), none when it is not one.
+pub fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .map(|items| items.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
 }
 
 /// A string field or `-`.

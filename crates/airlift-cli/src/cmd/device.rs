@@ -1,11 +1,12 @@
-//! `airlift device add|list|show|events`: devices known to the server.
+//! `airlift device add|list|show|events|rotate-token|revoke|delete`:
+//! devices known to the server, and taking a device's identity back.
 
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::client::{Api, ServerArgs, Table, age, field, print_json};
+use super::client::{Api, ServerArgs, Table, age, field, print_json, print_list, strings};
 
 /// `airlift device` subcommands that talk to the server.
 #[derive(Subcommand, Debug)]
@@ -41,6 +42,41 @@ pub enum DeviceCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Give a device a new token (printed once): the old one stops working
+    /// at once; a revoked device is taken back.
+    RotateToken {
+        /// Device name.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke a device: its token stops working at once and its unfinished
+    /// updates are cancelled; it stays listed with its history
+    /// (`rotate-token` takes it back).
+    Revoke {
+        /// Device name.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a device: its token stops working at once, its unfinished
+    /// updates are cancelled and its name is free; its history stays
+    /// readable as NAME~deleted-ID.
+    Delete {
+        /// Device name.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Run a simulated device over a flash file (`airlift flash create`).
     Run(Box<super::agent::RunArgs>),
     /// Show a device's events, newest first.
@@ -56,6 +92,36 @@ pub enum DeviceCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+}
+
+/// "3 unfinished updates cancelled (deployments 4, 7)", or nothing.
+fn cancelled(answer: &Value) -> String {
+    let ids: Vec<String> = answer["cancelled"]
+        .as_array()
+        .map(|ids| ids.iter().map(Value::to_string).collect())
+        .unwrap_or_default();
+    match ids.len() {
+        0 => String::new(),
+        1 => format!(
+            "; its unfinished update of deployment {} is cancelled",
+            ids[0]
+        ),
+        n => format!(
+            "; its {n} unfinished updates are cancelled (deployments {})",
+            ids.join(", ")
+        ),
+    }
+}
+
+/// The engine state, or why the device has none to report any more.
+fn standing(device: &Value) -> String {
+    if !device["deleted_at"].is_null() {
+        "deleted".to_owned()
+    } else if !device["revoked_at"].is_null() {
+        "revoked".to_owned()
+    } else {
+        field(&device["status"], "state")
+    }
 }
 
 fn running(device: &Value) -> String {
@@ -93,30 +159,21 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
         }
         DeviceCommand::List { json, server } => {
             let devices: Value = Api::new(&server)?.get("/api/v1/devices")?;
-            if json {
-                print_json(&devices)?;
-            } else {
-                let list = devices.as_array().map(Vec::as_slice).unwrap_or_default();
-                if list.is_empty() {
-                    eprintln!("no devices yet: airlift device add NAME registers one");
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let mut table = Table::new(&["NAME", "RUNNING", "STATE", "LAST SEEN", "TAGS"]);
-                for d in list {
-                    let tags: Vec<&str> = d["tags"]
-                        .as_array()
-                        .map(|t| t.iter().filter_map(Value::as_str).collect())
-                        .unwrap_or_default();
-                    table.row(vec![
+            print_list(
+                &devices,
+                json,
+                "no devices yet: airlift device add NAME registers one",
+                &["NAME", "RUNNING", "STATE", "LAST SEEN", "TAGS"],
+                |d| {
+                    vec![
                         field(d, "name"),
                         running(d),
-                        field(&d["status"], "state"),
+                        standing(d),
                         age(&d["status"]["last_seen"]),
-                        tags.join(","),
-                    ]);
-                }
-                table.print();
-            }
+                        strings(&d["tags"]).join(","),
+                    ]
+                },
+            )?;
         }
         DeviceCommand::Show { name, json, server } => {
             let device: Value = Api::new(&server)?.get(&format!("/api/v1/devices/{name}"))?;
@@ -136,6 +193,15 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
                     field(s, "boot_count")
                 );
                 outln!("last seen     {}", age(&s["last_seen"]));
+                if !device["revoked_at"].is_null() {
+                    outln!(
+                        "revoked       {} (its token is refused; rotate-token takes it back)",
+                        age(&device["revoked_at"])
+                    );
+                }
+                if !device["deleted_at"].is_null() {
+                    outln!("deleted       {}", age(&device["deleted_at"]));
+                }
                 match device["assignment"].as_object() {
                     Some(a) => outln!(
                         "assignment    deployment {} ({}): {}",
@@ -145,6 +211,41 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<ExitCode> {
                     ),
                     None => outln!("assignment    none"),
                 }
+            }
+        }
+        DeviceCommand::RotateToken { name, json, server } => {
+            let answer: Value = Api::new(&server)?
+                .post(&format!("/api/v1/devices/{name}/rotate-token"), &json!({}))?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                outln!("device {name} has a new token (shown once); the old one no longer works:");
+                outln!("{}", field(&answer, "token"));
+            }
+        }
+        DeviceCommand::Revoke { name, json, server } => {
+            let answer: Value =
+                Api::new(&server)?.post(&format!("/api/v1/devices/{name}/revoke"), &json!({}))?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                outln!(
+                    "device {name} revoked: its token no longer works{}",
+                    cancelled(&answer)
+                );
+            }
+        }
+        DeviceCommand::Delete { name, json, server } => {
+            let answer = Api::new(&server)?.delete(&format!("/api/v1/devices/{name}"))?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                let kept = field(&answer["device"], "name");
+                outln!(
+                    "device {name} deleted: its token no longer works and its name is free{}",
+                    cancelled(&answer)
+                );
+                outln!("its history stays readable: airlift device events {kept}");
             }
         }
         DeviceCommand::Events {

@@ -5,6 +5,7 @@ pub mod client;
 pub mod demo;
 pub mod deploy;
 pub mod device;
+pub mod enrollment;
 pub mod flash;
 pub mod fleet;
 pub mod image;

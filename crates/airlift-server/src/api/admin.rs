@@ -404,6 +404,7 @@ pub async fn create_device(
     check_name_and_tags(&request.name, &request.tags)?;
     let token = new_token("al_dev_").map_err(ApiError::internal)?;
     let hash = hash_token(&token);
+    let ticket = state.device_tokens.ticket();
     let device = state
         .store
         .create_device(&request.name, &request.tags, &hash)
@@ -411,7 +412,7 @@ pub async fn create_device(
     // Its first check-in then needs no database read to know who it is.
     state
         .device_tokens
-        .insert(hash, (device.id, device.name.clone()));
+        .put(hash, (device.id, device.name.clone()), ticket);
     let detail = serde_json::json!({"name": device.name, "tags": device.tags});
     Ok((
         StatusCode::CREATED,
@@ -493,6 +494,92 @@ pub async fn get_device(
         history,
         check_in,
     }))
+}
+
+/// A device whose identity was taken back, and what that ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TakenBack {
+    /// The device as stored now (a deleted one under the name its history
+    /// keeps, `NAME~deleted-ID`).
+    pub device: Device,
+    /// The deployments whose unfinished assignment of the device was cancelled.
+    pub cancelled: Vec<i64>,
+}
+
+fn taken_back(
+    state: &AppState,
+    name: &str,
+    device: Device,
+    cancelled: Vec<i64>,
+    tags: Vec<String>,
+) -> (Extension<AuditNote>, ApiJson<TakenBack>) {
+    crate::identity::forget(state, &[device.id]);
+    let mut detail = serde_json::json!({"id": device.id, "tags": tags, "cancelled": cancelled});
+    if device.deleted_at.is_some() {
+        detail["history_as"] = device.name.clone().into();
+    }
+    (
+        note(format!("device:{name}"), detail),
+        ApiJson(TakenBack { device, cancelled }),
+    )
+}
+
+/// Revokes a device: its token is refused from now on (401 `token_revoked`)
+/// by every server instance, its unfinished assignments are cancelled, and
+/// no new deployment includes it. It stays listed with its history; a new
+/// token (`rotate-token`) takes it back.
+#[utoipa::path(post, path = "/api/v1/devices/{name}/revoke", tag = "devices", security(("admin_token" = [])),
+    params(("name" = String, Path, description = "device name")),
+    responses((status = 200, body = TakenBack), (status = 404, body = ErrorBody),
+        (status = 409, description = "revoked or deleted already", body = ErrorBody)))]
+pub async fn revoke_device(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<(Extension<AuditNote>, ApiJson<TakenBack>), ApiError> {
+    let (device, cancelled) = state.store.revoke_device(&name, crate::now_ms()).await?;
+    let tags = device.tags.clone();
+    Ok(taken_back(&state, &name, device, cancelled, tags))
+}
+
+/// Deletes a device: its token is refused from now on by every server
+/// instance, its unfinished assignments are cancelled and its name is free
+/// for a new device. Its events and assignments stay readable under the
+/// name in the answer (`NAME~deleted-ID`).
+#[utoipa::path(delete, path = "/api/v1/devices/{name}", tag = "devices", security(("admin_token" = [])),
+    params(("name" = String, Path, description = "device name")),
+    responses((status = 200, body = TakenBack), (status = 404, body = ErrorBody),
+        (status = 409, description = "deleted already", body = ErrorBody)))]
+pub async fn delete_device(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<(Extension<AuditNote>, ApiJson<TakenBack>), ApiError> {
+    let tags = state.store.device_by_name(&name).await?.tags;
+    let (device, cancelled) = state.store.delete_device(&name, crate::now_ms()).await?;
+    Ok(taken_back(&state, &name, device, cancelled, tags))
+}
+
+/// Gives a device a new token (answered once): the old one is refused
+/// from now on by every server instance (401 `token_revoked`). A revoked
+/// device is taken back.
+#[utoipa::path(post, path = "/api/v1/devices/{name}/rotate-token", tag = "devices", security(("admin_token" = [])),
+    params(("name" = String, Path, description = "device name")),
+    responses((status = 200, body = NewDeviceAnswer), (status = 404, body = ErrorBody),
+        (status = 409, description = "the device was deleted", body = ErrorBody)))]
+pub async fn rotate_device_token(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<(Extension<AuditNote>, ApiJson<NewDeviceAnswer>), ApiError> {
+    let token = new_token("al_dev_").map_err(ApiError::internal)?;
+    let device = state
+        .store
+        .rotate_device_token(&name, &hash_token(&token), crate::now_ms())
+        .await?;
+    crate::identity::forget(&state, &[device.id]);
+    let detail = serde_json::json!({"id": device.id});
+    Ok((
+        note(format!("device:{name}"), detail),
+        ApiJson(NewDeviceAnswer { device, token }),
+    ))
 }
 
 /// Paging of lists.
@@ -946,9 +1033,14 @@ pub async fn list_audit(
 pub struct NewEnrollmentSecret {
     /// Name of the secret (e.g. the production batch).
     pub name: String,
-    /// Tags given to every device enrolling with it.
+    /// Tags given to every device enrolling with it (the only ones a
+    /// device may ask for).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The names devices may enrol with, `*` matching any run of name
+    /// characters (`roof-*`); absent: any name.
+    #[serde(default)]
+    pub name_pattern: Option<String>,
 }
 
 /// A new enrolment secret and its value (shown only this once).
@@ -961,7 +1053,8 @@ pub struct NewEnrollmentSecretAnswer {
     pub value: String,
 }
 
-/// Creates a fleet enrolment secret.
+/// Creates a fleet enrolment secret: devices enrolling with it get its
+/// tags, and only names its pattern allows.
 #[utoipa::path(post, path = "/api/v1/enrollment-secrets", tag = "enrolment", security(("admin_token" = [])),
     request_body = NewEnrollmentSecret,
     responses((status = 201, body = NewEnrollmentSecretAnswer), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -977,12 +1070,21 @@ pub async fn create_enrollment_secret(
     ApiError,
 > {
     check_name_and_tags(&request.name, &request.tags)?;
+    if let Some(pattern) = &request.name_pattern {
+        crate::identity::check_name_pattern(pattern)
+            .map_err(|message| ApiError::bad_request("bad_name_pattern", message))?;
+    }
     let value = new_token("al_enr_").map_err(ApiError::internal)?;
     let secret = state
         .store
-        .add_enrollment_secret(&request.name, &request.tags, &hash_token(&value))
+        .add_enrollment_secret(
+            &request.name,
+            &request.tags,
+            request.name_pattern.as_deref(),
+            &hash_token(&value),
+        )
         .await?;
-    let detail = serde_json::json!({"tags": secret.tags});
+    let detail = serde_json::json!({"tags": secret.tags, "name_pattern": secret.name_pattern});
     Ok((
         StatusCode::CREATED,
         note(format!("enrollment-secret:{}", secret.name), detail),

@@ -20,6 +20,7 @@ use crate::AppState;
 use crate::auth::{bearer, hash_token, new_token};
 use crate::deploy::{AssignmentState, skip_reason};
 use crate::error::{ApiError, ApiJson, ApiPath, ErrorBody};
+use crate::identity::Grant;
 use crate::longpoll::Waiting;
 use crate::metrics::Metrics;
 use crate::store::{DeviceStatus, EventOutcome, NewEvent, Offer};
@@ -52,31 +53,43 @@ impl FromRequestParts<AppState> for DeviceAuth {
 }
 
 impl DeviceAuth {
-    /// The device owning a bearer token.
+    /// The device owning a bearer token; a token that no longer works
+    /// (revoked, replaced, its device deleted) is refused with its own code.
     pub async fn from_token(state: &AppState, token: &str) -> Result<DeviceAuth, ApiError> {
         let hash = hash_token(token);
         if let Some((id, name)) = state.device_tokens.get(&hash) {
             return Ok(DeviceAuth { id, name });
         }
-        let (id, name) = state
+        let ticket = state.device_tokens.ticket();
+        let owner = state
             .store
             .device_by_token(&hash)
             .await?
             .ok_or_else(|| ApiError::Unauthorized("unknown device token".into()))?;
-        state.device_tokens.insert(hash, (id, name.clone()));
+        crate::identity::check_standing(&owner)?;
+        let (id, name) = (owner.device_id, owner.name);
+        state.device_tokens.put(hash, (id, name.clone()), ticket);
         Ok(DeviceAuth { id, name })
     }
 }
+
+/// The name the configured enrolment secret (`enrollment_secret`) goes by
+/// in refusals and the audit log.
+const CONFIGURED_SECRET: &str = "configuration";
 
 fn secrets_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Enrols a device with a fleet enrolment secret; answers its token once.
+/// The device gets the secret's tags; a name outside the secret's pattern,
+/// or a tag the secret does not grant, is refused (403 `name_not_granted`,
+/// `tag_not_granted`).
 #[utoipa::path(post, path = "/api/v1/device/enroll", tag = "device",
     request_body(content = Object, description = "airlift_protocol::EnrollRequest"),
     responses((status = 201, description = "airlift_protocol::EnrollAnswer", body = Object),
-        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn enroll(
     State(state): State<AppState>,
     Peer(client): Peer,
@@ -90,19 +103,35 @@ pub async fn enroll(
         .as_ref()
         .map(|s| hash_token(s.expose()))
         .is_some_and(|h| secrets_equal(&h, &hash));
-    let mut tags: Vec<String> = request.tags.iter().map(|t| t.to_string()).collect();
-    if !configured {
+    let requested: Vec<String> = request.tags.iter().map(|t| t.to_string()).collect();
+    let stored = if configured {
+        None
+    } else {
         let secret = state.store.enrollment_secret(&hash).await?.ok_or_else(|| {
             state.throttle.failed(Credential::EnrollmentSecret, client);
             ApiError::Unauthorized("unknown enrolment secret".into())
         })?;
-        tags.extend(secret.tags);
-    }
-    tags.sort();
-    tags.dedup();
-    super::admin::check_name_and_tags(&request.name, &tags)?;
+        Some(secret)
+    };
+    let grant = match &stored {
+        Some(secret) => Grant {
+            secret: &secret.name,
+            tags: &secret.tags,
+            name_pattern: secret.name_pattern.as_deref(),
+        },
+        None => Grant {
+            secret: CONFIGURED_SECRET,
+            tags: &state.config.enrollment_tags,
+            name_pattern: state.config.enrollment_name_pattern.as_deref(),
+        },
+    };
+    super::admin::check_name_and_tags(&request.name, &requested)?;
+    let tags = grant.tags_for(&request.name, &requested).inspect_err(|err| {
+        tracing::warn!(secret = grant.secret, device = %request.name, %err, "enrolment refused");
+    })?;
     let token = new_token("al_dev_").map_err(ApiError::internal)?;
     let hash = hash_token(&token);
+    let ticket = state.device_tokens.ticket();
     let device = state
         .store
         .create_device(&request.name, &tags, &hash)
@@ -110,14 +139,14 @@ pub async fn enroll(
     // Its first check-in then needs no database read to know who it is.
     state
         .device_tokens
-        .insert(hash, (device.id, device.name.clone()));
+        .put(hash, (device.id, device.name.clone()), ticket);
     state
         .store
         .add_audit(
             "enrolment",
             "POST /api/v1/device/enroll",
             &format!("device:{}", device.name),
-            &serde_json::json!({"tags": device.tags}).to_string(),
+            &serde_json::json!({"tags": device.tags, "secret": grant.secret}).to_string(),
         )
         .await?;
     let answer = EnrollAnswer {

@@ -13,6 +13,7 @@
 //! | `GET /api/v1/releases`, `GET/DELETE /api/v1/releases/{id}` | admin | list, show (with the manifest), delete (409 while deployed) |
 //! | `POST/GET /api/v1/devices` | admin | add (answers the token once), list |
 //! | `GET /api/v1/devices/{name}`, `.../events` | admin | status and open assignment; event history |
+//! | `DELETE /api/v1/devices/{name}`, `POST .../revoke\|rotate-token` | admin | delete (history kept as `NAME~deleted-ID`), revoke, a new token (answered once); each refuses the old token on every instance |
 //! | `POST/GET /api/v1/deployments` | admin | deploy `{release, target: device:NAME \| tag:T \| all}`; list |
 //! | `GET /api/v1/deployments/{id}`, `POST .../cancel` | admin | progress counts per state and per device (`?state=&limit=&offset=`); cancel |
 //! | `POST/GET /api/v1/rollouts` | admin | staged rollout `{release, target, waves, soak_ms, success_threshold, failure_threshold, deadline_ms, max_parallel, penalty_failures, start}`; list |
@@ -21,8 +22,8 @@
 //! | `GET /api/v1/fleet`, `GET /api/v1/fleet/devices` | admin | overview; device list paged, searched, filtered |
 //! | `GET /api/v1/fleet/changes` | admin | server-sent change notices for open dashboards |
 //! | `POST/GET/DELETE /api/v1/session` | admin token in the body | dashboard sign-in (session cookie), state, sign-out |
-//! | `POST/GET /api/v1/enrollment-secrets`, `DELETE .../{name}` | admin | fleet enrolment secrets |
-//! | `POST /api/v1/device/enroll` | enrolment secret | a device gets its token |
+//! | `POST/GET /api/v1/enrollment-secrets`, `DELETE .../{name}` | admin | fleet enrolment secrets `{name, tags, name_pattern}` |
+//! | `POST /api/v1/device/enroll` | enrolment secret | a device gets its token, the secret's tags, a name its pattern allows |
 //! | `POST /api/v1/device/checkin` | device | report state; answer: poll interval and assigned update |
 //! | `GET /api/v1/device/artifacts/{sha256}` | device | download (`Range`, `If-Range`, `ETag`) |
 //! | `POST /api/v1/device/events` | device | progress and results |
@@ -144,7 +145,9 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
         .routes(routes!(admin::upload_release, admin::list_releases))
         .routes(routes!(admin::get_release, admin::delete_release))
         .routes(routes!(admin::create_device, admin::list_devices))
-        .routes(routes!(admin::get_device))
+        .routes(routes!(admin::get_device, admin::delete_device))
+        .routes(routes!(admin::revoke_device))
+        .routes(routes!(admin::rotate_device_token))
         .routes(routes!(admin::device_events))
         .routes(routes!(admin::create_deployment, admin::list_deployments))
         .routes(routes!(admin::get_deployment))

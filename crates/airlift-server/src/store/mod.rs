@@ -121,8 +121,43 @@ pub struct Device {
     pub tags: Vec<String>,
     /// Creation time.
     pub created_at: i64,
+    /// When it was revoked: its token is refused until it gets a new one.
+    pub revoked_at: Option<i64>,
+    /// When it was deleted: its row stays, renamed (see
+    /// [`DeviceStore::delete_device`]), so its history stays readable.
+    pub deleted_at: Option<i64>,
     /// What it last reported.
     pub status: DeviceStatus,
+}
+
+/// The device a token belongs to (or once did), and whether it still works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenOwner {
+    /// The device.
+    pub device_id: i64,
+    /// Its name.
+    pub name: String,
+    /// Whether the token still authenticates it.
+    pub standing: Standing,
+}
+
+/// Whether a device token still works, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// The device's current token.
+    Active,
+    /// The device was revoked.
+    Revoked,
+    /// A newer token replaced this one.
+    Replaced,
+    /// The device was deleted.
+    Deleted,
+}
+
+/// The name a deleted device's row takes: no live device can have it
+/// (names never hold `~`), and it still says which device it was.
+pub fn tombstone_name(name: &str, id: i64) -> String {
+    format!("{name}~deleted-{id}")
 }
 
 /// What a deployment targets.
@@ -477,12 +512,37 @@ pub trait DeviceStore: Send + Sync {
     async fn device_by_name(&self, name: &str) -> StoreResult<Device>;
     /// One device by id.
     async fn device(&self, id: i64) -> StoreResult<Device>;
-    /// The device id and name owning a token hash.
-    async fn device_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(i64, String)>>;
-    /// Devices a target names (unknown device name: [`StoreError::NotFound`]).
+    /// The device a token hash belongs to, or once did (a token replaced
+    /// by a rotation, a revoked or deleted device's), with its standing.
+    async fn device_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<TokenOwner>>;
+    /// Devices a target names: revoked and deleted devices are never in a
+    /// tag or `all`, and naming one is a [`StoreError::Conflict`] (unknown
+    /// device name: [`StoreError::NotFound`]).
     async fn devices_for_target(&self, target: &Target) -> StoreResult<Vec<Device>>;
     /// Records what devices reported at check-in (in one transaction).
     async fn record_statuses(&self, statuses: &[(i64, DeviceStatus)]) -> StoreResult<()>;
+    /// Revokes a device at `now`: its token is refused from the commit on,
+    /// and its unfinished assignments are cancelled (reason
+    /// `device_revoked`: a device that cannot check in would keep a rollout
+    /// waiting). Returns it and the deployments whose assignment was
+    /// cancelled. [`StoreError::Conflict`] when it is revoked or deleted already.
+    async fn revoke_device(&self, name: &str, now: i64) -> StoreResult<(Device, Vec<i64>)>;
+    /// Gives a device a new token: the old one is refused from the commit
+    /// on, and a revoked device is taken back. [`StoreError::Conflict`]
+    /// when it was deleted.
+    async fn rotate_device_token(
+        &self,
+        name: &str,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> StoreResult<Device>;
+    /// Deletes a device at `now`: its token is refused, its unfinished
+    /// assignments are cancelled (reason `device_deleted`), its tags go,
+    /// and its name is free for a new device. Its row stays, renamed
+    /// [`tombstone_name`], so its events and assignments stay readable.
+    /// Returns it as it is stored now and the deployments whose assignment
+    /// was cancelled. [`StoreError::Conflict`] when it was deleted already.
+    async fn delete_device(&self, name: &str, now: i64) -> StoreResult<(Device, Vec<i64>)>;
 }
 
 /// Deployments and their per-device assignments.
@@ -551,13 +611,18 @@ pub trait AuditStore: Send + Sync {
     async fn audit(&self, limit: i64) -> StoreResult<Vec<AuditRecord>>;
 }
 
-/// An enrolment secret (its value is never stored, only its hash).
+/// An enrolment secret (its value is never stored, only its hash): what
+/// a device enrolling with it is granted, and nothing more.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct EnrollmentSecret {
     /// Name of the secret.
     pub name: String,
-    /// Tags given to devices enrolling with it.
+    /// The tags every device enrolling with it gets; a device may ask for
+    /// these, never for others.
     pub tags: Vec<String>,
+    /// The names devices may enrol with (`*` matches any run of name
+    /// characters, e.g. `roof-*`); `None`: any name.
+    pub name_pattern: Option<String>,
     /// Creation time.
     pub created_at: i64,
 }
@@ -578,11 +643,13 @@ pub trait CredentialStore: Send + Sync {
     async fn admin_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<String>>;
     /// Number of admin tokens.
     async fn count_admin_tokens(&self) -> StoreResult<i64>;
-    /// Adds an enrolment secret; [`StoreError::Conflict`] when the name is taken.
+    /// Adds an enrolment secret granting `tags` to devices named as
+    /// `name_pattern` says; [`StoreError::Conflict`] when the name is taken.
     async fn add_enrollment_secret(
         &self,
         name: &str,
         tags: &[String],
+        name_pattern: Option<&str>,
         secret_hash: &[u8; 32],
     ) -> StoreResult<EnrollmentSecret>;
     /// All enrolment secrets.

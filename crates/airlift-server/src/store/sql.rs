@@ -40,8 +40,8 @@ use super::{
     DeviceStore, DeviceSummary, EnrollmentSecret, EventOutcome, EventStore, FleetCounts, LastSeen,
     NewAssignment, NewEvent, NewRelease, NewRollout, NextState, Offer, OpenAssignment, Problem,
     Release, ReleaseStore, Rollout, RolloutEvent, RolloutStore, SCHEDULER, Session, SessionStore,
-    StepOutcome, StoreError, StoreResult, StoredEvent, Tally, Target, ViewStore, WaveAssignment,
-    Write,
+    Standing, StepOutcome, StoreError, StoreResult, StoredEvent, Tally, Target, TokenOwner,
+    ViewStore, WaveAssignment, Write, tombstone_name,
 };
 use crate::deploy::AssignmentState;
 use crate::now_ms;
@@ -252,6 +252,8 @@ fn device_from_row(row: &AnyRow) -> Result<Device, sqlx::Error> {
         name: row.try_get("name")?,
         tags,
         created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        deleted_at: row.try_get("deleted_at")?,
         status: DeviceStatus {
             last_seen: row.try_get("last_seen")?,
             chip_id: row.try_get("chip_id")?,
@@ -275,6 +277,7 @@ fn secret_from_row(row: &AnyRow) -> Result<EnrollmentSecret, sqlx::Error> {
             .filter(|t| !t.is_empty())
             .map(str::to_owned)
             .collect(),
+        name_pattern: row.try_get("name_pattern")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -402,6 +405,21 @@ impl SqlStore {
                 .filter(|d| d.len() <= NOTICE_DEVICES_MAX)
                 .map(<[i64]>::to_vec),
         );
+        self.notify(tx, &notice).await
+    }
+
+    /// Tells the other instances (PostgreSQL), when `tx` commits, that
+    /// `device` was revoked, given a new token or deleted: whatever they
+    /// cached of it (its token, its offer) must go.
+    async fn notify_identity(&self, tx: &mut Conn, device: i64) -> StoreResult<()> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(());
+        }
+        self.notify(tx, &crate::peers::Notice::Devices(vec![device]))
+            .await
+    }
+
+    async fn notify(&self, tx: &mut Conn, notice: &crate::peers::Notice) -> StoreResult<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
             .bind(notice.encode(&self.instance))
@@ -433,10 +451,32 @@ impl SqlStore {
     /// The columns [`device_from_row`] reads, for a query over `devices d`.
     fn device_columns(&self) -> String {
         format!(
-            "d.id, d.name, d.created_at, d.last_seen, d.chip_id, d.project, d.version, \
-             d.sha256, d.security_version, d.slot, d.state, d.boot_count, {} AS tags",
+            "d.id, d.name, d.created_at, d.revoked_at, d.deleted_at, d.last_seen, d.chip_id, \
+             d.project, d.version, d.sha256, d.security_version, d.slot, d.state, d.boot_count, \
+             {} AS tags",
             self.dialect.tags()
         )
+    }
+
+    /// The devices `condition` (SQL over `devices d`; `$1` is `arg`) selects, by name.
+    async fn devices_where(
+        &self,
+        condition: &'static str,
+        arg: Option<&str>,
+    ) -> StoreResult<Vec<Device>> {
+        let sql = format!(
+            "SELECT {} FROM devices d WHERE {condition} ORDER BY d.name",
+            self.device_columns()
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        if let Some(arg) = arg {
+            query = query.bind(arg);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter()
+            .map(device_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(db)
     }
 
     /// The (value, count) rows `sql` selects, as tallies.
@@ -582,18 +622,7 @@ impl DeviceStore for SqlStore {
     }
 
     async fn list_devices(&self) -> StoreResult<Vec<Device>> {
-        let sql = format!(
-            "SELECT {} FROM devices d ORDER BY d.name",
-            self.device_columns()
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
-        rows.iter()
-            .map(device_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(db)
+        self.devices_where("d.deleted_at IS NULL", None).await
     }
 
     async fn device_by_name(&self, name: &str) -> StoreResult<Device> {
@@ -624,45 +653,73 @@ impl DeviceStore for SqlStore {
         device_from_row(&row).map_err(db)
     }
 
-    async fn device_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<(i64, String)>> {
-        let row = sqlx::query("SELECT id, name FROM devices WHERE token_hash = $1")
-            .bind(&token_hash[..])
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-        row.map(|row| Ok((row.try_get("id")?, row.try_get("name")?)))
-            .transpose()
-            .map_err(|e: sqlx::Error| backend(e))
+    async fn device_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<TokenOwner>> {
+        // The current token of a device, else a token a rotation replaced.
+        let row = sqlx::query(
+            "SELECT id, name, revoked_at, deleted_at, 0 AS replaced FROM devices \
+             WHERE token_hash = $1 \
+             UNION ALL SELECT d.id, d.name, d.revoked_at, d.deleted_at, 1 FROM retired_tokens r \
+             JOIN devices d ON d.id = r.device_id WHERE r.token_hash = $1",
+        )
+        .bind(&token_hash[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        let Some(row) = row else { return Ok(None) };
+        let owner = (|| {
+            let revoked: Option<i64> = row.try_get("revoked_at")?;
+            let deleted: Option<i64> = row.try_get("deleted_at")?;
+            let replaced: i64 = row.try_get("replaced")?;
+            let standing = match (deleted, replaced, revoked) {
+                (Some(_), ..) => Standing::Deleted,
+                (None, 1, _) => Standing::Replaced,
+                (None, _, Some(_)) => Standing::Revoked,
+                (None, _, None) => Standing::Active,
+            };
+            Ok::<_, sqlx::Error>(TokenOwner {
+                device_id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                standing,
+            })
+        })()
+        .map_err(db)?;
+        Ok(Some(owner))
     }
 
     async fn devices_for_target(&self, target: &Target) -> StoreResult<Vec<Device>> {
+        let named = |device: Device| match (device.deleted_at, device.revoked_at) {
+            (Some(_), _) => Err(StoreError::Conflict(format!(
+                "device {:?} was deleted",
+                device.name
+            ))),
+            (None, Some(_)) => Err(StoreError::Conflict(format!(
+                "device {:?} is revoked: give it a new token to take it back \
+                 (airlift device rotate-token {})",
+                device.name, device.name
+            ))),
+            (None, None) => Ok(device),
+        };
         match target {
-            Target::Device(name) => Ok(vec![self.device_by_name(name).await?]),
+            Target::Device(name) => Ok(vec![named(self.device_by_name(name).await?)?]),
             Target::Devices(names) => {
                 let mut seen = std::collections::HashSet::new();
                 let mut devices = Vec::with_capacity(names.len());
                 for name in names.iter().filter(|n| seen.insert(*n)) {
-                    devices.push(self.device_by_name(name).await?);
+                    devices.push(named(self.device_by_name(name).await?)?);
                 }
                 Ok(devices)
             }
-            Target::All => self.list_devices().await,
-            Target::Tag(tag) => {
-                let sql = format!(
-                    "SELECT {} FROM devices d \
-                     WHERE d.id IN (SELECT device_id FROM device_tags WHERE tag = $1) \
-                     ORDER BY d.name",
-                    self.device_columns()
-                );
-                let rows = sqlx::query(AssertSqlSafe(sql))
-                    .bind(tag)
-                    .fetch_all(&self.pool)
+            Target::All => {
+                self.devices_where("d.deleted_at IS NULL AND d.revoked_at IS NULL", None)
                     .await
-                    .map_err(db)?;
-                rows.iter()
-                    .map(device_from_row)
-                    .collect::<Result<_, _>>()
-                    .map_err(db)
+            }
+            Target::Tag(tag) => {
+                self.devices_where(
+                    "d.id IN (SELECT device_id FROM device_tags WHERE tag = $1) \
+                     AND d.deleted_at IS NULL AND d.revoked_at IS NULL",
+                    Some(tag),
+                )
+                .await
             }
         }
     }
@@ -702,6 +759,167 @@ impl DeviceStore for SqlStore {
             sql.query()?.execute(&mut *tx).await.map_err(db)?;
         }
         tx.commit().await.map_err(db)
+    }
+
+    async fn revoke_device(&self, name: &str, now: i64) -> StoreResult<(Device, Vec<i64>)> {
+        self.retrying(|| self.try_take_back(name, TakeBack::Revoke, now))
+            .await
+    }
+
+    async fn rotate_device_token(
+        &self,
+        name: &str,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> StoreResult<Device> {
+        self.retrying(|| self.try_rotate_device_token(name, token_hash, now))
+            .await
+    }
+
+    async fn delete_device(&self, name: &str, now: i64) -> StoreResult<(Device, Vec<i64>)> {
+        self.retrying(|| self.try_take_back(name, TakeBack::Delete, now))
+            .await
+    }
+}
+
+/// How [`SqlStore::try_take_back`] takes a device's identity back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TakeBack {
+    Revoke,
+    Delete,
+}
+
+impl SqlStore {
+    /// The live or deleted device named `name`, its row locked until `conn`'s
+    /// transaction ends (PostgreSQL; SQLite's writer holds the database).
+    async fn lock_device(&self, conn: &mut Conn, name: &str) -> StoreResult<Device> {
+        let sql = format!(
+            "SELECT id FROM devices WHERE name = $1{}",
+            self.dialect.for_update()
+        );
+        let id: i64 = sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::NotFound(format!("no device named {name:?}")))?
+            .try_get(0)
+            .map_err(db)?;
+        self.device_in(conn, id).await
+    }
+
+    /// One device, read in `conn`'s transaction.
+    async fn device_in(&self, conn: &mut Conn, id: i64) -> StoreResult<Device> {
+        let sql = format!(
+            "SELECT {} FROM devices d WHERE d.id = $1",
+            self.device_columns()
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_one(conn)
+            .await
+            .map_err(db)?;
+        device_from_row(&row).map_err(db)
+    }
+
+    /// Revokes or deletes a device in one transaction that also cancels its
+    /// unfinished assignments (holding the assignment lock, so no new
+    /// deployment can give it one meanwhile) and tells the other instances.
+    async fn try_take_back(
+        &self,
+        name: &str,
+        how: TakeBack,
+        now: i64,
+    ) -> StoreResult<(Device, Vec<i64>)> {
+        let mut tx = self.begin_assignments().await?;
+        let device = self.lock_device(&mut tx, name).await?;
+        if device.deleted_at.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "device {name:?} was deleted already"
+            )));
+        }
+        let reason = match how {
+            TakeBack::Revoke => {
+                if device.revoked_at.is_some() {
+                    return Err(StoreError::Conflict(format!(
+                        "device {name:?} is revoked already"
+                    )));
+                }
+                sqlx::query("UPDATE devices SET revoked_at = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(device.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                "device_revoked"
+            }
+            TakeBack::Delete => {
+                sqlx::query("DELETE FROM device_tags WHERE device_id = $1")
+                    .bind(device.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                sqlx::query("UPDATE devices SET name = $1, deleted_at = $2 WHERE id = $3")
+                    .bind(tombstone_name(&device.name, device.id))
+                    .bind(now)
+                    .bind(device.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                "device_deleted"
+            }
+        };
+        let sql = format!(
+            "UPDATE assignments SET state = 'cancelled', reason = $1, updated_at = $2 \
+             WHERE device_id = $3 AND state IN {UNFINISHED} RETURNING deployment_id"
+        );
+        let cancelled = sqlx::query(AssertSqlSafe(sql))
+            .bind(reason)
+            .bind(now)
+            .bind(device.id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<Vec<i64>, _>>()
+            .map_err(db)?;
+        self.notify_identity(&mut tx, device.id).await?;
+        let device = self.device_in(&mut tx, device.id).await?;
+        tx.commit().await.map_err(db)?;
+        Ok((device, cancelled))
+    }
+
+    async fn try_rotate_device_token(
+        &self,
+        name: &str,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> StoreResult<Device> {
+        let mut tx = self.begin_write().await?;
+        let device = self.lock_device(&mut tx, name).await?;
+        if device.deleted_at.is_some() {
+            return Err(StoreError::Conflict(format!("device {name:?} was deleted")));
+        }
+        sqlx::query(
+            "INSERT INTO retired_tokens (token_hash, device_id, retired_at) \
+             SELECT token_hash, id, $1 FROM devices WHERE id = $2",
+        )
+        .bind(now)
+        .bind(device.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query("UPDATE devices SET token_hash = $1, revoked_at = NULL WHERE id = $2")
+            .bind(&token_hash[..])
+            .bind(device.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        self.notify_identity(&mut tx, device.id).await?;
+        let device = self.device_in(&mut tx, device.id).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(device)
     }
 }
 
@@ -1136,15 +1354,17 @@ impl CredentialStore for SqlStore {
         &self,
         name: &str,
         tags: &[String],
+        name_pattern: Option<&str>,
         secret_hash: &[u8; 32],
     ) -> StoreResult<EnrollmentSecret> {
         let row = sqlx::query(
-            "INSERT INTO enrollment_secrets (name, secret_hash, tags, created_at) \
-             VALUES ($1, $2, $3, $4) RETURNING name, tags, created_at",
+            "INSERT INTO enrollment_secrets (name, secret_hash, tags, name_pattern, created_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING name, tags, name_pattern, created_at",
         )
         .bind(name)
         .bind(&secret_hash[..])
         .bind(tags.join("\n"))
+        .bind(name_pattern)
         .bind(now_ms())
         .fetch_one(&self.pool)
         .await
@@ -1159,11 +1379,12 @@ impl CredentialStore for SqlStore {
     }
 
     async fn enrollment_secrets(&self) -> StoreResult<Vec<EnrollmentSecret>> {
-        let rows =
-            sqlx::query("SELECT name, tags, created_at FROM enrollment_secrets ORDER BY name")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db)?;
+        let rows = sqlx::query(
+            "SELECT name, tags, name_pattern, created_at FROM enrollment_secrets ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
         rows.iter()
             .map(secret_from_row)
             .collect::<Result<_, _>>()
@@ -1175,7 +1396,8 @@ impl CredentialStore for SqlStore {
         secret_hash: &[u8; 32],
     ) -> StoreResult<Option<EnrollmentSecret>> {
         let row = sqlx::query(
-            "SELECT name, tags, created_at FROM enrollment_secrets WHERE secret_hash = $1",
+            "SELECT name, tags, name_pattern, created_at FROM enrollment_secrets \
+             WHERE secret_hash = $1",
         )
         .bind(&secret_hash[..])
         .fetch_optional(&self.pool)
@@ -1269,7 +1491,7 @@ impl SessionStore for SqlStore {
 /// The states of an unfinished assignment, as an SQL list.
 const OPEN_STATES: &str = "('pending', 'offered', 'downloading', 'installed', 'booted')";
 
-/// Appends `filter` as conditions on `devices d` (after a `WHERE true`).
+/// Appends `filter` as conditions on `devices d` (after a `WHERE` condition).
 fn push_device_filter(query: &mut Sql, filter: &DeviceFilter) {
     if let Some(search) = &filter.search {
         let escaped = search
@@ -1336,7 +1558,7 @@ impl ViewStore for SqlStore {
         limit: i64,
         offset: i64,
     ) -> StoreResult<DevicePage> {
-        let mut count = Sql::new("SELECT count(*) FROM devices d WHERE true");
+        let mut count = Sql::new("SELECT count(*) FROM devices d WHERE d.deleted_at IS NULL");
         push_device_filter(&mut count, filter);
         let total: i64 = count
             .query()?
@@ -1354,7 +1576,7 @@ impl ViewStore for SqlStore {
              AND a.deployment_id = (SELECT max(deployment_id) FROM assignments \
                  WHERE device_id = d.id AND state IN {OPEN_STATES}) \
              LEFT JOIN deployments p ON p.id = a.deployment_id \
-             LEFT JOIN releases r ON r.id = p.release_id WHERE true",
+             LEFT JOIN releases r ON r.id = p.release_id WHERE d.deleted_at IS NULL",
             self.device_columns()
         ));
         push_device_filter(&mut page, filter);
@@ -1391,7 +1613,7 @@ impl ViewStore for SqlStore {
     async fn fleet_counts(&self, seen_since: i64) -> StoreResult<FleetCounts> {
         let row = sqlx::query(
             "SELECT count(*), count(*) FILTER (WHERE last_seen IS NULL), \
-             count(*) FILTER (WHERE last_seen < $1) FROM devices",
+             count(*) FILTER (WHERE last_seen < $1) FROM devices WHERE deleted_at IS NULL",
         )
         .bind(seen_since)
         .fetch_one(&self.pool)
@@ -1402,13 +1624,15 @@ impl ViewStore for SqlStore {
                 .map_err(db)?;
         let by_version = self
             .tally(
-                "SELECT version, count(*) AS n FROM devices GROUP BY version \
+                "SELECT version, count(*) AS n FROM devices WHERE deleted_at IS NULL \
+                 GROUP BY version \
                  ORDER BY n DESC, version IS NULL, version",
             )
             .await?;
         let by_state = self
             .tally(
-                "SELECT state, count(*) AS n FROM devices GROUP BY state \
+                "SELECT state, count(*) AS n FROM devices WHERE deleted_at IS NULL \
+                 GROUP BY state \
                  ORDER BY n DESC, state IS NULL, state",
             )
             .await?;
@@ -1622,6 +1846,22 @@ async fn insert_assignments(
         });
         sql.query()?.execute(&mut *conn).await.map_err(db)?;
     }
+    // The caller chose the devices before this transaction: one revoked or
+    // deleted since (under the same lock, so before this) would be left an
+    // assignment it can never take, which a rollout would wait for.
+    let sql = format!(
+        "UPDATE assignments SET state = 'cancelled', updated_at = $1, reason = \
+         (SELECT CASE WHEN d.deleted_at IS NULL THEN 'device_revoked' ELSE 'device_deleted' END \
+         FROM devices d WHERE d.id = assignments.device_id) \
+         WHERE deployment_id = $2 AND state IN {UNFINISHED} AND device_id IN \
+         (SELECT id FROM devices WHERE revoked_at IS NOT NULL OR deleted_at IS NOT NULL)"
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(now)
+        .bind(deployment_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     Ok(())
 }
 
