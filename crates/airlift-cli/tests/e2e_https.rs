@@ -72,7 +72,7 @@ fn devices_pinned_to_the_lab_ca_or_the_server_certificate_update_over_https_issu
     let release = server.upload(&write(d, "v2.bin", &v2));
     let deployment = server.deploy(release, "tag:secure");
     let done = server.wait_for_state(deployment, "confirmed", 2);
-    assert_eq!(done["status"], "finished", "{done:#}");
+    assert_eq!(done["state"], "finished", "{done:#}");
     for agent in &agents {
         assert_eq!(
             selected_image(&inspect(&agent.flash))["sha256"],

@@ -93,6 +93,7 @@ pub struct Api {
     base: String,
     token: String,
     http: Client,
+    tls: rustls::ClientConfig,
 }
 
 impl Api {
@@ -108,14 +109,24 @@ impl Api {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let http = Client::builder()
             .timeout(None)
-            .tls_backend_preconfigured(tls)
+            .tls_backend_preconfigured(tls.clone())
             .build()
             .context("cannot build the HTTP client")?;
         Ok(Api {
             base: args.base(),
             token,
             http,
+            tls,
         })
+    }
+
+    /// An async client that trusts what this one trusts (`--ca-cert`,
+    /// `--tls-pin`), for the streamed upload.
+    pub fn async_client(&self) -> anyhow::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(self.tls.clone())
+            .build()
+            .context("cannot build the HTTP client")
     }
 
     /// The server's base URL.

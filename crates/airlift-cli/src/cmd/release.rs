@@ -205,8 +205,8 @@ fn upload(api: &Api, file: &Path, manifest: Option<&PathBuf>) -> anyhow::Result<
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let http = api.async_client()?;
     runtime.block_on(async {
-        let http = reqwest::Client::new();
         let url = format!("{}/api/v1/releases", api.base());
         let send = |body: reqwest::Body| {
             let mut request = http
