@@ -63,12 +63,15 @@ extern crate std;
 
 mod client;
 pub mod download;
+pub mod health;
 pub mod notes;
 pub mod outbox;
 pub mod records;
 mod session;
 pub mod settings;
+pub mod sntp;
 pub mod text;
+pub mod time;
 
 #[cfg(feature = "sim")]
 pub mod sim;

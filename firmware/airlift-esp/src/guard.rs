@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use airlift_engine::health::ServerContact;
+use airlift_client::health::ServerContact;
 use airlift_engine::{AppSlot, BootDecision, Config, DEFAULT_MAX_ATTEMPTS, Device, Layout};
 use esp_bootloader_esp_idf::partitions::{PARTITION_TABLE_MAX_LEN, read_partition_table};
 use esp_hal::peripherals::{FLASH, RTC_TIMER};

@@ -76,5 +76,5 @@ pub use guard::{Airlift, Booted, GuardConfig, GuardError, GuardFailure, boot_gua
 pub use supervise::{SharedAirlift, share, supervise};
 pub use watchdog::Watchdog;
 
-pub use airlift_engine::health::{HealthPolicy, HealthVerdict, ServerContact};
+pub use airlift_client::health::{HealthPolicy, HealthVerdict, ServerContact};
 pub use airlift_engine::{AppSlot, BootDecision};

@@ -1,6 +1,6 @@
 //! The supervisor task: feeds the watchdog, applies the health policy.
 
-use airlift_engine::health::{HealthPolicy, HealthVerdict};
+use airlift_client::health::{HealthPolicy, HealthVerdict};
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use embassy_sync::mutex::Mutex;
 use embassy_time::{Duration, Instant, Timer};
