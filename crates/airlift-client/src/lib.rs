@@ -66,10 +66,12 @@ pub mod download;
 pub mod health;
 pub mod notes;
 pub mod outbox;
+pub mod page;
 pub mod records;
 mod session;
 pub mod settings;
 pub mod sntp;
+pub mod status;
 pub mod text;
 pub mod time;
 

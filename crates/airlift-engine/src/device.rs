@@ -205,6 +205,11 @@ impl<'k, F: NorFlash> Device<'k, F> {
         })
     }
 
+    /// Where the partition table is.
+    pub fn table_offset(&self) -> u32 {
+        self.config.table_offset
+    }
+
     /// The layout in use.
     pub fn layout(&self) -> &Layout {
         &self.layout
