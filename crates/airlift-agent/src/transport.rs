@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlift_client::download::Fetch;
-use airlift_protocol::{CheckIn, CheckInAnswer, EnrollAnswer, EnrollRequest, Event};
+use airlift_protocol::{
+    CHECKIN_PATH, CheckIn, CheckInAnswer, ENROLL_PATH, EVENTS_PATH, EnrollAnswer, EnrollRequest,
+    Event,
+};
 
 use crate::AgentError;
 
@@ -43,10 +46,7 @@ pub async fn enroll(
         tags: t,
     };
     let response = http
-        .post(format!(
-            "{}/api/v1/device/enroll",
-            server.trim_end_matches('/')
-        ))
+        .post(format!("{}{ENROLL_PATH}", server.trim_end_matches('/')))
         .json(&request)
         .send()
         .await
@@ -102,13 +102,7 @@ impl Transport {
     /// `path` on the server (an absolute URL stays as it is).
     pub(crate) fn url(&self, path: &str) -> Option<String> {
         let server = self.server.as_deref()?;
-        Some(
-            if path.starts_with("http://") || path.starts_with("https://") {
-                path.to_owned()
-            } else {
-                format!("{}{path}", server.trim_end_matches('/'))
-            },
-        )
+        airlift_client::download::url(server, path).map(|u| u.as_str().to_owned())
     }
 
     fn authed(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -121,7 +115,7 @@ impl Transport {
     /// Posts a check-in; the answer, or why there is none.
     pub(crate) async fn check_in(&self, report: &CheckIn) -> Result<CheckInAnswer, AgentError> {
         let url = self
-            .url("/api/v1/device/checkin")
+            .url(CHECKIN_PATH)
             .ok_or_else(|| AgentError::Http("no server".into()))?;
         let _permit = self.permit().await;
         let response = self
@@ -148,7 +142,7 @@ impl Transport {
     /// Posts events in one request: one as an object, several as an array.
     /// `Ok(false)` when there is no server to tell.
     pub(crate) async fn send_events(&self, events: &[Event]) -> Result<bool, String> {
-        let Some(url) = self.url("/api/v1/device/events") else {
+        let Some(url) = self.url(EVENTS_PATH) else {
             return Ok(false);
         };
         let request = self

@@ -148,10 +148,13 @@ async fn reboot(State(web): State<Web>) -> Response {
 
 /// The page and API for one device.
 pub fn router(control: Control, password: &str) -> Router {
-    let web = Web {
-        control,
-        password: PagePassword::new(password),
-    };
+    router_hashed(control, PagePassword::new(password))
+}
+
+/// The page and API for one device whose password is known by its SHA-256
+/// (as `airlift flash provision --page-password` keeps it).
+pub fn router_hashed(control: Control, password: PagePassword) -> Router {
+    let web = Web { control, password };
     Router::new()
         .route("/api/status", get(status))
         .route("/api/upload", post(upload))

@@ -1,5 +1,6 @@
 //! What a device is provisioned with and keeps across resets: its Wi-Fi
-//! network, its server and token, its boot-attempt limit.
+//! network, its server and token, its boot-attempt limit, its name, the
+//! password of its page (as its SHA-256) and its time server.
 //!
 //! The same power-safe [records](crate::records) as the notes, in the next
 //! two sectors of the same partition (sectors 2 and 3): provisioning writes
@@ -22,6 +23,9 @@ const TAG_PASSWORD: u8 = 2;
 const TAG_SERVER: u8 = 3;
 const TAG_TOKEN: u8 = 4;
 const TAG_MAX_ATTEMPTS: u8 = 5;
+const TAG_NAME: u8 = 6;
+const TAG_PAGE_PASSWORD: u8 = 7;
+const TAG_TIME_SERVER: u8 = 8;
 
 /// Longest Wi-Fi network name (802.11's bound).
 pub const SSID_MAX: usize = 32;
@@ -29,6 +33,12 @@ pub const SSID_MAX: usize = 32;
 pub const WIFI_PASSWORD_MAX: usize = 64;
 /// Longest server base URL.
 pub const SERVER_MAX: usize = MAX_ITEM;
+/// Longest device name.
+pub const NAME_MAX: usize = 64;
+/// Longest time server name.
+pub const TIME_SERVER_MAX: usize = 64;
+/// The time server a device asks when none is provisioned.
+pub const DEFAULT_TIME_SERVER: &str = "pool.ntp.org";
 
 /// A device's provisioned settings.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -43,6 +53,96 @@ pub struct Settings {
     pub token: Token,
     /// Boots an unconfirmed image gets (0: the engine's default).
     pub max_attempts: u8,
+    /// The device's name on its page (empty: the firmware makes one up).
+    pub name: heapless::String<NAME_MAX>,
+    /// SHA-256 of the device page's password; `None`: the page's API is
+    /// closed (every call answers 401).
+    pub page_password: Option<[u8; 32]>,
+    /// The SNTP server's host name or address (empty:
+    /// [`DEFAULT_TIME_SERVER`]).
+    pub time_server: heapless::String<TIME_SERVER_MAX>,
+}
+
+/// Why settings cannot be provisioned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingsError {
+    /// A text is longer than its field holds.
+    TooLong {
+        /// Which setting.
+        field: &'static str,
+        /// Its limit in bytes.
+        max: usize,
+    },
+    /// The server's URL does not start with `http://` or `https://`.
+    ServerScheme,
+    /// A server needs the device's token.
+    NoToken,
+    /// A WPA2 password is 8 to 63 characters, or 64 hex digits.
+    WifiPassword,
+    /// A Wi-Fi password without a network name.
+    NoSsid,
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingsError::TooLong { field, max } => {
+                write!(f, "the {field} is longer than {max} bytes")
+            }
+            SettingsError::ServerScheme => {
+                f.write_str("the server's URL must start with http:// or https://")
+            }
+            SettingsError::NoToken => {
+                f.write_str("a server needs the device's token (airlift device add NAME prints it)")
+            }
+            SettingsError::WifiPassword => f.write_str(
+                "a WPA2 Wi-Fi password is 8 to 63 characters, or 64 hex digits (leave it out for an open network)",
+            ),
+            SettingsError::NoSsid => f.write_str("a Wi-Fi password needs the network's name"),
+        }
+    }
+}
+
+impl core::error::Error for SettingsError {}
+
+/// `text` in a field of `N` bytes, or why not.
+pub fn field<const N: usize>(
+    field: &'static str,
+    text: &str,
+) -> Result<heapless::String<N>, SettingsError> {
+    heapless::String::try_from(text).map_err(|_| SettingsError::TooLong { field, max: N })
+}
+
+impl Settings {
+    /// Whether a device can work with these settings.
+    pub fn check(&self) -> Result<(), SettingsError> {
+        if !self.server.is_empty() {
+            if !(self.server.starts_with("http://") || self.server.starts_with("https://")) {
+                return Err(SettingsError::ServerScheme);
+            }
+            if self.token.is_empty() {
+                return Err(SettingsError::NoToken);
+            }
+        }
+        let p = self.wifi_password.as_str();
+        let hex = p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit());
+        if !(p.is_empty() || (8..=63).contains(&p.len()) || hex) {
+            return Err(SettingsError::WifiPassword);
+        }
+        if !p.is_empty() && self.wifi_ssid.is_empty() {
+            return Err(SettingsError::NoSsid);
+        }
+        Ok(())
+    }
+
+    /// The time server to ask.
+    pub fn time_server(&self) -> &str {
+        if self.time_server.is_empty() {
+            DEFAULT_TIME_SERVER
+        } else {
+            &self.time_server
+        }
+    }
 }
 
 impl fmt::Debug for Settings {
@@ -54,6 +154,12 @@ impl fmt::Debug for Settings {
             .field("server", &self.server)
             .field("token", &redacted(&self.token))
             .field("max_attempts", &self.max_attempts)
+            .field("name", &self.name)
+            .field(
+                "page_password",
+                &self.page_password.map(|_| "<sha-256 redacted>"),
+            )
+            .field("time_server", &self.time_server)
             .finish()
     }
 }
@@ -93,6 +199,9 @@ impl SettingsStore {
                 TAG_SERVER => s.server = Text::from_str_cut(text).0,
                 TAG_TOKEN => s.token = Text::from_str_cut(text).0,
                 TAG_MAX_ATTEMPTS => s.max_attempts = payload.first().copied().unwrap_or(0),
+                TAG_NAME => s.name = Text::from_str_cut(text).0,
+                TAG_PAGE_PASSWORD => s.page_password = payload.try_into().ok(),
+                TAG_TIME_SERVER => s.time_server = Text::from_str_cut(text).0,
                 _ => {}
             }
         }
@@ -109,6 +218,11 @@ impl SettingsStore {
         w.item(flash, TAG_SERVER, settings.server.as_bytes())?;
         w.item(flash, TAG_TOKEN, settings.token.as_bytes())?;
         w.item(flash, TAG_MAX_ATTEMPTS, &[settings.max_attempts])?;
+        w.item(flash, TAG_NAME, settings.name.as_bytes())?;
+        if let Some(hash) = &settings.page_password {
+            w.item(flash, TAG_PAGE_PASSWORD, hash)?;
+        }
+        w.item(flash, TAG_TIME_SERVER, settings.time_server.as_bytes())?;
         w.commit(flash)
     }
 }

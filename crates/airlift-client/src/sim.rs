@@ -181,6 +181,9 @@ pub fn run_path(path: RecordPath) -> Result<RecordReport, String> {
             server: Text::<255>::format(format_args!("https://updates-{n}.example.com")).0,
             token: Text::<128>::format(format_args!("{}", "t".repeat(100 + usize::from(n)))).0,
             max_attempts: n,
+            name: Text::<64>::format(format_args!("board-{n}")).0,
+            page_password: Some([n; 32]),
+            time_server: Text::<64>::format(format_args!("ntp-{n}.example.com")).0,
         };
         store
             .save(&mut pre, &settings(1))

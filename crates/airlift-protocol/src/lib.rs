@@ -70,6 +70,13 @@ pub const SHA256_HEX_LEN: usize = 64;
 pub const MANIFEST_B64_MAX: usize = 400;
 /// Longest download URL.
 pub const URL_MAX: usize = 256;
+
+/// Where a device enrols.
+pub const ENROLL_PATH: &str = "/api/v1/device/enroll";
+/// Where a device checks in.
+pub const CHECKIN_PATH: &str = "/api/v1/device/checkin";
+/// Where a device posts its events.
+pub const EVENTS_PATH: &str = "/api/v1/device/events";
 /// Longest token or secret.
 pub const TOKEN_MAX: usize = 128;
 /// Longest free-text detail of an event.

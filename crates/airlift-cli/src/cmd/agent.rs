@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use airlift_agent::device::{Agent, AgentConfig, Behaviours, Happening, http_client};
 use airlift_agent::flash::FileFlash;
-use airlift_agent::web;
+use airlift_agent::{provision, web};
+use airlift_client::page::PagePassword;
 use anyhow::Context;
 use clap::Args;
 
@@ -19,7 +20,8 @@ pub struct RunArgs {
     /// The flash file (`airlift flash create`).
     #[arg(long)]
     pub flash: PathBuf,
-    /// Server base URL; without it the device runs offline (local page only).
+    /// Server base URL [default: the one provisioned in the flash file];
+    /// without one the device runs offline (local page only).
     #[arg(long, env = "AIRLIFT_SERVER")]
     pub server: Option<String>,
     /// The device's token (`airlift device add`).
@@ -28,7 +30,8 @@ pub struct RunArgs {
     /// Serve the device page and API on this address (e.g. 127.0.0.1:8081).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Password of the device page [default: generated and printed].
+    /// Password of the device page [default: the one provisioned in the
+    /// flash file, else generated and printed].
     #[arg(long, env = "AIRLIFT_DEVICE_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// Simulated firmware behaviour: VERSION=healthy|crash|hang (repeat).
@@ -37,9 +40,10 @@ pub struct RunArgs {
     /// Seconds between check-ins [default: what the server says].
     #[arg(long)]
     pub poll: Option<f64>,
-    /// Boots an unconfirmed image gets before rollback.
-    #[arg(long, default_value_t = 3)]
-    pub max_attempts: u8,
+    /// Boots an unconfirmed image gets before rollback [default: as
+    /// provisioned in the flash file, else 3].
+    #[arg(long)]
+    pub max_attempts: Option<u8>,
     /// Seconds a healthy image takes before confirming.
     #[arg(long, default_value_t = 0.2)]
     pub health_check: f64,
@@ -50,7 +54,7 @@ pub struct RunArgs {
     /// rollback (the esp-rs default), or with it (it rewrites otadata).
     #[arg(long, value_enum, default_value_t = super::sim::Bootloader::Plain)]
     pub bootloader: super::sim::Bootloader,
-    /// Name in log lines [default: the flash file's name].
+    /// Name in log lines [default: as provisioned, else the flash file's name].
     #[arg(long)]
     pub name: Option<String>,
 }
@@ -66,20 +70,38 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "--server needs the device's --token (airlift device add NAME prints it; or AIRLIFT_DEVICE_TOKEN)"
         );
     }
-    let flash = FileFlash::open(&args.flash)
+    let mut flash = FileFlash::open(&args.flash)
         .with_context(|| format!("cannot open flash file {}", args.flash.display()))?;
-    let name = args.name.clone().unwrap_or_else(|| {
-        args.flash
-            .file_stem()
-            .map_or("device".into(), |s| s.to_string_lossy().into_owned())
-    });
+    // What `airlift flash provision` wrote, as the firmware reads it at boot;
+    // the flags take precedence.
+    let provisioned = provision::read_settings(&mut flash)
+        .with_context(|| format!("cannot read the settings in {}", args.flash.display()))?
+        .unwrap_or_default();
+    let given = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let (server, token) = match &args.server {
+        Some(server) => (Some(server.clone()), args.token.clone()),
+        None => (given(&provisioned.server), given(&provisioned.token)),
+    };
+    let name = args
+        .name
+        .clone()
+        .or_else(|| given(&provisioned.name))
+        .unwrap_or_else(|| {
+            args.flash
+                .file_stem()
+                .map_or("device".into(), |s| s.to_string_lossy().into_owned())
+        });
+    let max_attempts = args
+        .max_attempts
+        .or((provisioned.max_attempts > 0).then_some(provisioned.max_attempts))
+        .unwrap_or(airlift_engine::DEFAULT_MAX_ATTEMPTS);
     let config = AgentConfig {
         name: name.clone(),
-        server: args.server.clone(),
-        token: args.token.clone(),
+        server: server.clone(),
+        token,
         poll: args.poll.map(|p| secs(p, "poll")).transpose()?,
         behaviours: Behaviours(args.behave.clone()),
-        max_attempts: args.max_attempts,
+        max_attempts,
         health_check: secs(args.health_check, "health-check")?,
         watchdog: secs(args.watchdog, "watchdog")?,
         bootloader: args.bootloader.into(),
@@ -106,28 +128,31 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             }));
         if let Some(listen) = args.listen {
-            let password = match &args.password {
-                Some(p) => p.clone(),
-                None => web::generate_password().context("no system randomness")?,
+            let (password, shown) = match (&args.password, provisioned.page_password) {
+                (Some(p), _) => (PagePassword::new(p), String::new()),
+                (None, Some(hash)) => (
+                    PagePassword::from_sha256(hash),
+                    " (password: as provisioned)".to_owned(),
+                ),
+                (None, None) => {
+                    let p = web::generate_password().context("no system randomness")?;
+                    (PagePassword::new(&p), format!(" (password: {p})"))
+                }
             };
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             let address = listener.local_addr().unwrap_or(listen);
-            let router = web::router(agent.control(), &password);
-            if args.password.is_some() {
-                eprintln!("airlift: device page at http://{address}");
-            } else {
-                eprintln!("airlift: device page at http://{address} (password: {password})");
-            }
+            let router = web::router_hashed(agent.control(), password);
+            eprintln!("airlift: device page at http://{address}{shown}");
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {
                     eprintln!("airlift: device page stopped: {e}");
                 }
             });
         }
-        if args.server.is_none() {
-            eprintln!("airlift: no --server: running offline");
+        if server.is_none() {
+            eprintln!("airlift: no --server and none provisioned: running offline");
         }
         agent.run().await?;
         Ok(ExitCode::SUCCESS)
