@@ -142,6 +142,25 @@ impl ApiError {
         ApiError::new(422, reason.as_str(), format_args!("{message}"))
     }
 
+    /// The device has no page password (none was provisioned): its API
+    /// stays closed.
+    pub fn no_password() -> ApiError {
+        let mut e = ApiError::new(
+            401,
+            "unauthorized",
+            format_args!(
+                "this device's page has no password: provision one (airlift flash provision --page-password)"
+            ),
+        );
+        e.challenge = Some("Bearer realm=\"airlift device\"");
+        e
+    }
+
+    /// The device failed (its flash): logged in full, opaque to the page.
+    pub fn internal(message: core::fmt::Arguments<'_>) -> ApiError {
+        ApiError::new(500, "internal", message)
+    }
+
     /// The request's body could not be read as what the route takes.
     pub fn bad_request(message: core::fmt::Arguments<'_>) -> ApiError {
         ApiError::new(400, "bad_request", message)
