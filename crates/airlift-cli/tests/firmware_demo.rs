@@ -333,15 +333,9 @@ fn a_board_provisioned_with_its_settings_takes_a_higher_real_build_over_the_air_
     );
 
     // No --server, no --token: the device runs on what was provisioned.
-    let agent = Agent::start(
+    let agent = Agent::quick(
         &flash,
         &[
-            "--poll",
-            "0.2",
-            "--health-check",
-            "0.05",
-            "--watchdog",
-            "0.3",
             "--listen",
             "127.0.0.1:0",
             "--behave",

@@ -29,7 +29,7 @@ use static_cell::StaticCell;
 
 use crate::guard::Airlift;
 use crate::journal::{Log, now_ms};
-use crate::shared::{PULLED, PULLS, Pull, SharedAirlift, refresh, request_reset, show_state};
+use crate::shared::{PULLED, PULLS, Pull, SharedAirlift, attempt_ended, request_reset, show_state};
 
 /// The port the page is served on.
 pub const PORT: u16 = 80;
@@ -304,23 +304,7 @@ async fn install_upload<B: Read>(
         }
     }
     .await;
-    let outcome = match written {
-        Ok(()) => Ok(attempt.version.clone()),
-        Err(failure) => {
-            let clock = a.clock();
-            let refusal =
-                a.client
-                    .install_failed(&mut a.device, &attempt, failure, clock, &mut Log)?;
-            Err(refusal.unwrap_or_else(|| Refusal::download("the upload did not finish")))
-        }
-    };
-    let state = if a.trial().is_some() {
-        DeviceState::Trial
-    } else {
-        DeviceState::Idle
-    };
-    refresh(a, state).await;
-    Ok(outcome)
+    attempt_ended(a, &attempt, written).await
 }
 
 fn interrupted(i: Interrupt) -> Failure {

@@ -10,6 +10,7 @@ use airlift_client::status::{
     DeviceState, PageStatus, Report, RunningInfo, SMALL_STATUS_JSON_MAX, Small,
 };
 use airlift_client::text::Text;
+use airlift_client::{Attempt, Failure, Refusal};
 use airlift_protocol::{Label, URL_MAX};
 use embassy_sync::blocking_mutex::Mutex as BlockingMutex;
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
@@ -21,7 +22,7 @@ use heapless::String;
 use static_cell::StaticCell;
 
 use crate::guard::Airlift;
-use crate::journal::now_ms;
+use crate::journal::{Log as Journal, now_ms};
 
 /// The engine and the device's client, shared between the app, the
 /// supervisor, the update task and the device page.
@@ -162,6 +163,38 @@ fn fill(view: &mut View, a: &mut Airlift, state: DeviceState) {
         Ok(r) => view.report = Some(r),
         Err(e) => log::warn!("airlift: cannot read the flash for the page: {e}"),
     }
+}
+
+/// An update attempt ended (`result`): a failure goes to the client,
+/// which decides what it is (a refusal is the attempt's result, reported;
+/// a broken download of the server's update resumes later), and the page
+/// shows the device again. The new version, or the refusal.
+pub(crate) async fn attempt_ended(
+    a: &mut Airlift,
+    attempt: &Attempt,
+    result: Result<(), Failure>,
+) -> Result<Result<Label, Refusal>, airlift_client::Error> {
+    let outcome = match result {
+        Ok(()) => Ok(attempt.version.clone()),
+        Err(failure) => {
+            let clock = a.clock();
+            let message: Text<96> = Text::format(format_args!("{failure}"));
+            let refusal =
+                a.client
+                    .install_failed(&mut a.device, attempt, failure, clock, &mut Journal)?;
+            if refusal.is_none() {
+                show_error(Some(format_args!("{message}"))).await;
+            }
+            Err(refusal.unwrap_or_else(|| Refusal::download(message.as_str())))
+        }
+    };
+    let state = if a.trial().is_some() {
+        DeviceState::Trial
+    } else {
+        DeviceState::Idle
+    };
+    refresh(a, state).await;
+    Ok(outcome)
 }
 
 /// Sets what the page shows of the device's state only.

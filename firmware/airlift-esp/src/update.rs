@@ -25,7 +25,7 @@ use crate::guard::Airlift;
 use crate::http::{BodySink, Http};
 use crate::journal::{Log, now_ms};
 use crate::shared::{
-    PULLED, PULLS, Pull, SharedAirlift, WAKE, refresh, reset_at, show_error, show_state,
+    PULLED, PULLS, Pull, SharedAirlift, WAKE, attempt_ended, reset_at, show_error, show_state,
 };
 use crate::{shared, sntp};
 
@@ -260,16 +260,24 @@ async fn install_assigned(
         return Ok(false);
     };
     let token = a.settings.token.clone();
-    attempt_install(
-        a,
-        http,
-        &attempt,
-        url.as_str(),
-        Some(&token),
-        &update.sha256,
-    )
-    .await
-    .map(|r| r.is_ok())
+    let from = Origin {
+        url: url.as_str(),
+        token: Some(&token),
+        sha256: &update.sha256,
+    };
+    attempt_install(a, http, &attempt, from)
+        .await
+        .map(|r| r.is_ok())
+}
+
+/// Where an image is downloaded from.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    url: &'a str,
+    /// The device's token, for its server (not for a pull's URL).
+    token: Option<&'a str>,
+    /// The image's SHA-256 in hex (the artifact's `ETag`, for `If-Range`).
+    sha256: &'a str,
 }
 
 /// One update attempt to its end: activated, or failed the way the client
@@ -278,33 +286,11 @@ async fn attempt_install(
     a: &mut Airlift,
     http: &mut Http,
     attempt: &Attempt,
-    url: &str,
-    token: Option<&str>,
-    sha256: &str,
-) -> Result<Result<(), Refusal>, airlift_client::Error> {
+    from: Origin<'_>,
+) -> Result<Result<Label, Refusal>, airlift_client::Error> {
     show_state(DeviceState::Downloading).await;
-    let result = install(a, http, attempt, url, token, sha256).await;
-    let outcome = match result {
-        Ok(()) => Ok(()),
-        Err(failure) => {
-            let clock = a.clock();
-            let message: Text<96> = Text::format(format_args!("{failure}"));
-            let refusal =
-                a.client
-                    .install_failed(&mut a.device, attempt, failure, clock, &mut Log)?;
-            if refusal.is_none() {
-                show_error(Some(format_args!("{message}"))).await;
-            }
-            Err(refusal.unwrap_or_else(|| Refusal::download(message.as_str())))
-        }
-    };
-    let state = if a.trial().is_some() {
-        DeviceState::Trial
-    } else {
-        DeviceState::Idle
-    };
-    refresh(a, state).await;
-    Ok(outcome)
+    let result = install(a, http, attempt, from).await;
+    attempt_ended(a, attempt, result).await
 }
 
 enum Stop {
@@ -318,16 +304,14 @@ async fn install(
     a: &mut Airlift,
     http: &mut Http,
     attempt: &Attempt,
-    url: &str,
-    token: Option<&str>,
-    sha256: &str,
+    from: Origin<'_>,
 ) -> Result<(), Failure> {
     let Airlift { device, client, .. } = a;
     let retry_ms = client.config().retry_delay_ms;
     let mut session = client.start(device, attempt, now_ms(), &mut Log)?;
     loop {
         while let Some(fetch) = session.request() {
-            match stream(http, &mut session, fetch, url, token, sha256).await {
+            match stream(http, &mut session, fetch, from).await {
                 Ok(None) => {}
                 Ok(Some(resumed_at)) => client.restarted(attempt, resumed_at, now_ms(), &mut Log),
                 Err(Stop::Failure(f)) => return Err(f),
@@ -382,16 +366,14 @@ async fn stream(
     http: &mut Http,
     session: &mut Session<'_, 'static, Flash>,
     fetch: Fetch,
-    url: &str,
-    token: Option<&str>,
-    sha256: &str,
+    from: Origin<'_>,
 ) -> Result<Option<u32>, Stop> {
     let mut sink = IntoSession {
         session,
         fetch,
         restarted: None,
     };
-    http.stream(url, token, fetch, sha256, &mut sink)
+    http.stream(from.url, from.token, fetch, from.sha256, &mut sink)
         .await
         .map_err(|e| {
             Stop::Interrupt(Interrupt::Retry(Text::format(format_args!(
@@ -444,8 +426,13 @@ async fn install_pull(
     let sha = SignedManifest::parse(manifest)
         .map(|m| sha_hex(&m.manifest.image_sha256))
         .unwrap_or_default();
-    match attempt_install(&mut a, http, &attempt, &pull.url, None, &sha).await {
-        Ok(Ok(())) => Ok(attempt.version.clone()),
+    let from = Origin {
+        url: &pull.url,
+        token: None,
+        sha256: &sha,
+    };
+    match attempt_install(&mut a, http, &attempt, from).await {
+        Ok(Ok(version)) => Ok(version),
         Ok(Err(r)) => Err(ApiError::refused(r.reason, r.message.as_str())),
         Err(e) => Err(ApiError::internal(format_args!("{e}"))),
     }
