@@ -6,7 +6,7 @@
 //! serde-json-core, and the two give the same JSON (a test checks).
 //!
 //! Reading changes nothing. Lists are kept by [`Rows`]: everything in a
-//! `Vec` on a PC ([`All`], feature `std`), the newest few in RAM on a chip
+//! `Vec` on a PC (`All`, feature `std`), the newest few in RAM on a chip
 //! ([`Newest`], as [`Small`] sizes them for the page).
 
 use airlift_engine::{AppSlot, BootRecord, Device, PartitionRows};
