@@ -333,3 +333,14 @@ fn the_largest_status_the_firmware_can_have_fits_its_buffer() {
     let n = serde_json_core::to_slice(&status, &mut buf).unwrap();
     assert!(n <= SMALL_STATUS_JSON_MAX);
 }
+
+#[test]
+fn a_streamed_upload_that_cannot_resume_asks_for_the_upload_again_in_full() {
+    let failure = airlift_client::Failure::upload_again(1_572_864);
+    assert_eq!(failure.reason(), Reason::Download);
+    let message = failure.to_string();
+    assert!(
+        message.contains("1572864") && message.ends_with("upload again"),
+        "not cut: {message}"
+    );
+}

@@ -86,3 +86,38 @@ fn chunks_drop_the_bytes_to_skip_and_never_pass_the_image_end() {
     check(100, 0, 40, (40, 0));
     check(100, 90, 5, (5, 0));
 }
+
+#[test]
+fn a_path_is_asked_of_the_devices_server_and_an_absolute_url_as_it_is() {
+    use airlift_client::download::url;
+    let check = |server: &str, path: &str, expected: &str| {
+        assert_eq!(
+            url(server, path).unwrap().as_str(),
+            expected,
+            "{server} {path}"
+        );
+    };
+    check(
+        "http://10.0.0.2:8080",
+        "/api/v1/device/checkin",
+        "http://10.0.0.2:8080/api/v1/device/checkin",
+    );
+    check(
+        "http://updates.example/",
+        "/api/v1/device/artifacts/ab",
+        "http://updates.example/api/v1/device/artifacts/ab",
+    );
+    check(
+        "http://10.0.0.2:8080",
+        "https://cdn.example/a.bin",
+        "https://cdn.example/a.bin",
+    );
+    let long = format!(
+        "http://{}",
+        "h".repeat(airlift_client::settings::SERVER_MAX)
+    );
+    assert!(
+        url(&long, &"/p".repeat(200)).is_none(),
+        "too long for the device's buffer"
+    );
+}
