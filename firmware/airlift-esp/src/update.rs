@@ -81,6 +81,8 @@ pub async fn update(airlift: &'static SharedAirlift, stack: Stack<'static>) {
             let installed = answer.is_ok();
             PULLED.signal(answer);
             if installed {
+                // The page's answer goes out before the reset.
+                shared::request_reset(1_000);
                 Next::Reset
             } else {
                 Next::Wait(0)
