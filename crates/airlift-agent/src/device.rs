@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use airlift_client::notes::{NoteStore, Source as Origin};
+use airlift_client::status::DeviceState;
 use airlift_client::{Attempt, BootStep, Client, Clock, Journal, OFFLINE_WAIT_MS};
 use airlift_engine::{Device, Layout, Region};
 use airlift_protocol::{EventKind, Reason, Update};
@@ -150,7 +151,7 @@ impl<F: AgentFlash> Agent<F> {
         let snapshot = Arc::new(Mutex::new(Snapshot {
             name: self.rt.config.name.clone(),
             server: self.rt.config.server.clone(),
-            state: "booting".into(),
+            state: DeviceState::Booting,
             ..Snapshot::default()
         }));
         self.rt.snapshot = Some(snapshot.clone());
@@ -222,7 +223,11 @@ impl<F: AgentFlash> Agent<F> {
         rt.refresh(
             &mut dev,
             &client,
-            if confirmed { "idle" } else { "trial" },
+            if confirmed {
+                DeviceState::Idle
+            } else {
+                DeviceState::Trial
+            },
             None,
         );
         if !confirmed {
@@ -247,7 +252,7 @@ impl<F: AgentFlash> Agent<F> {
                     }
                     client.confirm(&mut dev, rt.clock(), &mut rt.journal())?;
                     rt.send_events(&mut client).await;
-                    rt.refresh(&mut dev, &client, "idle", None);
+                    rt.refresh(&mut dev, &client, DeviceState::Idle, None);
                 }
             }
         }
@@ -328,7 +333,7 @@ impl Runtime {
         &self,
         dev: &mut Dev<'_, F>,
         client: &Client,
-        state: &str,
+        state: DeviceState,
         error: Option<String>,
     ) {
         let Some(snapshot) = &self.snapshot else {
@@ -337,7 +342,7 @@ impl Runtime {
         let flash = report(dev.flash_mut(), self.config.max_attempts).ok();
         if let Ok(mut s) = snapshot.lock() {
             s.running = client.running().map(RunningInfo::from);
-            s.state = state.into();
+            s.state = state;
             s.boots = self.boots;
             if flash.is_some() {
                 s.flash = flash;
@@ -469,12 +474,12 @@ impl Runtime {
                                 "the server revoked this device's token; it needs a new one: {message}"
                             );
                             self.log(&why);
-                            self.refresh(dev, client, "revoked", Some(why));
+                            self.refresh(dev, client, DeviceState::Revoked, Some(why));
                             wait = Duration::from_millis(client.check_in_refused_wait_ms(&code));
                         }
                         Err(e) => {
                             self.log(&format!("check-in failed: {e}"));
-                            self.refresh(dev, client, "idle", Some(e.to_string()));
+                            self.refresh(dev, client, DeviceState::Idle, Some(e.to_string()));
                             wait = Duration::from_millis(client.check_in_failed_wait_ms());
                         }
                     }
@@ -549,7 +554,7 @@ impl Runtime {
             sha256: update.sha256.to_string(),
             foreign: false,
         };
-        self.refresh(dev, client, "downloading", None);
+        self.refresh(dev, client, DeviceState::Downloading, None);
         self.attempt(dev, client, &attempt, &source)
             .await
             .map(|r| r.is_ok().then_some(Next::Reset))
@@ -568,7 +573,7 @@ impl Runtime {
             Ok(a) => a,
             Err(refusal) => return Ok(Err(refusal.into())),
         };
-        self.refresh(dev, client, "downloading", None);
+        self.refresh(dev, client, DeviceState::Downloading, None);
         Ok(self
             .attempt(dev, client, &attempt, &source)
             .await?
@@ -599,7 +604,7 @@ impl Runtime {
                 self.refresh(
                     dev,
                     client,
-                    "idle",
+                    DeviceState::Idle,
                     refusal.is_none().then_some(message.clone()),
                 );
                 // A server's download that broke off is no refusal: it

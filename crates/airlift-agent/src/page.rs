@@ -3,13 +3,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use airlift_client::Running;
+use airlift_client::status::{DeviceState, PageStatus};
 use airlift_protocol::Reason;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::hex;
 use crate::report::Report;
+
+pub use airlift_client::status::RunningInfo;
 
 /// Why a local install (upload or pull) was refused.
 #[derive(Debug, Clone, Serialize)]
@@ -54,51 +55,16 @@ pub enum Command {
     Reboot,
 }
 
-/// The image running now.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunningInfo {
-    /// Slot it runs from.
-    pub slot: String,
-    /// Project name.
-    pub project: String,
-    /// Version.
-    pub version: String,
-    /// SHA-256, lowercase hex.
-    pub sha256: String,
-    /// Security version.
-    pub security_version: u32,
-    /// Chip id.
-    pub chip_id: u16,
-    /// Whether it is confirmed.
-    pub confirmed: bool,
-    /// This boot's attempt number for an unconfirmed image.
-    pub attempt: u8,
-}
-
-impl From<&Running> for RunningInfo {
-    fn from(r: &Running) -> RunningInfo {
-        RunningInfo {
-            slot: r.slot.to_string(),
-            project: r.project.to_string(),
-            version: r.version.to_string(),
-            sha256: hex(&r.sha256),
-            security_version: r.security_version,
-            chip_id: r.chip_id,
-            confirmed: r.confirmed,
-            attempt: r.attempt,
-        }
-    }
-}
-
-/// What the device page shows; refreshed by the device loop.
-#[derive(Debug, Clone, Default, Serialize)]
+/// What the device page shows ([`Snapshot::page`]); refreshed by the
+/// device loop.
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Device name.
     pub name: String,
     /// The running image.
     pub running: Option<RunningInfo>,
-    /// `booting`, `trial`, `idle`, `downloading`, `installed`.
-    pub state: String,
+    /// What the device is doing.
+    pub state: DeviceState,
     /// The server, when one is configured.
     pub server: Option<String>,
     /// Unix seconds of the last answered check-in.
@@ -109,6 +75,22 @@ pub struct Snapshot {
     pub boots: u64,
     /// What the flash says.
     pub flash: Option<Report>,
+}
+
+impl Snapshot {
+    /// `GET /api/status`, as the firmware answers it too.
+    pub fn page(&self) -> PageStatus<'_, Report> {
+        PageStatus {
+            name: &self.name,
+            running: self.running.as_ref(),
+            state: self.state,
+            server: self.server.as_deref(),
+            last_checkin: self.last_checkin,
+            last_error: self.last_error.as_deref(),
+            boots: self.boots,
+            flash: self.flash.as_ref(),
+        }
+    }
 }
 
 /// The handles the device page uses.

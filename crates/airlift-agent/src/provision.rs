@@ -2,6 +2,7 @@
 //! flashing a factory image) leaves it, and the whole flash of a real board
 //! (`airlift flash provision`).
 
+use airlift_client::settings::{Settings, SettingsStore};
 use airlift_engine::sim;
 use airlift_format::image;
 use airlift_format::partition::{PartitionEntry, TABLE_OFFSET, Table};
@@ -22,7 +23,7 @@ pub fn flash_image(
     firmware: &[u8],
     keys: &[[u8; 32]],
 ) -> Result<Vec<u8>, AgentError> {
-    provisioned(entries, firmware, keys, FLASH_SIZE)
+    provisioned(entries, firmware, keys, FLASH_SIZE, None)
 }
 
 /// The whole flash of a real board, to write at offset 0 (`espflash
@@ -33,14 +34,16 @@ pub fn flash_image(
 /// flash functions refuse addresses beyond it). Every other byte is 0xFF,
 /// so whatever the board held before is erased.
 ///
-/// Phase 2 adds the device's settings (Wi-Fi, server, token, boot-attempt
-/// limit) as the client crate's records (`airlift_engine::Layout::records`).
+/// `settings` (Wi-Fi, server, token, boot-attempt limit, name, page
+/// password, time server) go in as the client crate's settings records
+/// (`airlift_engine::Layout::records`), which the firmware reads at boot.
 pub fn whole_flash(
     entries: &[PartitionEntry],
     firmware: &[u8],
     keys: &[[u8; 32]],
     bootloader: &[u8],
     flash_size: u32,
+    settings: Option<&Settings>,
 ) -> Result<Vec<u8>, AgentError> {
     let refuse = |why: String| Err(AgentError::Provision(why));
     let app_chip = match image::verify(firmware) {
@@ -78,7 +81,7 @@ pub fn whole_flash(
             patched.len()
         ));
     }
-    let mut flash = provisioned(entries, firmware, keys, flash_size as usize)?;
+    let mut flash = provisioned(entries, firmware, keys, flash_size as usize, settings)?;
     flash[offset as usize..end].copy_from_slice(&patched);
     Ok(flash)
 }
@@ -88,6 +91,7 @@ fn provisioned(
     firmware: &[u8],
     keys: &[[u8; 32]],
     flash_size: usize,
+    settings: Option<&Settings>,
 ) -> Result<Vec<u8>, AgentError> {
     let info = image::verify(firmware)
         .map_err(|e| AgentError::Provision(format!("firmware is not an ESP app image: {e}")))?;
@@ -113,9 +117,12 @@ fn provisioned(
         )));
     }
     let layout = sim::layout_of(entries).map_err(AgentError::Provision)?;
-    records_region(&layout)?;
-    let flash =
+    let records = records_region(&layout)?;
+    let mut flash =
         sim::provision(entries, flash_size, firmware, keys).map_err(AgentError::Provision)?;
+    if let Some(settings) = settings {
+        SettingsStore::new(records)?.save(&mut flash, settings)?;
+    }
     Ok(flash.into_bytes())
 }
 
@@ -139,4 +146,16 @@ pub fn read_table<F: ReadNorFlash>(flash: &mut F) -> Result<Vec<PartitionEntry>,
     let table = Table::parse(&raw)
         .map_err(|e| AgentError::Engine(airlift_engine::Error::PartitionTable(e)))?;
     Ok(table.iter().collect())
+}
+
+/// The settings provisioned in a device's flash, `None` when it was
+/// provisioned without any (or its layout has no room for them).
+pub fn read_settings<F: embedded_storage::nor_flash::NorFlash>(
+    flash: &mut F,
+) -> Result<Option<Settings>, AgentError> {
+    let layout = airlift_engine::Layout::read(flash, TABLE_OFFSET)?;
+    let Some(records) = layout.records else {
+        return Ok(None);
+    };
+    Ok(SettingsStore::new(records)?.load(flash)?)
 }

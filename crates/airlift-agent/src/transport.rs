@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlift_client::download::Fetch;
-use airlift_protocol::{CheckIn, CheckInAnswer, EnrollAnswer, EnrollRequest, ErrorAnswer, Event};
+use airlift_protocol::{
+    CHECKIN_PATH, CheckIn, CheckInAnswer, ENROLL_PATH, EVENTS_PATH, EnrollAnswer, EnrollRequest,
+    ErrorAnswer, Event,
+};
 
 use crate::AgentError;
 use crate::tls::{Trust, plain_http_refused};
@@ -76,10 +79,7 @@ pub async fn enroll(
         tags: t,
     };
     let response = http
-        .post(format!(
-            "{}/api/v1/device/enroll",
-            server.trim_end_matches('/')
-        ))
+        .post(format!("{}{ENROLL_PATH}", server.trim_end_matches('/')))
         .json(&request)
         .send()
         .await
@@ -146,13 +146,7 @@ impl Transport {
     /// `path` on the server (an absolute URL stays as it is).
     pub(crate) fn url(&self, path: &str) -> Option<String> {
         let server = self.server.as_deref()?;
-        Some(
-            if path.starts_with("http://") || path.starts_with("https://") {
-                path.to_owned()
-            } else {
-                format!("{}{path}", server.trim_end_matches('/'))
-            },
-        )
+        airlift_client::download::url(server, path).map(|u| u.as_str().to_owned())
     }
 
     fn authed(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -165,7 +159,7 @@ impl Transport {
     /// Posts a check-in; the answer, or why there is none.
     pub(crate) async fn check_in(&self, report: &CheckIn) -> Result<CheckInAnswer, AgentError> {
         let url = self
-            .url("/api/v1/device/checkin")
+            .url(CHECKIN_PATH)
             .ok_or_else(|| AgentError::Http("no server".into()))?;
         self.allowed(&url).map_err(AgentError::Http)?;
         let _permit = self.permit().await;
@@ -200,7 +194,7 @@ impl Transport {
     /// Posts events in one request: one as an object, several as an array.
     /// `Ok(false)` when there is no server to tell.
     pub(crate) async fn send_events(&self, events: &[Event]) -> Result<bool, String> {
-        let Some(url) = self.url("/api/v1/device/events") else {
+        let Some(url) = self.url(EVENTS_PATH) else {
             return Ok(false);
         };
         self.allowed(&url)?;

@@ -220,7 +220,7 @@ fn report_shows_the_table_otadata_slots_keys_and_boot_log() {
     let slots: Vec<(&str, &str)> = fresh
         .slots
         .iter()
-        .map(|s| (s.slot.as_str(), s.content.as_str()))
+        .map(|s| (s.slot.as_str(), s.content))
         .collect();
     assert_eq!(
         slots,
@@ -229,7 +229,7 @@ fn report_shows_the_table_otadata_slots_keys_and_boot_log() {
     assert_eq!(fresh.slots[1].version.as_deref(), Some("1.0.0"));
     assert_eq!(
         fresh.engine.trusted_keys,
-        [airlift_agent::hex(&key_id(&public_key_from_seed(&SEED)))]
+        [airlift_agent::hex(&key_id(&public_key_from_seed(&SEED))).as_str()]
     );
     assert!(fresh.boot_log.is_empty());
 
@@ -242,7 +242,7 @@ fn report_shows_the_table_otadata_slots_keys_and_boot_log() {
     let log: Vec<(&str, &str)> = after
         .boot_log
         .iter()
-        .map(|b| (b.version.as_str(), b.outcome.as_str()))
+        .map(|b| (b.version.as_str(), b.outcome))
         .collect();
     assert_eq!(log, [("2.0.0", "trial")]);
 }

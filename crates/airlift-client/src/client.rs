@@ -17,6 +17,7 @@ use crate::notes::{HistoryEntry, NoteStore, Notes, Outcome, Pending, Source};
 use crate::outbox::Outbox;
 use crate::session::{Failure, Finished, Session};
 use crate::text::{Text, parse_sha_hex, sha_hex};
+use crate::time;
 use crate::{Error, Journal};
 
 /// Text long enough for any detail the client writes (the wire keeps the
@@ -184,6 +185,11 @@ pub struct Client {
     /// first is answered at once, so the device soon knows its name and
     /// the server its state; the next follows at once and waits).
     answered: bool,
+    /// The monotonic clock when this power-on's boot guard ran, while its
+    /// boot record waits to be dated.
+    undated_boot: Option<u64>,
+    /// History entries this power-on wrote undated (the newest ones).
+    undated: u8,
 }
 
 fn log_event(j: &mut impl Journal, kind: EventKind, reason: Option<Reason>, detail: &str) {
@@ -214,6 +220,8 @@ impl Client {
             outbox: Outbox::default(),
             unreported: None,
             answered: false,
+            undated_boot: None,
+            undated: 0,
         }
     }
 
@@ -276,6 +284,7 @@ impl Client {
         j: &mut impl Journal,
     ) -> Result<BootStep, Error> {
         let mut running = Running::new(slot, info);
+        self.undated_boot = (clock.unix_secs == 0).then_some(clock.now_ms);
         let (confirmed, attempt) = match dev.boot(Some(slot), clock.unix_secs)? {
             BootDecision::ResetRequired { from, to, attempts } => {
                 j.log(format_args!(
@@ -411,7 +420,7 @@ impl Client {
             reason,
         });
         let entry = pending.as_ref().map(|p| HistoryEntry {
-            at: clock.unix_secs,
+            at: time::stamp(clock),
             version: p.version.clone(),
             sha256: p.sha256,
             source: p.source,
@@ -422,6 +431,9 @@ impl Client {
         });
         self.store
             .save(dev.flash_mut(), &self.notes, entry.as_ref())?;
+        if entry.is_some() && clock.unix_secs == 0 {
+            self.undated = self.undated.saturating_add(1);
+        }
         if self.config.has_server && deployment.is_some() && self.outbox.is_empty() {
             match reason {
                 Some(r) => j.log(format_args!(
@@ -434,6 +446,41 @@ impl Client {
             self.unreported = Some((kind, reason, detail.cut::<DETAIL_MAX>().into()));
         } else {
             self.event(deployment, kind, reason, detail.as_str(), clock.now_ms, j);
+        }
+        Ok(())
+    }
+
+    /// The device learnt the time (`clock.unix_secs`, from a time server):
+    /// dates what this power-on wrote before it knew it, the boot record
+    /// and history entries ([`crate::time`]). Call it once the time is
+    /// known; later calls find nothing to date.
+    pub fn time_known<F: NorFlash>(
+        &mut self,
+        dev: &mut Device<'_, F>,
+        clock: Clock,
+        j: &mut impl Journal,
+    ) -> Result<(), Error> {
+        if clock.unix_secs == 0 {
+            return Ok(());
+        }
+        if let Some(boot_ms) = self.undated_boot {
+            let since_boot = clock.now_ms.saturating_sub(boot_ms) / 1000;
+            dev.date_boot(clock.unix_secs.saturating_sub(since_boot))?;
+            self.undated_boot = None;
+            j.log(format_args!("time known: boot dated"));
+        }
+        if self.undated > 0 {
+            self.store.redate(
+                dev.flash_mut(),
+                &self.notes,
+                usize::from(self.undated),
+                clock,
+            )?;
+            j.log(format_args!(
+                "time known: {} history entries dated",
+                self.undated
+            ));
+            self.undated = 0;
         }
         Ok(())
     }

@@ -185,3 +185,19 @@ pub fn to_write<'c>(chunk: &'c [u8], skip: &mut u32, left: u32) -> &'c [u8] {
     let data = &chunk[n..];
     &data[..data.len().min(left as usize)]
 }
+
+/// Longest URL the client builds: a server's base URL and a path.
+pub const JOINED_URL_MAX: usize = crate::settings::SERVER_MAX + airlift_protocol::URL_MAX;
+
+/// `path` on the server at `server` (its base URL): an absolute URL (one
+/// the server's answer names) stays as it is; `None` when it does not fit.
+pub fn url(server: &str, path: &str) -> Option<Text<JOINED_URL_MAX>> {
+    let mut out = Text::<JOINED_URL_MAX>::default();
+    let fits = if path.starts_with("http://") || path.starts_with("https://") {
+        out.write_str(path)
+    } else {
+        out.write_str(server.trim_end_matches('/'))
+            .and_then(|()| out.write_str(path))
+    };
+    fits.is_ok().then_some(out)
+}

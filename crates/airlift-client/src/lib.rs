@@ -37,6 +37,16 @@
 //!    resume later; the engine's error becomes a protocol
 //!    [`Reason`](airlift_protocol::Reason) by [`reason_of`].
 //!
+//! # Around the update
+//!
+//! - [`health`]: when an image on trial has earned its confirmation.
+//! - [`time`] and [`sntp`]: the wall clock a device learns once online, and
+//!   the records written before it, marked undated and dated once it is
+//!   known ([`Client::time_known`]).
+//! - [`page`] and [`status`]: the device page's contract (routes, the
+//!   password, uploads, the answers, the flash report), for the agent's
+//!   web server and the firmware's alike.
+//!
 //! # What it keeps on flash
 //!
 //! In the last 16 KiB of Airlift's data partition, beside the engine's log
@@ -63,12 +73,17 @@ extern crate std;
 
 mod client;
 pub mod download;
+pub mod health;
 pub mod notes;
 pub mod outbox;
+pub mod page;
 pub mod records;
 mod session;
 pub mod settings;
+pub mod sntp;
+pub mod status;
 pub mod text;
+pub mod time;
 
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -14,7 +14,9 @@ use airlift_engine::Region;
 use airlift_protocol::{DETAIL_MAX, EventKind, Label, Reason};
 use embedded_storage::nor_flash::NorFlash;
 
+use crate::Clock;
 use crate::records::{MAX_ITEM, RecordError, RecordPair};
+use crate::time;
 
 /// Most history entries kept (the oldest goes first).
 pub const HISTORY_MAX: usize = 12;
@@ -92,7 +94,8 @@ pub struct Outcome {
 /// One line of the update history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
-    /// When it ended, by the caller's wall clock (Unix seconds, or 0).
+    /// When it ended: Unix seconds, or undated ([`time::stamp`]); read it
+    /// with [`HistoryEntry::unix_secs`].
     pub at: u64,
     /// Version of the image the attempt installed.
     pub version: Label,
@@ -108,6 +111,14 @@ pub struct HistoryEntry {
     pub reason: Option<Reason>,
     /// Human-readable detail.
     pub detail: heapless::String<DETAIL_MAX>,
+}
+
+impl HistoryEntry {
+    /// When it ended, `None` when that is not known (made before the device
+    /// knew the time, and never dated).
+    pub fn unix_secs(&self) -> Option<u64> {
+        time::wall_secs(self.at)
+    }
 }
 
 /// The notes kept in RAM while the device runs.
@@ -328,6 +339,29 @@ impl NoteStore {
         notes: &Notes,
         add: Option<&HistoryEntry>,
     ) -> Result<(), RecordError> {
+        self.write(flash, notes, add, None)
+    }
+
+    /// Writes `notes` as the next copy with the newest `newest` history
+    /// entries, when undated, dated by [`time::date`] at `now` (a clock
+    /// that knows the time). Power-safe like [`NoteStore::save`].
+    pub fn redate<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        notes: &Notes,
+        newest: usize,
+        now: Clock,
+    ) -> Result<(), RecordError> {
+        self.write(flash, notes, None, Some((newest, now)))
+    }
+
+    fn write<F: NorFlash>(
+        &self,
+        flash: &mut F,
+        notes: &Notes,
+        add: Option<&HistoryEntry>,
+        redate: Option<(usize, Clock)>,
+    ) -> Result<(), RecordError> {
         let current = self.pair.newest(flash)?;
         let mut kept = 0usize;
         if let Some(copy) = current {
@@ -338,6 +372,8 @@ impl NoteStore {
         }
         let total = kept + usize::from(add.is_some());
         let mut skip = total.saturating_sub(HISTORY_MAX);
+        // Entries of the current copy from this index on are redated.
+        let redate_from = redate.map(|(newest, now)| (kept.saturating_sub(newest), now));
         let mut w = self.pair.begin(flash, current)?;
         if let Some(p) = &notes.pending {
             w.item(flash, TAG_PENDING, encode_pending(p).bytes())?;
@@ -347,17 +383,30 @@ impl NoteStore {
         }
         if let Some(copy) = current {
             let (mut at, mut buf) = (0, [0u8; 2 + MAX_ITEM]);
+            let mut index = 0usize;
             loop {
                 let len = match self.pair.next_item(flash, copy, &mut at, &mut buf)? {
                     Some((TAG_HISTORY, payload)) => payload.len(),
                     Some(_) => continue,
                     None => break,
                 };
+                index += 1;
                 if skip > 0 {
                     skip -= 1;
                     continue;
                 }
-                w.item(flash, TAG_HISTORY, &buf[2..2 + len])?;
+                let item = &mut buf[2..2 + len];
+                if let Some((from, now)) = redate_from
+                    && index > from
+                    && let Some(stored) = item.get_mut(..8)
+                {
+                    let mut raw = [0u8; 8];
+                    raw.copy_from_slice(stored);
+                    if let Some(secs) = time::date(u64::from_le_bytes(raw), now) {
+                        stored.copy_from_slice(&secs.to_le_bytes());
+                    }
+                }
+                w.item(flash, TAG_HISTORY, item)?;
             }
         }
         if let Some(h) = add

@@ -41,6 +41,18 @@ impl core::fmt::Display for Failure {
     }
 }
 
+impl Failure {
+    /// A streamed upload whose session restarted from byte 0 (the bytes an
+    /// earlier, interrupted upload of this image left did not verify, and
+    /// were cleared): the bytes that went by cannot be fed again, so the
+    /// upload fails and the next one starts clean.
+    pub fn upload_again(resumed_at: u32) -> Failure {
+        Failure::Download(Text::format(format_args!(
+            "bytes an earlier upload left (to {resumed_at}) did not verify: cleared, upload again"
+        )))
+    }
+}
+
 /// The protocol reason for an engine error.
 pub fn reason_of(e: &airlift_engine::Error) -> Reason {
     use airlift_engine::Error as E;

@@ -183,6 +183,9 @@ pub fn run_path(path: RecordPath) -> Result<RecordReport, String> {
             max_attempts: n,
             tls_pin: Some([n; 32]),
             require_https: n.is_multiple_of(2),
+            name: Text::<64>::format(format_args!("board-{n}")).0,
+            page_password: Some([n; 32]),
+            time_server: Text::<64>::format(format_args!("ntp-{n}.example.com")).0,
         };
         store
             .save(&mut pre, &settings(1))

@@ -136,3 +136,38 @@ fn only_the_devices_own_server_is_given_its_token_and_if_range_issue_15() {
     assert_eq!(store.range.unwrap().as_str(), "bytes=4096-");
     assert_eq!(store.if_range, None, "the store's ETag is not the SHA-256");
 }
+
+#[test]
+fn a_path_is_asked_of_the_devices_server_and_an_absolute_url_as_it_is() {
+    use airlift_client::download::url;
+    let check = |server: &str, path: &str, expected: &str| {
+        assert_eq!(
+            url(server, path).unwrap().as_str(),
+            expected,
+            "{server} {path}"
+        );
+    };
+    check(
+        "http://10.0.0.2:8080",
+        "/api/v1/device/checkin",
+        "http://10.0.0.2:8080/api/v1/device/checkin",
+    );
+    check(
+        "http://updates.example/",
+        "/api/v1/device/artifacts/ab",
+        "http://updates.example/api/v1/device/artifacts/ab",
+    );
+    check(
+        "http://10.0.0.2:8080",
+        "https://cdn.example/a.bin",
+        "https://cdn.example/a.bin",
+    );
+    let long = format!(
+        "http://{}",
+        "h".repeat(airlift_client::settings::SERVER_MAX)
+    );
+    assert!(
+        url(&long, &"/p".repeat(airlift_protocol::URL_MAX / 2 + 8)).is_none(),
+        "too long for the device's buffer"
+    );
+}

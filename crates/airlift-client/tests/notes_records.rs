@@ -125,6 +125,9 @@ fn settings_read_back_as_provisioned_beside_the_notes_and_keep_secrets_out_of_de
         max_attempts: 5,
         tls_pin: Some([0xab; 32]),
         require_https: true,
+        name: "kitchen".try_into().unwrap(),
+        page_password: Some([9; 32]),
+        time_server: "".try_into().unwrap(),
     };
     settings.save(&mut flash, &s).unwrap();
     let notes = NoteStore::new(NVS).unwrap();
@@ -139,6 +142,8 @@ fn settings_read_back_as_provisioned_beside_the_notes_and_keep_secrets_out_of_de
         "{shown}"
     );
     assert!(shown.contains("updates.example.com"), "{shown}");
+    assert!(!shown.contains("[9, 9"), "{shown}");
+    assert_eq!(s.time_server(), "pool.ntp.org");
     assert_eq!(
         SettingsStore::new(Region::new(0x9000, 0x2000)).map(|_| ()),
         Err(RecordError::TooSmall { size: 0x2000 }),
@@ -169,4 +174,61 @@ fn power_cut_at_every_operation_of_every_record_write_leaves_the_old_or_the_new_
         assert_eq!(r.torn_points, 2 * r.ops);
         assert_eq!(r.failures, 0, "{:#?}", r.examples);
     }
+}
+
+#[test]
+fn settings_a_device_cannot_work_with_are_refused_before_provisioning() {
+    use airlift_client::settings::SettingsError;
+    let check = |ssid: &str, password: &str, server: &str, token: &str, expected| {
+        let s = Settings {
+            wifi_ssid: ssid.try_into().unwrap(),
+            wifi_password: password.try_into().unwrap(),
+            server: server.try_into().unwrap(),
+            token: token.try_into().unwrap(),
+            ..Settings::default()
+        };
+        assert_eq!(s.check(), expected, "{ssid:?} {password:?} {server:?}");
+    };
+    check("", "", "", "", Ok(()));
+    check("lab", "", "", "", Ok(()));
+    check("lab", "12345678", "http://10.0.0.2:8080", "t", Ok(()));
+    check("lab", &"ab".repeat(32), "https://x.example", "t", Ok(()));
+    check("lab", "1234567", "", "", Err(SettingsError::WifiPassword));
+    check(
+        "lab",
+        &"x".repeat(64),
+        "",
+        "",
+        Err(SettingsError::WifiPassword),
+    );
+    check("", "12345678", "", "", Err(SettingsError::NoSsid));
+    check("", "", "ftp://x", "t", Err(SettingsError::ServerScheme));
+    check("", "", "http://x", "", Err(SettingsError::NoToken));
+
+    // HTTPS: required of an http:// server, or asked of a device that
+    // speaks plain HTTP only (the firmware, for now).
+    let mut s = Settings {
+        server: "http://10.0.0.2:8080".try_into().unwrap(),
+        token: "t".try_into().unwrap(),
+        ..Settings::default()
+    };
+    assert_eq!(s.check_for(false), Ok(()));
+    s.require_https = true;
+    assert_eq!(s.check(), Err(SettingsError::PlainHttp));
+    s.server = "https://fleet.example".try_into().unwrap();
+    assert_eq!(s.check_for(true), Ok(()));
+    assert_eq!(s.check_for(false), Err(SettingsError::NoTls));
+    s.require_https = false;
+    assert_eq!(s.check_for(false), Err(SettingsError::NoTls));
+    s.server = "http://10.0.0.2:8080".try_into().unwrap();
+    s.tls_pin = Some([1; 32]);
+    assert_eq!(s.check_for(false), Err(SettingsError::NoTls));
+    assert!(SettingsError::NoTls.to_string().contains("plain HTTP"));
+    assert_eq!(
+        airlift_client::settings::field::<4>("name", "kitchen"),
+        Err(SettingsError::TooLong {
+            field: "name",
+            max: 4
+        })
+    );
 }

@@ -205,6 +205,11 @@ impl<'k, F: NorFlash> Device<'k, F> {
         })
     }
 
+    /// Where the partition table is.
+    pub fn table_offset(&self) -> u32 {
+        self.config.table_offset
+    }
+
     /// The layout in use.
     pub fn layout(&self) -> &Layout {
         &self.layout
@@ -666,7 +671,18 @@ impl<'k, F: NorFlash> Device<'k, F> {
             .append(&mut self.flash, Record::min_security(version))
     }
 
-    /// Calls `f` with every boot-log record still kept, oldest first.
+    /// Dates this power-on's boot record, which [`Device::boot`] wrote
+    /// without a time (0) because the device did not know it yet (before
+    /// the network is up): appends a boot-time record, which the boot log
+    /// applies to the boot record before it when that one has no time.
+    /// Call it at most once per power-on, after `boot` (the client does).
+    /// A power cut before the record is complete leaves the boot undated.
+    pub fn date_boot(&mut self, unix_secs: u64) -> Result<(), Error> {
+        self.store.date_last_boot(&mut self.flash, unix_secs)
+    }
+
+    /// Calls `f` with every boot-log record still kept, oldest first;
+    /// [`BootRecord::timestamp`] is 0 for a boot never dated.
     pub fn boot_log(&mut self, f: impl FnMut(&BootRecord)) -> Result<(), Error> {
         self.store.for_each_boot(&mut self.flash, f)
     }

@@ -173,29 +173,9 @@ impl Layout {
         flash: &mut F,
         table_offset: u32,
     ) -> Result<Layout, crate::Error> {
-        use airlift_format::partition::{ENTRY_LEN, OtaLayout, TableReader};
-
-        let mut reader = TableReader::new();
-        let mut failure: Option<crate::Error> = None;
-        let mut at = table_offset;
-        let rows = core::iter::from_fn(|| {
-            while failure.is_none() && !reader.is_done() {
-                let mut row = [0u8; ENTRY_LEN];
-                if let Err(e) = flash.read(at, &mut row) {
-                    failure = Some(crate::error::flash_err(e));
-                    return None;
-                }
-                at += ENTRY_LEN as u32;
-                match reader.push(&row) {
-                    Ok(Some(entry)) => return Some(entry),
-                    Ok(None) => {}
-                    Err(e) => failure = Some(crate::Error::PartitionTable(e)),
-                }
-            }
-            None
-        });
-        let layout = OtaLayout::from_entries(rows);
-        if let Some(e) = failure {
+        let mut rows = PartitionRows::new(flash, table_offset);
+        let layout = airlift_format::partition::OtaLayout::from_entries(&mut rows);
+        if let Some(e) = rows.failure {
             return Err(e);
         }
         Layout::from_ota_layout(&layout.map_err(crate::Error::PartitionTable)?)
@@ -240,6 +220,52 @@ fn split_data_partition(partition: Region) -> (Region, Option<Region>) {
     }
     let log = Region::new(partition.offset, partition.size - CLIENT_RECORDS_LEN);
     (log, Some(Region::new(log.end(), CLIENT_RECORDS_LEN)))
+}
+
+/// The partition table's entries read from flash one 32-byte row at a
+/// time, in table order (the table is never held in RAM as a whole). The
+/// rows end at the table's end or at the first problem, which is then in
+/// [`PartitionRows::failure`].
+pub struct PartitionRows<'f, F> {
+    flash: &'f mut F,
+    at: u32,
+    reader: airlift_format::partition::TableReader,
+    /// Why the rows ended early: a flash error or a malformed table.
+    pub failure: Option<crate::Error>,
+}
+
+impl<'f, F: embedded_storage::nor_flash::ReadNorFlash> PartitionRows<'f, F> {
+    /// The table at `table_offset` (0x8000 on ESP32).
+    pub fn new(flash: &'f mut F, table_offset: u32) -> Self {
+        PartitionRows {
+            flash,
+            at: table_offset,
+            reader: airlift_format::partition::TableReader::new(),
+            failure: None,
+        }
+    }
+}
+
+impl<F: embedded_storage::nor_flash::ReadNorFlash> Iterator for PartitionRows<'_, F> {
+    type Item = airlift_format::partition::PartitionEntry;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use airlift_format::partition::ENTRY_LEN;
+        while self.failure.is_none() && !self.reader.is_done() {
+            let mut row = [0u8; ENTRY_LEN];
+            if let Err(e) = self.flash.read(self.at, &mut row) {
+                self.failure = Some(crate::error::flash_err(e));
+                return None;
+            }
+            self.at += ENTRY_LEN as u32;
+            match self.reader.push(&row) {
+                Ok(Some(entry)) => return Some(entry),
+                Ok(None) => {}
+                Err(e) => self.failure = Some(crate::Error::PartitionTable(e)),
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]

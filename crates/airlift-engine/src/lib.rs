@@ -15,7 +15,8 @@
 //!    (erase ahead, program, read back into the image verifier: one SHA-256
 //!    pass); [`Install::finish`] verifies and activates it.
 //! 4. After a reset the new image runs *on trial*; [`Device::confirm`] makes
-//!    it permanent (when: the app's call, or the default [`health`] policy).
+//!    it permanent (when: the app's call, or the default health policy of
+//!    `airlift-client`).
 //!    Without confirmation, after `max_attempts` boots (3 by default) the
 //!    boot guard selects the previous slot and asks for a reset.
 //!
@@ -75,10 +76,10 @@ extern crate std;
 
 mod device;
 mod error;
-pub mod health;
 mod install;
 mod layout;
 pub mod otadata_io;
+pub mod slot;
 pub mod store;
 
 #[cfg(feature = "sim")]
@@ -90,5 +91,5 @@ pub use device::{
 };
 pub use error::Error;
 pub use install::{Install, READ_BACK_LEN, WRITE_BUFFER_LEN};
-pub use layout::{AppSlot, Layout, MAX_OTA_SLOTS, Region};
+pub use layout::{AppSlot, Layout, MAX_OTA_SLOTS, PartitionRows, Region};
 pub use store::{BootOutcome, BootRecord, ImageTag, InstallProgress, LogPosition, Trial, Version};

@@ -73,6 +73,9 @@ const KIND_INSTALL_LEGACY: u8 = 0x50;
 const KIND_INSTALL: u8 = 0x51;
 const KIND_INSTALL_CLEAR: u8 = 0x58;
 const KIND_RUNNING: u8 = 0x52;
+/// The wall-clock time of the boot record before it, written once the
+/// device learnt the time (a boot is logged before the network is up).
+const KIND_BOOT_TIME: u8 = 0x44;
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib computes it), fed in pieces:
 /// the data partition's records use it, and so do other power-safe records
@@ -531,6 +534,19 @@ impl Record {
         r.seal()
     }
 
+    pub(crate) fn boot_time(unix_secs: u64) -> Record {
+        let mut r = Record::new(KIND_BOOT_TIME);
+        r.0[1..9].copy_from_slice(&unix_secs.to_le_bytes());
+        r.seal()
+    }
+
+    fn as_boot_time(&self) -> Option<u64> {
+        let b = &self.0;
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&b[1..9]);
+        (b[0] == KIND_BOOT_TIME).then(|| u64::from_le_bytes(ts))
+    }
+
     fn as_boot(&self) -> Option<BootRecord> {
         let b = &self.0;
         if b[0] != KIND_BOOT {
@@ -773,7 +789,10 @@ impl Store {
         Ok(())
     }
 
-    /// Calls `f` with every boot record still in the log, oldest first.
+    /// Calls `f` with every boot record still in the log, oldest first,
+    /// each dated by the boot-time record that follows it, if any (the
+    /// boot-time record of a power-on dates the boot record that power-on
+    /// wrote last: no other boot record can come between them).
     pub(crate) fn for_each_boot<F: NorFlash>(
         &self,
         flash: &mut F,
@@ -782,6 +801,7 @@ impl Store {
         let Some((current, _)) = self.current else {
             return Ok(());
         };
+        let mut last: Option<BootRecord> = None;
         // Sectors are filled in ring order, so the one after the current
         // sector is the oldest.
         for step in 1..=self.sectors {
@@ -794,13 +814,33 @@ impl Store {
                 if r.is_blank() {
                     break;
                 }
-                if r.crc_ok()
-                    && let Some(b) = r.as_boot()
+                if !r.crc_ok() {
+                    continue;
+                }
+                if let Some(b) = r.as_boot() {
+                    if let Some(previous) = last.replace(b) {
+                        f(&previous);
+                    }
+                } else if let Some(at) = r.as_boot_time()
+                    && let Some(b) = last.as_mut()
+                    && b.timestamp == 0
                 {
-                    f(&b);
+                    b.timestamp = at;
                 }
             }
         }
+        if let Some(b) = last {
+            f(&b);
+        }
         Ok(())
+    }
+
+    /// Dates the last boot record (see [`Store::for_each_boot`]).
+    pub(crate) fn date_last_boot<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        unix_secs: u64,
+    ) -> Result<(), Error> {
+        self.append(flash, Record::boot_time(unix_secs))
     }
 }

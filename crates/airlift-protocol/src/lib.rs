@@ -85,6 +85,12 @@ pub const MANIFEST_B64_MAX: usize = 400;
 /// temporary credentials carries a session token and may not fit, and the
 /// server then gives its own download path instead).
 pub const URL_MAX: usize = 1024;
+/// Where a device enrols.
+pub const ENROLL_PATH: &str = "/api/v1/device/enroll";
+/// Where a device checks in.
+pub const CHECKIN_PATH: &str = "/api/v1/device/checkin";
+/// Where a device posts its events.
+pub const EVENTS_PATH: &str = "/api/v1/device/events";
 /// Longest token or secret.
 pub const TOKEN_MAX: usize = 128;
 /// Longest free-text detail of an event.

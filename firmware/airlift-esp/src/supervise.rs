@@ -1,62 +1,57 @@
-//! The supervisor task: feeds the watchdog, applies the health policy.
+//! The supervisor task: feeds the watchdog, applies the health policy,
+//! carries out an asked-for reset.
 
-use airlift_engine::health::{HealthPolicy, HealthVerdict};
-use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
-use embassy_sync::mutex::Mutex;
-use embassy_time::{Duration, Instant, Timer};
-use static_cell::StaticCell;
+use airlift_client::health::{HealthPolicy, HealthVerdict};
+use airlift_client::status::DeviceState;
+use embassy_time::{Duration, Timer};
 
-use crate::guard::Airlift;
+use crate::journal::now_ms;
+use crate::shared::{SharedAirlift, WAKE, refresh, reset_due};
 use crate::watchdog::Watchdog;
-
-/// The engine shared between the app, the supervisor and (phase 2) the
-/// update task and the device page.
-pub type SharedAirlift = Mutex<CriticalSectionRawMutex, Airlift>;
 
 /// How often the supervisor feeds the watchdog and asks the policy.
 const TICK: Duration = Duration::from_secs(1);
 
-/// Puts the engine where every task can reach it. Call once: a second call
-/// returns `None`.
-pub fn share(airlift: Airlift) -> Option<&'static SharedAirlift> {
-    static CELL: StaticCell<SharedAirlift> = StaticCell::new();
-    CELL.try_init(Mutex::new(airlift)).map(|shared| &*shared)
-}
-
 /// Feeds the watchdog every second for as long as the app runs (a hang of
 /// the executor stops it, and the chip resets) and, while the image is on
-/// trial, confirms it or resets the chip as `policy` says.
+/// trial, confirms it or resets the chip as `policy` says (`None`: the app
+/// confirms itself, [`crate::Airlift::confirm`]). It never waits for the
+/// engine: a tick when another task holds it (a download) only feeds.
 #[embassy_executor::task]
 pub async fn supervise(
     airlift: &'static SharedAirlift,
     mut watchdog: Watchdog,
-    policy: HealthPolicy,
+    policy: Option<HealthPolicy>,
 ) {
     loop {
         watchdog.feed();
+        if reset_due() {
+            esp_hal::system::software_reset();
+        }
+        if let Some(policy) = policy
+            && let Ok(mut a) = airlift.try_lock()
+            && a.trial().is_some()
         {
-            let mut airlift = airlift.lock().await;
-            if airlift.trial().is_some() {
-                let uptime_ms = Instant::now().as_millis();
-                match policy.judge(uptime_ms, airlift.server_contact()) {
-                    HealthVerdict::Wait => {}
-                    HealthVerdict::Confirm => match airlift.confirm() {
-                        Ok(_) => log::info!(
-                            "airlift: {} confirmed after {} s",
-                            airlift.slot(),
-                            uptime_ms / 1000
-                        ),
-                        // Tried again next tick; never confirmed, the image
-                        // rolls back after its attempts.
-                        Err(e) => log::error!("airlift: cannot confirm: {e}"),
-                    },
-                    HealthVerdict::Fail => {
-                        log::warn!(
-                            "airlift: the server did not answer within {} s; trial failed, resetting",
-                            uptime_ms / 1000
-                        );
-                        esp_hal::system::software_reset()
+            let uptime_ms = now_ms();
+            match policy.judge(uptime_ms, a.server_contact()) {
+                HealthVerdict::Wait => {}
+                HealthVerdict::Confirm => match a.confirm() {
+                    Ok(_) => {
+                        log::info!("airlift: confirmed after {} s", uptime_ms / 1000);
+                        refresh(&mut a, DeviceState::Idle).await;
+                        // The result rides on a check-in made at once.
+                        WAKE.signal(());
                     }
+                    // Tried again next tick; never confirmed, the image
+                    // rolls back after its attempts.
+                    Err(e) => log::error!("airlift: cannot confirm: {e}"),
+                },
+                HealthVerdict::Fail => {
+                    log::warn!(
+                        "airlift: the server did not answer within {} s; trial failed, resetting",
+                        uptime_ms / 1000
+                    );
+                    esp_hal::system::software_reset()
                 }
             }
         }

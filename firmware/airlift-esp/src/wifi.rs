@@ -3,7 +3,7 @@
 //!
 //! The app sets up the heap (esp-radio allocates; 64 KiB is plenty) and
 //! starts the scheduler (`esp_rtos::start`) before calling [`start`].
-//! Phase 2 takes the credentials from the provisioned settings.
+//! [`crate::start`] calls it with the provisioned network.
 
 use core::fmt;
 
@@ -18,8 +18,8 @@ use esp_radio::wifi::{
 use static_cell::StaticCell;
 
 /// Sockets the stack has room for: DHCP, DNS, the update client's
-/// connection and two for the device page.
-pub const SOCKETS: usize = 5;
+/// connection, its time query and the device page's connections.
+pub const SOCKETS: usize = 4 + crate::page::TASKS;
 
 /// Wait between connection attempts.
 const RETRY: Duration = Duration::from_secs(5);

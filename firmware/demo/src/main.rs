@@ -1,26 +1,36 @@
 //! Airlift's demo app: an esp-hal + embassy app that adds Airlift the way
-//! a user's own app would. It logs its version every 10 seconds.
+//! a user's own app would. It logs its version every 10 seconds; Airlift
+//! joins the provisioned Wi-Fi network, checks in with the provisioned
+//! server, installs what it is given, and serves the device page.
 //!
 //! Build: `cargo build --release --features esp32c3` in `firmware/` (see
 //! firmware/README.md). The features `crash-before-confirm` and
-//! `hang-before-confirm` make a broken release for rollback tests.
+//! `hang-before-confirm` make a broken release for rollback tests;
+//! `next-version` a release with a higher version, for update tests.
 #![no_std]
 #![no_main]
 
-use airlift_esp::wifi::{self, WifiCredentials};
-use airlift_esp::{GuardConfig, HealthPolicy};
+use airlift_esp::{GuardConfig, Options};
 use embassy_executor::Spawner;
 use embassy_time::{Duration, Timer};
 use esp_backtrace as _;
 use esp_hal::clock::CpuClock;
-use esp_hal::rng::Rng;
 use esp_hal::timer::timg::TimerGroup;
 
 // The app descriptor: the crate's name and version. A broken build says so
-// in its version, so a device list shows what it runs.
-#[cfg(not(any(feature = "crash-before-confirm", feature = "hang-before-confirm")))]
+// in its version, so a device list shows what it runs; the `next-version`
+// build is the crate's version with its patch number one higher.
+#[cfg(not(any(
+    feature = "crash-before-confirm",
+    feature = "hang-before-confirm",
+    feature = "next-version"
+)))]
 esp_bootloader_esp_idf::esp_app_desc!();
-#[cfg(any(feature = "crash-before-confirm", feature = "hang-before-confirm"))]
+#[cfg(any(
+    feature = "crash-before-confirm",
+    feature = "hang-before-confirm",
+    feature = "next-version"
+))]
 esp_bootloader_esp_idf::esp_app_desc!(
     VERSION,
     env!("CARGO_PKG_NAME"),
@@ -33,22 +43,21 @@ esp_bootloader_esp_idf::esp_app_desc!(
     esp_bootloader_esp_idf::SECURE_VERSION
 );
 
-#[cfg(not(any(feature = "crash-before-confirm", feature = "hang-before-confirm")))]
+#[cfg(not(any(
+    feature = "crash-before-confirm",
+    feature = "hang-before-confirm",
+    feature = "next-version"
+)))]
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[cfg(feature = "crash-before-confirm")]
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-crash");
 #[cfg(all(feature = "hang-before-confirm", not(feature = "crash-before-confirm")))]
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-hang");
-
-/// Until phase 2 reads them from the provisioned settings, the Wi-Fi
-/// network comes from the build's environment. `black_box` keeps the
-/// network code in the image even when they are not set, so the image's
-/// size is the size users get.
-fn credentials() -> Option<WifiCredentials<'static>> {
-    let ssid = core::hint::black_box(option_env!("AIRLIFT_WIFI_SSID"))?;
-    let password = core::hint::black_box(option_env!("AIRLIFT_WIFI_PASSWORD")).unwrap_or("");
-    Some(WifiCredentials { ssid, password })
-}
+#[cfg(all(
+    feature = "next-version",
+    not(any(feature = "crash-before-confirm", feature = "hang-before-confirm"))
+))]
+const VERSION: &str = env!("AIRLIFT_DEMO_NEXT_VERSION");
 
 #[esp_rtos::main]
 async fn main(spawner: Spawner) -> ! {
@@ -64,34 +73,18 @@ async fn main(spawner: Spawner) -> ! {
         }
     };
 
+    // Then what Wi-Fi needs: a heap and the scheduler.
     esp_alloc::heap_allocator!(#[esp_hal::ram(reclaimed)] size: 64 * 1024);
     let timg0 = TimerGroup::new(p.TIMG0);
     esp_rtos::start(timg0.timer0, p.FROM_CPU_INTR0);
 
-    let slot = booted.as_ref().map(|b| b.airlift.slot());
+    // Airlift: the supervisor, the provisioned Wi-Fi network, updates and
+    // the device page.
+    let mut slot = None;
     if let Some(booted) = booted {
-        match airlift_esp::share(booted.airlift) {
-            Some(airlift) => {
-                match airlift_esp::supervise(airlift, booted.watchdog, HealthPolicy::DEFAULT) {
-                    Ok(task) => spawner.spawn(task),
-                    Err(e) => log::error!("cannot start the supervisor: {e:?}"),
-                }
-            }
-            None => log::error!("airlift is already shared"),
-        }
-    }
-
-    if let Some(network) = credentials() {
-        let rng = Rng::new();
-        let seed = (u64::from(rng.random()) << 32) | u64::from(rng.random());
-        match wifi::start(spawner, p.WIFI, network, seed) {
-            Ok(stack) => {
-                stack.wait_config_up().await;
-                if let Some(config) = stack.config_v4() {
-                    log::info!("network up: {}", config.address);
-                }
-            }
-            Err(e) => log::error!("{e}"),
+        slot = booted.airlift.slot();
+        if let Err(e) = airlift_esp::start(spawner, booted, p.WIFI, Options::default()) {
+            log::error!("{e}");
         }
     }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use airlift_agent::device::{Agent, AgentConfig, Behaviours, Happening};
 use airlift_agent::flash::FileFlash;
 use airlift_agent::transport::http_client_with;
-use airlift_agent::web;
+use airlift_agent::{provision, web};
+use airlift_client::page::PagePassword;
 use anyhow::Context;
 use clap::Args;
 
@@ -22,7 +23,8 @@ pub struct RunArgs {
     /// The flash file (`airlift flash create`).
     #[arg(long)]
     pub flash: PathBuf,
-    /// Server base URL; without it the device runs offline (local page only) [env: AIRLIFT_SERVER]
+    /// Server base URL [env: AIRLIFT_SERVER] [default: the one provisioned
+    /// in the flash file]; without one the device runs offline (local page only).
     #[arg(long)]
     pub server: Option<String>,
     /// The device's token (`airlift device add`) [env: AIRLIFT_DEVICE_TOKEN]
@@ -31,7 +33,8 @@ pub struct RunArgs {
     /// Serve the device page and API on this address (e.g. 127.0.0.1:8081).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Password of the device page [env: AIRLIFT_DEVICE_PASSWORD] [default: generated and printed]
+    /// Password of the device page [env: AIRLIFT_DEVICE_PASSWORD] [default:
+    /// the one provisioned in the flash file, else generated and printed]
     #[arg(long)]
     pub password: Option<String>,
     /// Simulated firmware behaviour: VERSION=healthy|crash|hang (repeat).
@@ -40,9 +43,10 @@ pub struct RunArgs {
     /// Seconds between check-ins [default: what the server says].
     #[arg(long)]
     pub poll: Option<f64>,
-    /// Boots an unconfirmed image gets before rollback.
-    #[arg(long, default_value_t = 3)]
-    pub max_attempts: u8,
+    /// Boots an unconfirmed image gets before rollback [default: as
+    /// provisioned in the flash file, else 3].
+    #[arg(long)]
+    pub max_attempts: Option<u8>,
     /// Seconds a healthy image takes before confirming.
     #[arg(long, default_value_t = 0.2)]
     pub health_check: f64,
@@ -53,7 +57,8 @@ pub struct RunArgs {
     /// rollback (the esp-rs default), or with it (it rewrites otadata).
     #[arg(long, value_enum, default_value_t = super::sim::Bootloader::Plain)]
     pub bootloader: super::sim::Bootloader,
-    /// Name in log lines [default: the flash file's name, until the server says its own].
+    /// Name in log lines [default: as provisioned, else the flash file's
+    /// name, until the server says its own].
     #[arg(long)]
     pub name: Option<String>,
     #[command(flatten)]
@@ -79,42 +84,56 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     args.server = or_env(args.server.as_ref(), "AIRLIFT_SERVER");
     args.token = or_env(args.token.as_ref(), "AIRLIFT_DEVICE_TOKEN");
     args.password = or_env(args.password.as_ref(), "AIRLIFT_DEVICE_PASSWORD");
-    if args.server.is_some() && args.token.is_none() {
+    let mut flash = FileFlash::open(&args.flash)
+        .with_context(|| format!("cannot open flash file {}", args.flash.display()))?;
+    // What `airlift flash provision` (or `flash create`) wrote, as the
+    // firmware reads it at boot; the options take precedence.
+    let provisioned = provision::read_settings(&mut flash)
+        .with_context(|| format!("{} is not a usable flash image", args.flash.display()))?
+        .unwrap_or_default();
+    let given = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let (server, token) = match &args.server {
+        Some(server) => (Some(server.clone()), args.token.clone()),
+        None => (given(&provisioned.server), given(&provisioned.token)),
+    };
+    if server.is_some() && token.is_none() {
         anyhow::bail!(
             "--server needs the device's --token (airlift device add NAME prints it; or AIRLIFT_DEVICE_TOKEN)"
         );
     }
-    let mut flash = FileFlash::open(&args.flash)
-        .with_context(|| format!("cannot open flash file {}", args.flash.display()))?;
-    // What the flash was provisioned with, and what the options add.
-    let provisioned = airlift_agent::tls::provisioned_trust(&mut flash)
-        .with_context(|| format!("{} is not a usable flash image", args.flash.display()))?;
-    let given = args.trust.trust()?;
+    let given_trust = args.trust.trust()?;
     let trust = airlift_agent::tls::Trust {
-        pin: given.pin.or(provisioned.pin),
-        ca_certs: given.ca_certs,
+        pin: given_trust.pin.or(provisioned.tls_pin),
+        ca_certs: given_trust.ca_certs,
         require_https: args.require_https || provisioned.require_https,
     };
-    if let Some(refused) = args
-        .server
+    if let Some(refused) = server
         .as_deref()
         .and_then(airlift_agent::tls::plain_http_refused)
         .filter(|_| trust.require_https)
     {
         eprintln!("airlift: {refused}");
     }
-    let name = args.name.clone().unwrap_or_else(|| {
-        args.flash
-            .file_stem()
-            .map_or("device".into(), |s| s.to_string_lossy().into_owned())
-    });
+    let name = args
+        .name
+        .clone()
+        .or_else(|| given(&provisioned.name))
+        .unwrap_or_else(|| {
+            args.flash
+                .file_stem()
+                .map_or("device".into(), |s| s.to_string_lossy().into_owned())
+        });
+    let max_attempts = args
+        .max_attempts
+        .or((provisioned.max_attempts > 0).then_some(provisioned.max_attempts))
+        .unwrap_or(airlift_engine::DEFAULT_MAX_ATTEMPTS);
     let config = AgentConfig {
         name: name.clone(),
-        server: args.server.clone(),
-        token: args.token.clone(),
+        server: server.clone(),
+        token,
         poll: args.poll.map(|p| secs(p, "poll")).transpose()?,
         behaviours: Behaviours(args.behave.clone()),
-        max_attempts: args.max_attempts,
+        max_attempts,
         health_check: secs(args.health_check, "health-check")?,
         watchdog: secs(args.watchdog, "watchdog")?,
         bootloader: args.bootloader.into(),
@@ -143,9 +162,16 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             }));
         if let Some(listen) = args.listen {
-            let password = match &args.password {
-                Some(p) => p.clone(),
-                None => web::generate_password().context("no system randomness")?,
+            let (password, shown) = match (&args.password, provisioned.page_password) {
+                (Some(p), _) => (PagePassword::new(p), String::new()),
+                (None, Some(hash)) => (
+                    PagePassword::from_sha256(hash),
+                    " (password: as provisioned)".to_owned(),
+                ),
+                (None, None) => {
+                    let p = web::generate_password().context("no system randomness")?;
+                    (PagePassword::new(&p), format!(" (password: {p})"))
+                }
             };
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -154,29 +180,26 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
             let page_log = name.clone();
             let router = web::router_with_log(
                 agent.control(),
-                &password,
+                password,
                 Some(Arc::new(move |line: &str| {
                     eprintln!("airlift-agent[{page_log}]: {line}");
                 })),
             );
-            if args.password.is_some() {
-                eprintln!("airlift: device page at http://{address}");
-            } else {
-                eprintln!("airlift: device page at http://{address} (password: {password})");
-            }
+            eprintln!("airlift: device page at http://{address}{shown}");
             tokio::spawn(async move {
                 if let Err(e) = web::serve(listener, router).await {
                     eprintln!("airlift: device page stopped: {e}");
                 }
             });
         }
-        match &args.server {
+        match &server {
             Some(server) => eprintln!(
                 "airlift: device {name} runs from {}, checking in with {server} (Ctrl-C stops it)",
                 args.flash.display()
             ),
             None => eprintln!(
-                "airlift: device {name} runs from {} offline: no --server (Ctrl-C stops it)",
+                "airlift: device {name} runs from {} offline: no --server and none provisioned \
+                 (Ctrl-C stops it)",
                 args.flash.display()
             ),
         }

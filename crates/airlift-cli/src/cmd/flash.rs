@@ -7,11 +7,13 @@ use std::process::ExitCode;
 
 use airlift_agent::flash::FileFlash;
 use airlift_agent::{provision, report};
+use airlift_client::page::PagePassword;
+use airlift_client::settings::{Settings, field};
 use airlift_format::image;
 use airlift_format::manifest::parse_public_key_file;
 use airlift_format::partition::{self, AIRLIFT_DEFAULT, FIRMWARE_4MB, PartitionEntry};
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 /// `airlift flash` subcommands.
 #[derive(Subcommand, Debug)]
@@ -66,6 +68,9 @@ pub enum FlashCommand {
         /// The board's flash size: 1MB, 2MB, 4MB, 8MB, 16MB, 32MB, 64MB or 128MB.
         #[arg(long, default_value = "4MB", value_parser = parse_flash_size)]
         flash_size: u32,
+        /// The device's settings, which the firmware reads at boot.
+        #[command(flatten)]
+        settings: Box<SettingsArgs>,
         /// Overwrite FILE if it exists.
         #[arg(long)]
         force: bool,
@@ -97,22 +102,29 @@ pub struct DeviceTls {
 }
 
 impl DeviceTls {
-    /// Writes them into the flash file's settings, when any is given.
-    fn provision(&self, file: &Path) -> anyhow::Result<()> {
-        if self.tls_pin.is_none() && !self.require_https {
-            return Ok(());
-        }
-        let pin = self
-            .tls_pin
+    fn given(&self) -> bool {
+        self.tls_pin.is_some() || self.require_https
+    }
+
+    fn pin(&self) -> anyhow::Result<Option<[u8; 32]>> {
+        self.tls_pin
             .as_deref()
             .map(airlift_agent::tls::parse_pin)
             .transpose()
-            .map_err(|e| anyhow::anyhow!("--tls-pin: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("--tls-pin: {e}"))
+    }
+
+    /// Writes them into the flash file's settings, when any is given.
+    fn provision(&self, file: &Path) -> anyhow::Result<()> {
+        if !self.given() {
+            return Ok(());
+        }
+        let pin = self.pin()?;
         let mut flash =
             FileFlash::open(file).with_context(|| format!("cannot open {}", file.display()))?;
         airlift_agent::tls::provision_trust(&mut flash, pin, self.require_https)
             .with_context(|| format!("cannot write the settings of {}", file.display()))?;
-        println!(
+        outln!(
             "settings: {}{}",
             if pin.is_some() {
                 "server certificate pinned"
@@ -126,6 +138,73 @@ impl DeviceTls {
             }
         );
         Ok(())
+    }
+}
+
+/// What `airlift flash provision` writes into the device's settings.
+#[derive(Args, Debug, Default)]
+pub struct SettingsArgs {
+    /// The Wi-Fi network the board joins.
+    #[arg(long)]
+    pub wifi_ssid: Option<String>,
+    /// Its WPA2 password (leave it out for an open network).
+    #[arg(long, env = "AIRLIFT_WIFI_PASSWORD", hide_env_values = true)]
+    pub wifi_password: Option<String>,
+    /// The update server's base URL (the firmware speaks plain HTTP for now).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The device's token (`airlift device add NAME` prints it).
+    #[arg(long, env = "AIRLIFT_DEVICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Boots an unconfirmed image gets before it is rolled back [default: 3].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..))]
+    pub max_attempts: Option<u8>,
+    /// The password of the board's own web page (kept on the board as its
+    /// SHA-256); without it the page's API stays closed.
+    #[arg(long, env = "AIRLIFT_DEVICE_PASSWORD", hide_env_values = true)]
+    pub page_password: Option<String>,
+    /// The board's name on its page.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The SNTP server the board asks for the time [default: pool.ntp.org].
+    #[arg(long)]
+    pub time_server: Option<String>,
+}
+
+impl SettingsArgs {
+    /// The settings, with how the device trusts its server over HTTPS,
+    /// checked; `None` when no setting is given.
+    pub fn settings(&self, tls: &DeviceTls) -> anyhow::Result<Option<Settings>> {
+        let given = tls.given()
+            || self.wifi_ssid.is_some()
+            || self.wifi_password.is_some()
+            || self.server.is_some()
+            || self.token.is_some()
+            || self.max_attempts.is_some()
+            || self.page_password.is_some()
+            || self.name.is_some()
+            || self.time_server.is_some();
+        if !given {
+            return Ok(None);
+        }
+        let text = |o: &Option<String>| o.clone().unwrap_or_default();
+        let s = Settings {
+            wifi_ssid: field("Wi-Fi network name", &text(&self.wifi_ssid))?,
+            wifi_password: field("Wi-Fi password", &text(&self.wifi_password))?,
+            server: field("server URL", &text(&self.server))?,
+            token: field("token", &text(&self.token))?,
+            max_attempts: self.max_attempts.unwrap_or(0),
+            tls_pin: tls.pin()?,
+            require_https: tls.require_https,
+            name: field("name", &text(&self.name))?,
+            page_password: self
+                .page_password
+                .as_deref()
+                .map(|p| PagePassword::new(p).sha256()),
+            time_server: field("time server", &text(&self.time_server))?,
+        };
+        s.check()?;
+        Ok(Some(s))
     }
 }
 
@@ -162,6 +241,7 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
             partitions,
             trust,
             flash_size,
+            settings,
             force,
             tls,
         } => {
@@ -169,10 +249,20 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
             let boot = read(&bootloader)?;
             let entries = read_partitions(partitions.as_deref(), &FIRMWARE_4MB)?;
             let keys = read_keys(&trust)?;
-            let bytes = provision::whole_flash(&entries, &image, &keys, &boot, flash_size)
-                .with_context(|| format!("cannot provision {}", firmware.display()))?;
+            let settings = settings.settings(&tls)?;
+            if let Some(s) = &settings {
+                s.check_for(false)?;
+            }
+            let bytes = provision::whole_flash(
+                &entries,
+                &image,
+                &keys,
+                &boot,
+                flash_size,
+                settings.as_ref(),
+            )
+            .with_context(|| format!("cannot provision {}", firmware.display()))?;
             write_flash(&file, &bytes, force)?;
-            tls.provision(&file)?;
             let chip = image::verify(&image).map(|i| i.chip())?;
             let slot = entries
                 .iter()
@@ -189,6 +279,12 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
                 slot,
                 keys.len()
             );
+            match &settings {
+                Some(s) => outln!("settings: {}", describe(s)),
+                None => outln!(
+                    "no settings: the board runs offline, its page closed (see --wifi-ssid, --server, --page-password)"
+                ),
+            }
             outln!(
                 "write it at offset 0: espflash write-bin 0x0 {0}  (or: esptool --chip {chip} write-flash 0x0 {0})",
                 file.display()
@@ -199,14 +295,100 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot open {}", file.display()))?;
             let r = report::report(&mut flash, airlift_engine::DEFAULT_MAX_ATTEMPTS)
                 .with_context(|| format!("cannot read {}", file.display()))?;
+            let settings = provision::read_settings(&mut flash)
+                .with_context(|| format!("cannot read the settings in {}", file.display()))?;
             if json {
-                outln!("{}", serde_json::to_string_pretty(&r)?);
+                #[derive(serde::Serialize)]
+                struct Inspected<'a> {
+                    #[serde(flatten)]
+                    report: &'a report::Report,
+                    settings: Option<SettingsView<'a>>,
+                }
+                let view = Inspected {
+                    report: &r,
+                    settings: settings.as_ref().map(SettingsView::of),
+                };
+                outln!("{}", serde_json::to_string_pretty(&view)?);
             } else {
                 out!("{}", report::render_text(&r));
+                if let Some(s) = &settings {
+                    outln!("settings: {}", describe(s));
+                }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The settings as `flash inspect --json` shows them: secrets only as
+/// whether they are set.
+#[derive(serde::Serialize)]
+struct SettingsView<'a> {
+    wifi_ssid: &'a str,
+    wifi_password_set: bool,
+    server: &'a str,
+    token_set: bool,
+    max_attempts: u8,
+    name: &'a str,
+    page_password_set: bool,
+    time_server: &'a str,
+    tls_pin_set: bool,
+    require_https: bool,
+}
+
+impl<'a> SettingsView<'a> {
+    fn of(s: &'a Settings) -> SettingsView<'a> {
+        SettingsView {
+            wifi_ssid: &s.wifi_ssid,
+            wifi_password_set: !s.wifi_password.is_empty(),
+            server: &s.server,
+            token_set: !s.token.is_empty(),
+            max_attempts: s.max_attempts,
+            name: &s.name,
+            page_password_set: s.page_password.is_some(),
+            time_server: s.time_server(),
+            tls_pin_set: s.tls_pin.is_some(),
+            require_https: s.require_https,
+        }
+    }
+}
+
+/// One line, secrets left out.
+fn describe(s: &Settings) -> String {
+    let or = |t: &str, none: &str| {
+        if t.is_empty() {
+            none.to_owned()
+        } else {
+            t.to_owned()
+        }
+    };
+    format!(
+        "wi-fi {}, server {}{}{}, {} boot attempts, name {}, page {}, time from {}",
+        or(&s.wifi_ssid, "none"),
+        or(&s.server, "none (offline)"),
+        if s.tls_pin.is_some() {
+            ", certificate pinned"
+        } else {
+            ""
+        },
+        if s.require_https {
+            ", plain HTTP refused"
+        } else {
+            ""
+        },
+        if s.max_attempts == 0 {
+            airlift_engine::DEFAULT_MAX_ATTEMPTS
+        } else {
+            s.max_attempts
+        },
+        or(&s.name, "(made up by the board)"),
+        if s.page_password.is_some() {
+            "open with its password"
+        } else {
+            "API closed (no password)"
+        },
+        s.time_server()
+    )
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

@@ -352,13 +352,16 @@ impl Agent {
             .unwrap()
     }
 
-    /// For a device with a server: `--server URL --token T --poll 0.2`, quick health check and watchdog.
+    /// For a device with a server: `--server URL --token T`, and [`Agent::quick`]'s.
     pub fn with_server(flash: &Path, url: &str, token: &str, extra: &[&str]) -> Agent {
+        let mut args = vec!["--server", url, "--token", token];
+        args.extend_from_slice(extra);
+        Agent::quick(flash, &args)
+    }
+
+    /// `--poll 0.2`, a quick health check and watchdog, and `extra`.
+    pub fn quick(flash: &Path, extra: &[&str]) -> Agent {
         let mut args = vec![
-            "--server",
-            url,
-            "--token",
-            token,
             "--poll",
             "0.2",
             "--health-check",

@@ -15,16 +15,16 @@
 
 use std::boxed::Box;
 use std::string::{String, ToString};
-use std::vec;
 
-use airlift_format::image::{self, ImageInfo, ImageVerifier};
+use airlift_format::image::{self, ImageInfo};
 use airlift_format::otadata::{OtaSelectEntry, boot_slot, rollback_bootloader_boot};
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 
-use crate::error::{Error, flash_err};
+use crate::error::Error;
 use crate::layout::{AppSlot, Layout, Region};
 use crate::otadata_io::{read_entries, write_entry};
 use crate::sim::flash::SimFlash;
+use crate::slot::SlotImage;
 
 /// Which ESP-IDF bootloader build to simulate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -91,36 +91,13 @@ impl SlotContent {
     }
 }
 
-/// Reads the image at the start of `region` with the streaming verifier,
-/// exactly up to the image's end (so its SHA-256 is the image file's).
+/// Reads the image at the start of `region` ([`crate::slot::read_slot`]),
+/// boxed and with the verifier's message, as the simulations keep it.
 pub fn read_slot<F: ReadNorFlash>(flash: &mut F, region: Region) -> Result<SlotContent, Error> {
-    let mut first = [0u8; 4];
-    flash.read(region.offset, &mut first).map_err(flash_err)?;
-    if first[0] == 0xFF {
-        return Ok(SlotContent::Empty);
-    }
-    let mut verifier = ImageVerifier::new();
-    let mut buf = vec![0u8; 4096];
-    let mut at = 0u32;
-    while !verifier.is_complete() {
-        let wanted = verifier.bytes_wanted().min(buf.len());
-        let left = (region.size - at) as usize;
-        if wanted == 0 || left == 0 {
-            break;
-        }
-        let n = wanted.min(left);
-        let aligned = n.next_multiple_of(F::READ_SIZE).min(left).max(n);
-        flash
-            .read(region.offset + at, &mut buf[..aligned])
-            .map_err(flash_err)?;
-        if let Err(e) = verifier.update(&buf[..n]) {
-            return Ok(SlotContent::Invalid(e.to_string()));
-        }
-        at += n as u32;
-    }
-    Ok(match verifier.finish() {
-        Ok(info) => SlotContent::Image(Box::new(info)),
-        Err(e) => SlotContent::Invalid(e.to_string()),
+    Ok(match crate::slot::read_slot(flash, region)? {
+        SlotImage::Empty => SlotContent::Empty,
+        SlotImage::Image(info) => SlotContent::Image(Box::new(info)),
+        SlotImage::Invalid(e) => SlotContent::Invalid(e.to_string()),
     })
 }
 

@@ -1,7 +1,7 @@
 //! The default health policy: when an image on trial is confirmed, when
 //! its trial fails, and when it waits.
 
-use airlift_engine::health::{HealthPolicy, HealthVerdict, ServerContact};
+use airlift_client::health::{HealthPolicy, HealthVerdict, ServerContact};
 
 use HealthVerdict::{Confirm, Fail, Wait};
 use ServerContact::{Answered, NotConfigured, Waiting};

@@ -1,5 +1,5 @@
 //! When an image on trial has earned its confirmation: the default health
-//! policy that firmware applies before it calls [`Device::confirm`].
+//! policy that firmware applies before it calls [`Client::confirm`].
 //!
 //! The boot guard counts boots of an unconfirmed image and rolls it back
 //! when they are used up; something must decide, while the image runs,
@@ -22,7 +22,7 @@
 //!
 //! Time is the caller's: milliseconds since this boot.
 //!
-//! [`Device::confirm`]: crate::Device::confirm
+//! [`Client::confirm`]: crate::Client::confirm
 
 /// What the device has seen of its server since this boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
