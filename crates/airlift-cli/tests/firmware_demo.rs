@@ -290,6 +290,51 @@ fn provisioning_refuses_a_bootloader_for_another_chip() {
 }
 
 #[test]
+fn provisioning_a_board_for_https_says_the_firmware_speaks_plain_http_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let flash = dir.path().join("x.bin");
+    let refused = |settings: &[&str]| {
+        let out = Command::new(AIRLIFT)
+            .args(["flash", "provision"])
+            .arg(&flash)
+            .arg("--firmware")
+            .arg(c3().image_path())
+            .arg("--bootloader")
+            .arg(bootloader(Chip::Esp32c3))
+            .args(["--wifi-ssid", "lab", "--token", "t"])
+            .args(settings)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{settings:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!flash.exists(), "{settings:?}: nothing is written");
+        stderr
+    };
+    for settings in [
+        &["--server", "https://fleet.example"][..],
+        &[
+            "--server",
+            "http://10.0.0.2:8080",
+            "--tls-pin",
+            &"ab".repeat(32),
+        ],
+    ] {
+        let stderr = refused(settings);
+        assert!(
+            stderr.contains("the ESP32 firmware speaks plain HTTP for now"),
+            "{settings:?}: {stderr}"
+        );
+    }
+    let stderr = refused(&["--server", "http://10.0.0.2:8080", "--require-https"]);
+    assert!(
+        stderr.contains(
+            "HTTPS is required (--require-https) but the server's URL starts with http://"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_board_provisioned_with_its_settings_takes_a_higher_real_build_over_the_air_and_rolls_back_a_crashing_one()
  {
     let dir = tempfile::tempdir().unwrap();
