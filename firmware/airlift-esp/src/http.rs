@@ -1,5 +1,5 @@
 //! The device's HTTP client: reqwless over embassy-net, one connection per
-//! request, plain HTTP (TLS on the chip is issue 16's). Only bytes and
+//! request, plain HTTP (TLS on the chip is not built yet). Only bytes and
 //! status codes here: what to ask for and what an answer means is the
 //! client crate's.
 

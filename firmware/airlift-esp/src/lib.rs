@@ -50,8 +50,9 @@
 //! [`supervise`], [`update`] and [`page::start`] take an embassy-net
 //! `Stack`.
 //!
-//! Plain HTTP only for now: TLS on the chip is issue 16's. Rollback does not
-//! depend on the bootloader: Airlift activates a new image in otadata state
+//! Plain HTTP only for now: TLS on the chip is not built yet, and settings
+//! that ask for HTTPS leave the device offline (`Settings::check_for`).
+//! Rollback does not depend on the bootloader: Airlift activates a new image in otadata state
 //! UNDEFINED, which an ESP-IDF bootloader built with or without
 //! `CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE` boots alike, and counts attempts
 //! in its own data partition.
