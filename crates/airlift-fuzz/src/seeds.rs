@@ -4,7 +4,7 @@
 use airlift_engine::sim::{self, SimFlash};
 use airlift_engine::{AppSlot, Config, Device};
 use airlift_format::image::{Chip, ImageBuilder};
-use airlift_format::manifest::{self, SigningKey};
+use airlift_format::manifest::{self, SigningKey, base64_encode};
 use airlift_format::otadata::{OtaSelectEntry, OtaState};
 use airlift_format::partition::{self, AIRLIFT_DEFAULT, DEFAULT_TWO_OTA, TABLE_MAX_LEN};
 
@@ -86,6 +86,34 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
         .map(|(c, json)| with_control(c, json))
         .collect(),
         Target::DataPartition => data_partition_seeds(),
+        Target::DevicePage => {
+            let basic = format!(
+                "Basic {}",
+                base64_encode(format!("admin:{}", crate::targets::PAGE_PASSWORD).as_bytes())
+            );
+            let manifest = {
+                let key = SigningKey::from_bytes(&SEED);
+                let image = sim::test_image("1.2.3", 4, 2000);
+                base64_encode(&sim::sign_image(&image, &key, None, None).unwrap_or_default())
+            };
+            let mut gate = vec![4u8];
+            for n in 0..120u8 {
+                gate.extend_from_slice(&[n % 3, n % 7]);
+            }
+            vec![
+                with_control(0, format!("Bearer {}", crate::targets::PAGE_PASSWORD).as_bytes()),
+                with_control(0, basic.as_bytes()),
+                with_control(0, b"Bearer wrong"),
+                with_control(1, manifest.as_bytes()),
+                with_control(
+                    2,
+                    br#"{"url":"http://10.0.0.2:8080/v2.bin","manifest_url":"http://10.0.0.2:8080/v2.bin.manifest"}"#,
+                ),
+                with_control(3, b"POST /api/upload"),
+                with_control(3, b"GET /"),
+                gate,
+            ]
+        }
     }
 }
 

@@ -45,11 +45,16 @@ pub enum Target {
     /// Airlift's data partition: the engine's log of records, then boot,
     /// install and confirm over it.
     DataPartition,
+    /// What the device page reads from a LAN client (the agent's page and
+    /// the firmware's alike): the `Authorization` header, the manifest
+    /// header of an upload, a pull's JSON, the route, and the throttle of
+    /// wrong passwords over any sequence of clients and times.
+    DevicePage,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 9] = [
+    pub const ALL: [Target; 10] = [
         Target::Image,
         Target::PartitionTable,
         Target::PartitionCsv,
@@ -59,6 +64,7 @@ impl Target {
         Target::KeyFiles,
         Target::Protocol,
         Target::DataPartition,
+        Target::DevicePage,
     ];
 
     /// Its name (corpus folder, command line, cargo-fuzz target).
@@ -73,6 +79,7 @@ impl Target {
             Target::KeyFiles => "key_files",
             Target::Protocol => "protocol",
             Target::DataPartition => "data_partition",
+            Target::DevicePage => "device_page",
         }
     }
 
@@ -93,6 +100,7 @@ impl Target {
             Target::KeyFiles => key_files(data),
             Target::Protocol => protocol(data),
             Target::DataPartition => data_partition(data),
+            Target::DevicePage => device_page(data),
         }
     }
 }
@@ -443,5 +451,139 @@ fn data_partition(data: &[u8]) {
         }
         let _ = dev.confirm();
         flash.power_cycle();
+    }
+}
+
+/// The password the device page target's device has.
+pub const PAGE_PASSWORD: &str = "s3cret";
+
+fn device_page(data: &[u8]) {
+    use airlift_client::page::{
+        ManifestBuffer, PagePassword, PullRequest, Route, Tried, upload_manifest,
+    };
+    let (control, bytes) = split_control(data);
+    match control % 5 {
+        0 => {
+            let Ok(header) = core::str::from_utf8(bytes) else {
+                return;
+            };
+            let tried = Tried::of(Some(header));
+            let checked = PagePassword::new(PAGE_PASSWORD).check(Some(header));
+            match &checked {
+                Ok(()) => assert_ne!(tried, Tried::Nothing, "let in without a password"),
+                Err(e) => {
+                    assert_eq!((e.status, e.code), (401, "unauthorized"));
+                    assert!(e.challenge.is_some(), "a 401 without a challenge");
+                    let none = e.message.as_str().starts_with("this device page needs");
+                    assert_eq!(none, tried == Tried::Nothing, "{header:?}: {e:?}");
+                }
+            }
+            // Only the password lets in, as Bearer or as Basic after the first colon.
+            let bearer = header.strip_prefix("Bearer ").map(str::trim);
+            let basic = header.strip_prefix("Basic ").and_then(|b| {
+                let mut out = vec![0u8; b.len()];
+                let n = base64_decode(b.trim().as_bytes(), &mut out).ok()?;
+                let text = &out[..n];
+                let colon = text.iter().position(|&c| c == b':')?;
+                Some(text[colon + 1..].to_vec())
+            });
+            let right = bearer == Some(PAGE_PASSWORD)
+                || (bearer.is_none() && basic.as_deref() == Some(PAGE_PASSWORD.as_bytes()));
+            assert_eq!(checked.is_ok(), right, "{header:?}");
+        }
+        1 => {
+            let Ok(header) = core::str::from_utf8(bytes) else {
+                return;
+            };
+            let mut buf: ManifestBuffer = [0; _];
+            match upload_manifest(Some(header), &mut buf) {
+                Ok(m) => {
+                    assert!(m.len() <= core::mem::size_of::<ManifestBuffer>());
+                    let mut again = vec![0u8; header.len()];
+                    let n = base64_decode(base64_encode(m).as_bytes(), &mut again)
+                        .expect("what was decoded encodes and decodes again");
+                    assert_eq!(&again[..n], m);
+                }
+                Err(e) => assert_eq!((e.status, e.code), (400, "signature")),
+            }
+        }
+        2 => {
+            let server = serde_json::from_slice::<PullRequest>(bytes);
+            let mut scratch = [0u8; airlift_protocol::UNESCAPE_BUFFER_LEN];
+            let device = serde_json_core::from_slice_escaped::<PullRequest>(bytes, &mut scratch);
+            if let (Ok(a), Ok((b, used))) = (&server, &device)
+                && bytes[*used..].iter().all(u8::is_ascii_whitespace)
+            {
+                assert_eq!(
+                    a, b,
+                    "the agent's page and the firmware's read different pulls"
+                );
+            }
+        }
+        3 => {
+            let Ok(line) = core::str::from_utf8(bytes) else {
+                return;
+            };
+            let (method, path) = line.split_once(' ').unwrap_or((line, "/"));
+            let route = Route::of(method, path);
+            if route == Route::Index {
+                assert_eq!(path, "/");
+            }
+            // The API needs the password; the page and unknown paths do not
+            // (a known path asked with a method it does not take is refused
+            // behind the password too: it says nothing either way).
+            let api = ["/api/status", "/api/upload", "/api/pull", "/api/reboot"].contains(&path);
+            assert_eq!(
+                route.needs_password(),
+                api || route == Route::MethodNotAllowed,
+                "{method} {path}"
+            );
+        }
+        _ => gate(bytes),
+    }
+}
+
+/// Wrong passwords from clients (each byte pair: a client and the time
+/// since the last try, in tenths of a second), tried whenever the gate
+/// says they may: over any window, no client and no password gets more
+/// tries than its rule's burst and refill allow.
+fn gate(bytes: &[u8]) {
+    use airlift_client::page::{CLIENT_RULE, Gate, PASSWORD_RULE};
+    use airlift_protocol::throttle::Rule;
+    let mut gate = Gate::<256>::default();
+    let mut now = 1u64;
+    let mut tries: Vec<(u8, u64)> = Vec::new();
+    for pair in bytes.chunks_exact(2).take(400) {
+        let (client, dt) = (pair[0], u64::from(pair[1]) * 100);
+        now += dt;
+        let key = [client; 16];
+        if gate.wait_ms(Some(&key), now) == 0 {
+            gate.failed(Some(&key), now);
+            tries.push((client, now));
+        }
+    }
+    let within = |rule: Rule, times: &[u64]| {
+        for i in 0..times.len() {
+            for j in i..times.len() {
+                let allowed = u64::from(rule.burst) + (times[j] - times[i]) / rule.interval_ms;
+                assert!(
+                    (j - i + 1) as u64 <= allowed,
+                    "{} tries from {} ms to {} ms",
+                    j - i + 1,
+                    times[i],
+                    times[j]
+                );
+            }
+        }
+    };
+    let all: Vec<u64> = tries.iter().map(|t| t.1).collect();
+    within(PASSWORD_RULE, &all);
+    for client in 0..=255u8 {
+        let mine: Vec<u64> = tries
+            .iter()
+            .filter(|t| t.0 == client)
+            .map(|t| t.1)
+            .collect();
+        within(CLIENT_RULE, &mine);
     }
 }

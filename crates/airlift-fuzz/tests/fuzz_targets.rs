@@ -81,3 +81,8 @@ fn every_target_has_a_committed_corpus() {
         );
     }
 }
+
+#[test]
+fn device_page_requests_and_its_throttle_hold_on_their_corpus_and_mutations() {
+    check(Target::DevicePage, 50_000);
+}
