@@ -249,9 +249,9 @@ fn guard(mut flash: Flash, config: &GuardConfig) -> Result<Airlift, GuardError> 
             poll_ms: None,
             retry_delay_ms: config.retry_delay_ms,
             jitter: true,
-            // Not held: the update task that checks in also runs the page's
-            // pulls, which a held check-in would keep waiting.
-            long_poll_seconds: 0,
+            // Held up to 20 s, within the HTTP client's 30 s socket timeout;
+            // a pull from the page or a wake ends the hold (`update::round`).
+            long_poll_seconds: crate::http::LONG_POLL_SECONDS,
         },
         notes,
     );

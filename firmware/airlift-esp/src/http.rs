@@ -38,6 +38,12 @@ pub(crate) struct Answer<'b> {
     pub(crate) body: &'b [u8],
 }
 
+/// Seconds a check-in may be held by the server (a long poll): well within
+/// [`SOCKET_TIMEOUT_SECS`], so a held check-in is never taken for a stall.
+pub(crate) const LONG_POLL_SECONDS: u32 = 20;
+/// A connection that stalls this long is dropped (a download then resumes).
+const SOCKET_TIMEOUT_SECS: u64 = 30;
+
 /// `Bearer <token>`.
 pub(crate) type Bearer = Text<{ 7 + airlift_protocol::TOKEN_MAX }>;
 
@@ -52,8 +58,7 @@ impl Http {
         static RX: StaticCell<[u8; RESPONSE_BUFFER]> = StaticCell::new();
         let state = STATE.try_init(TcpClientState::new())?;
         let mut tcp = TcpClient::new(stack, state);
-        // A stalled connection is dropped (a download then resumes).
-        tcp.set_timeout(Some(Duration::from_secs(30)));
+        tcp.set_timeout(Some(Duration::from_secs(SOCKET_TIMEOUT_SECS)));
         Some(Http {
             tcp,
             dns: DnsSocket::new(stack),

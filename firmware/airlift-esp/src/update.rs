@@ -54,15 +54,19 @@ pub async fn update(airlift: &'static SharedAirlift, stack: Stack<'static>) {
             .first_wait_ms(u64::from(esp_hal::rng::Rng::new().random()))
     };
     loop {
-        let pull = match select3(
-            Timer::after(Duration::from_millis(wait_ms)),
-            WAKE.wait(),
-            PULLS.receive(),
-        )
-        .await
-        {
-            Either3::Third(pull) => Some(pull),
-            _ => None,
+        // A pull that ended a held check-in waits in the channel: first.
+        let pull = match PULLS.try_receive() {
+            Ok(pull) => Some(pull),
+            Err(_) => match select3(
+                Timer::after(Duration::from_millis(wait_ms)),
+                WAKE.wait(),
+                PULLS.receive(),
+            )
+            .await
+            {
+                Either3::Third(pull) => Some(pull),
+                _ => None,
+            },
         };
         if !stack.is_config_up() {
             // Without a network there is nothing to do but wait for it; a
@@ -151,7 +155,19 @@ async fn round(airlift: &'static SharedAirlift, http: &mut Http) -> Next {
     };
     let mut json = [0u8; REQUEST_MAX];
     let answer = match serde_json_core::to_slice(&report, &mut json) {
-        Ok(n) => check_in(http, &server, &token, &json[..n]).await,
+        // A held check-in (a long poll) gives way to the page's pull and to
+        // a wake (a confirmation to report, a reset asked for): the server
+        // forgets a check-in whose connection closed.
+        Ok(n) => match select3(
+            check_in(http, &server, &token, &json[..n]),
+            PULLS.ready_to_receive(),
+            WAKE.wait(),
+        )
+        .await
+        {
+            Either3::First(answer) => answer,
+            Either3::Second(()) | Either3::Third(()) => return Next::Wait(0),
+        },
         Err(_) => Err(Text::from_str_cut("check-in does not fit its buffer")),
     };
     let mut a = airlift.lock().await;
