@@ -23,7 +23,18 @@ pub fn flash_image(
     firmware: &[u8],
     keys: &[[u8; 32]],
 ) -> Result<Vec<u8>, AgentError> {
-    provisioned(entries, firmware, keys, FLASH_SIZE, None)
+    flash_image_with(entries, firmware, keys, None)
+}
+
+/// [`flash_image`] with `settings` written into the client's settings
+/// records (`airlift flash create --tls-pin --require-https`).
+pub fn flash_image_with(
+    entries: &[PartitionEntry],
+    firmware: &[u8],
+    keys: &[[u8; 32]],
+    settings: Option<&Settings>,
+) -> Result<Vec<u8>, AgentError> {
+    provisioned(entries, firmware, keys, FLASH_SIZE, settings)
 }
 
 /// The whole flash of a real board, to write at offset 0 (`espflash

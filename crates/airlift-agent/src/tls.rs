@@ -200,45 +200,6 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
-/// Writes a device's HTTPS trust into its flash settings (`airlift flash
-/// create --tls-pin --require-https`), keeping the other settings.
-pub fn provision_trust<F: embedded_storage::nor_flash::NorFlash>(
-    flash: &mut F,
-    pin: Option<[u8; 32]>,
-    require_https: bool,
-) -> Result<(), crate::AgentError> {
-    let store = settings_store(flash)?;
-    let mut settings = store.load(flash)?.unwrap_or_default();
-    settings.tls_pin = pin;
-    settings.require_https = require_https;
-    store.save(flash, &settings)?;
-    Ok(())
-}
-
-/// The HTTPS trust a device was provisioned with (none when its settings
-/// were never written).
-pub fn provisioned_trust<F: embedded_storage::nor_flash::NorFlash>(
-    flash: &mut F,
-) -> Result<Trust, crate::AgentError> {
-    let store = settings_store(flash)?;
-    Ok(match store.load(flash)? {
-        Some(settings) => Trust {
-            ca_certs: Vec::new(),
-            pin: settings.tls_pin,
-            require_https: settings.require_https,
-        },
-        None => Trust::default(),
-    })
-}
-
-fn settings_store<F: embedded_storage::nor_flash::NorFlash>(
-    flash: &mut F,
-) -> Result<airlift_client::settings::SettingsStore, crate::AgentError> {
-    let layout = airlift_engine::Layout::read(flash, airlift_format::partition::TABLE_OFFSET)?;
-    let region = crate::provision::records_region(&layout)?;
-    Ok(airlift_client::settings::SettingsStore::new(region)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,32 +113,6 @@ impl DeviceTls {
             .transpose()
             .map_err(|e| anyhow::anyhow!("--tls-pin: {e}"))
     }
-
-    /// Writes them into the flash file's settings, when any is given.
-    fn provision(&self, file: &Path) -> anyhow::Result<()> {
-        if !self.given() {
-            return Ok(());
-        }
-        let pin = self.pin()?;
-        let mut flash =
-            FileFlash::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-        airlift_agent::tls::provision_trust(&mut flash, pin, self.require_https)
-            .with_context(|| format!("cannot write the settings of {}", file.display()))?;
-        outln!(
-            "settings: {}{}",
-            if pin.is_some() {
-                "server certificate pinned"
-            } else {
-                "no pin"
-            },
-            if self.require_https {
-                ", plain HTTP refused"
-            } else {
-                ""
-            }
-        );
-        Ok(())
-    }
 }
 
 /// What `airlift flash provision` writes into the device's settings.
@@ -222,10 +196,13 @@ pub fn run(command: FlashCommand) -> anyhow::Result<ExitCode> {
             let image = read(&firmware)?;
             let entries = read_partitions(partitions.as_deref(), &AIRLIFT_DEFAULT)?;
             let keys = read_keys(&trust)?;
-            let bytes = provision::flash_image(&entries, &image, &keys)
+            let settings = SettingsArgs::default().settings(&tls)?;
+            let bytes = provision::flash_image_with(&entries, &image, &keys, settings.as_ref())
                 .with_context(|| format!("cannot provision {}", firmware.display()))?;
             write_flash(&file, &bytes, force)?;
-            tls.provision(&file)?;
+            if let Some(s) = &settings {
+                outln!("settings: {}", describe(s));
+            }
             outln!(
                 "created {} ({} bytes): {} in ota_0, {} trusted key(s)",
                 file.display(),

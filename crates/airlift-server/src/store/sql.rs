@@ -944,10 +944,7 @@ impl DeploymentStore for SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter()
-            .map(Deployment::from_row)
-            .collect::<Result<_, _>>()
-            .map_err(db)
+        all(&rows)
     }
 
     async fn deployment(&self, id: i64) -> StoreResult<Deployment> {
@@ -972,10 +969,7 @@ impl DeploymentStore for SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter()
-            .map(Assignment::from_row)
-            .collect::<Result<_, _>>()
-            .map_err(db)
+        all(&rows)
     }
 
     async fn cancel_deployment(&self, id: i64) -> StoreResult<Deployment> {
@@ -1236,10 +1230,7 @@ impl EventStore for SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter()
-            .map(StoredEvent::from_row)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db)
+        all(&rows)
     }
 }
 
@@ -1274,10 +1265,7 @@ impl AuditStore for SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter()
-            .map(AuditRecord::from_row)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db)
+        all(&rows)
     }
 }
 
